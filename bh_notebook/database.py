@@ -1,0 +1,416 @@
+"""BucketSQLite: an in-memory SQLite catalog that lives in a bucket.
+
+``start()`` restores the catalog from the snapshot object (if there is one) and builds the interfaces; the
+catalog is then snapshotted back to the bucket by a background timer (only when something changed), on
+``flush()`` / ``force_flush()``, and at ``stop()`` or interpreter exit. Snapshots are committed with conditional
+writes, so a second process writing the same bucket gets an error instead of silently overwriting.
+
+No signal handler is installed: interrupting a notebook cell (SIGINT) never stops the store.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import BucketConfig
+from .errors import (
+    BhError,
+    NotStarted,
+    ObjectNotFound,
+    PreconditionFailed,
+    SnapshotConflict,
+    SnapshotCorruptError,
+)
+from .interfaces.files import FileStore
+from .interfaces.kv import KVStore
+from .storage import BucketClient, open_bucket
+from .storage.snapshot import BackupTimeout, SnapshotConfig, backup_to_file, file_sha256, restore_from_file
+
+log = logging.getLogger("bh_notebook")
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """What one flush did: whether it uploaded, how many bytes, how long it took, and the new etag."""
+
+    uploaded: bool
+    nbytes: int
+    seconds: float
+    etag: str | None
+
+
+class BucketSQLite:
+    """The catalog of one bucket, kept in memory and snapshotted to ``config.key`` in the bucket.
+
+    Use as a context manager, or call ``start()`` and ``stop()``. ``config=None`` reads the environment
+    (``BucketConfig.from_env()``), which without any variable set means the local store under ``~/.bh_notebook``.
+    """
+
+    def __init__(
+        self,
+        config: BucketConfig | None = None,
+        snapshot_config: SnapshotConfig | None = None,
+        *,
+        on_flush_start: Callable[[], Any] | None = None,
+        on_flush_complete: Callable[[FlushResult], Any] | None = None,
+        on_flush_error: Callable[[BaseException], Any] | None = None,
+        bucket_client: BucketClient | None = None,
+    ) -> None:
+        self.config = config if config is not None else BucketConfig.from_env()
+        self.snapshot_config = snapshot_config if snapshot_config is not None else SnapshotConfig()
+        self.on_flush_start = on_flush_start
+        self.on_flush_complete = on_flush_complete
+        self.on_flush_error = on_flush_error
+        self._bucket_override = bucket_client
+        self._bucket: BucketClient | None = None
+        self._uri = f"file:bh-catalog-{uuid.uuid4().hex}?mode=memory&cache=shared"
+        self._conn: sqlite3.Connection | None = None
+        self._snap_conn: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._vended: list[sqlite3.Connection] = []
+        self._vended_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._etag: str | None = None  # of the snapshot we restored or last wrote; None: none exists yet
+        self._snapshot_sha: str | None = None  # content hash of that snapshot
+        self._flushed_fingerprint: tuple[int, ...] | None = None
+        self._last_flush_at: float | None = None  # monotonic
+        self._last_flush_wall: float | None = None
+        self._flush_pending = False
+        self._last_error: BaseException | None = None
+        self._atexit: Callable[[], None] | None = None
+        self._started = False
+        self.restored_from: str | None = None
+        self.kv: KVStore
+        self.files: FileStore
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> BucketSQLite:
+        """Open the bucket, restore the snapshot, build the interfaces and start the flush timer."""
+        if self._started:
+            return self
+        bucket = self._bucket_override or open_bucket(self.config)
+        check = getattr(bucket, "check_bucket", None)
+        if check is not None:
+            check()  # a missing bucket or bad credentials: a named error now, not at the first flush
+        conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+        try:
+            self._restore(bucket, conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._bucket = bucket
+        self._conn = conn
+        self._snap_conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+        self._vended = [conn]
+        self._build_interfaces()
+        self._flushed_fingerprint = self._fingerprint()
+        self._started = True
+        self._stopping.clear()
+        if self.snapshot_config.interval_seconds and self.snapshot_config.interval_seconds > 0:
+            self._thread = threading.Thread(target=self._run_timer, name="bh-flush", daemon=True)
+            self._thread.start()
+        ref = weakref.ref(self)
+
+        def _at_exit() -> None:
+            obj = ref()
+            if obj is not None:
+                try:
+                    obj.stop()
+                except Exception as exc:  # noqa: BLE001 - at exit there is nobody left to raise to
+                    log.error("bh_notebook: the final catalog flush failed: %s", exc)
+
+        self._atexit = _at_exit
+        atexit.register(_at_exit)
+        return self
+
+    def _build_interfaces(self) -> None:
+        assert self._conn is not None and self._bucket is not None
+        self.kv = KVStore(self._conn)
+        self.files = FileStore(self._conn, self._bucket, prefix=self.config.files_prefix)
+
+    def _restore(self, bucket: BucketClient, conn: sqlite3.Connection) -> None:
+        key = self.config.key
+        info = bucket.head(key)
+        if info is None:
+            self._etag = None
+            self._snapshot_sha = None
+            return
+        with tempfile.TemporaryDirectory(prefix="bh-restore-") as tmp:
+            path = Path(tmp) / "snap.db"
+            try:
+                bucket.download(key, path)
+            except ObjectNotFound:  # deleted between HEAD and GET: start empty
+                self._etag = None
+                return
+            restore_from_file(
+                path, conn, label=f"catalog snapshot {key!r} in {self.config.location}",
+                hint=f" Nothing in the bucket was changed. The previous snapshot, if kept, is {key + '.prev'!r}.",
+            )
+            self._snapshot_sha = file_sha256(path)
+        self._etag = info.etag
+        self.restored_from = key
+
+    def stop(self) -> None:
+        """Flush a last time and close. Safe to call twice."""
+        if not self._started:
+            return
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=60)
+        self._thread = None
+        try:
+            self.force_flush()
+        finally:
+            self._started = False
+            if self._atexit is not None:
+                atexit.unregister(self._atexit)
+                self._atexit = None
+            with self._vended_lock:
+                for c in self._vended:
+                    try:
+                        c.close()
+                    except sqlite3.Error:
+                        pass
+                self._vended = []
+            if self._snap_conn is not None:
+                self._snap_conn.close()
+                self._snap_conn = None
+            self._conn = None
+            self._local = threading.local()
+            if self._bucket is not None and self._bucket_override is None:
+                self._bucket.close()
+            self._bucket = None
+
+    close = stop
+
+    def __enter__(self) -> BucketSQLite:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- access ----------------------------------------------------------------------------
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise NotStarted("this BucketSQLite is not started; call start() or use it in a 'with' block")
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The catalog connection the interfaces use (usable from any thread)."""
+        self._require_started()
+        assert self._conn is not None
+        return self._conn
+
+    @property
+    def bucket(self) -> BucketClient:
+        """The BucketClient the catalog and blobs live in."""
+        self._require_started()
+        assert self._bucket is not None
+        return self._bucket
+
+    @property
+    def started(self) -> bool:
+        """True between start() and stop()."""
+        return self._started
+
+    def connect(self) -> sqlite3.Connection:
+        """A connection to the catalog for the calling thread (the same one on every call from that thread)."""
+        self._require_started()
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._uri, uri=True)
+            self._local.conn = conn
+            with self._vended_lock:
+                self._vended.append(conn)
+        return conn
+
+    # -- dirtiness ---------------------------------------------------------------------------
+
+    def _fingerprint(self) -> tuple[int, ...]:
+        with self._vended_lock:
+            counts = [c.total_changes for c in self._vended]
+        try:
+            assert self._snap_conn is not None
+            schema = int(self._snap_conn.execute("PRAGMA schema_version").fetchone()[0])
+        except sqlite3.Error:
+            schema = -1  # locked by a writer right now: treat as changed
+        return (sum(counts), schema)
+
+    @property
+    def dirty(self) -> bool:
+        """True when the catalog changed since the last snapshot."""
+        if not self._started:
+            return False
+        return self._fingerprint() != self._flushed_fingerprint
+
+    @property
+    def last_flush(self) -> float | None:
+        """Wall-clock time (epoch seconds) of the last successful flush, or None."""
+        return self._last_flush_wall
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The error of the last failed flush, cleared by the next success."""
+        return self._last_error
+
+    # -- flushing ----------------------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Snapshot now if something changed and the last flush is ``min_interval_seconds`` old.
+
+        Calls closer together are merged: the flush is left to the background timer, which runs it as soon as
+        the minimum interval has passed. Returns whether a snapshot was uploaded now.
+        """
+        self._require_started()
+        if not self.dirty:
+            return False
+        wait = self._until_allowed()
+        if wait > 0:
+            self._flush_pending = True
+            self._wake.set()
+            if self._thread is None:  # no timer running: nobody would pick it up later
+                return self._flush(force=False).uploaded
+            return False
+        return self._flush(force=False).uploaded
+
+    def force_flush(self) -> FlushResult:
+        """Snapshot now, ignoring the debounce; uploads only when the content differs from the last snapshot."""
+        self._require_started()
+        return self._flush(force=True)
+
+    def _until_allowed(self) -> float:
+        if self._last_flush_at is None:
+            return 0.0
+        return self.snapshot_config.min_interval_seconds - (time.monotonic() - self._last_flush_at)
+
+    def _run_timer(self) -> None:
+        interval = float(self.snapshot_config.interval_seconds)
+        next_due = time.monotonic() + interval
+        while not self._stopping.is_set():
+            timeout = next_due - time.monotonic()
+            if self._flush_pending:
+                timeout = min(timeout, max(self._until_allowed(), 0.0))
+            self._wake.wait(max(timeout, 0.0))
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            due = time.monotonic() >= next_due
+            pending = self._flush_pending and self._until_allowed() <= 0
+            if not (due or pending):
+                continue
+            if due:
+                next_due = time.monotonic() + interval
+            try:
+                if self.dirty:
+                    self._flush(force=False)
+                else:
+                    self._flush_pending = False
+            except BaseException:  # noqa: BLE001 - reported through on_flush_error and last_error
+                pass
+
+    def _flush(self, *, force: bool) -> FlushResult:
+        started = time.monotonic()
+        with self._flush_lock:
+            if not self._started:
+                raise NotStarted("this BucketSQLite is not started")
+            fingerprint = self._fingerprint()
+            if not force and fingerprint == self._flushed_fingerprint:
+                self._flush_pending = False
+                return FlushResult(False, 0, 0.0, self._etag)
+            if self.on_flush_start is not None:
+                self.on_flush_start()
+            try:
+                result = self._snapshot_and_upload(fingerprint, started)
+            except BackupTimeout as exc:
+                self._flush_pending = True
+                self._last_error = exc
+                if self.on_flush_error is not None:
+                    self.on_flush_error(exc)
+                return FlushResult(False, 0, time.monotonic() - started, self._etag)
+            except BaseException as exc:
+                self._last_error = exc
+                log.warning("bh_notebook: flushing the catalog failed: %s", exc)
+                if self.on_flush_error is not None:
+                    self.on_flush_error(exc)
+                raise
+            self._last_error = None
+            self._flush_pending = False
+            self._last_flush_at = time.monotonic()
+            self._last_flush_wall = time.time()
+            if self.on_flush_complete is not None:
+                self.on_flush_complete(result)
+            return result
+
+    def _snapshot_and_upload(self, fingerprint: tuple[int, ...], started: float) -> FlushResult:
+        assert self._snap_conn is not None and self._bucket is not None
+        key = self.config.key
+        with tempfile.TemporaryDirectory(prefix="bh-snap-") as tmp:
+            path = Path(tmp) / "snap.db"
+            backup_to_file(self._snap_conn, path)
+            sha = file_sha256(path)
+            if sha == self._snapshot_sha and self._etag is not None:
+                self._flushed_fingerprint = fingerprint
+                return FlushResult(False, 0, time.monotonic() - started, self._etag)
+            if self._etag is not None and self.snapshot_config.keep_previous:
+                try:
+                    self._bucket.copy(key, key + ".prev")
+                except ObjectNotFound:
+                    pass
+            try:
+                if self._etag is None:
+                    etag = self._bucket.upload(path, key, if_none_match="*")
+                else:
+                    etag = self._bucket.upload(path, key, if_match=self._etag)
+            except PreconditionFailed as exc:
+                raise SnapshotConflict(
+                    f"another process committed the catalog snapshot {key!r} in {self.config.location} since this "
+                    "one restored it. Nothing was overwritten; your changes are still in memory. Save what you "
+                    "need, then restart to load the other writer's catalog."
+                ) from exc
+            size = path.stat().st_size
+        self._etag = etag
+        self._snapshot_sha = sha
+        self._flushed_fingerprint = fingerprint
+        return FlushResult(True, size, time.monotonic() - started, etag)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Backend, bucket, snapshot key, dirty/clean, last flush and entry counts; never a secret."""
+        info: dict[str, Any] = {
+            "backend": self.config.backend,
+            "bucket": self.config.bucket,
+            "location": self.config.location,
+            "snapshot_key": self.config.key,
+            "started": self._started,
+        }
+        if self._started:
+            info.update(dirty=self.dirty, last_flush=self._last_flush_wall, kv_keys=len(self.kv),
+                        files=len(self.files))
+        if self._last_error is not None:
+            info["last_error"] = str(self._last_error)
+        return info
+
+    def __repr__(self) -> str:
+        state = ("dirty" if self.dirty else "clean") if self._started else "stopped"
+        return f"<BucketSQLite {self.config.backend} {self.config.location!r} key={self.config.key!r} {state}>"
+
+
+__all__ = ["BhError", "BucketSQLite", "FlushResult", "SnapshotConfig"]

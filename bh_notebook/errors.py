@@ -1,0 +1,100 @@
+"""Named exceptions of bh_notebook.
+
+Every error a user can meet has its own class with a one-line docstring, and a
+message that says what to do instead. Each also inherits the matching built-in,
+so ``except KeyError`` or ``except ValueError`` keeps working in caller code.
+"""
+
+from __future__ import annotations
+
+
+class BhError(Exception):
+    """Base class of every bh_notebook error."""
+
+
+class ConfigError(BhError, ValueError):
+    """The bucket configuration is incomplete or malformed."""
+
+
+class NotFound(BhError, KeyError):
+    """A name, key, version or object does not exist."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class ObjectNotFound(NotFound):
+    """An object key does not exist in the bucket."""
+
+
+class InvalidKey(BhError, ValueError):
+    """A key or name is empty, too long, or holds forbidden characters or path segments."""
+
+
+class KeyTypeError(BhError, TypeError):
+    """A key or name is not a str."""
+
+
+class ValueTypeError(BhError, TypeError):
+    """A value has a type this store does not accept."""
+
+
+class ValueTooLarge(BhError, ValueError):
+    """A value is too large to keep inline; store it as a file instead."""
+
+
+class BackendError(BhError, OSError):
+    """The storage backend failed in a way not covered by a more specific error."""
+
+
+class BucketNotFound(BackendError):
+    """The bucket does not exist (or the endpoint does not serve it)."""
+
+
+class AccessDenied(BackendError, PermissionError):
+    """The credentials are missing, wrong, or not allowed to do this."""
+
+
+class EndpointUnreachable(BackendError, ConnectionError):
+    """The storage endpoint could not be reached after retries."""
+
+
+class PreconditionFailed(BackendError):
+    """A conditional write lost: the object changed (or appeared) since it was read."""
+
+
+class IntegrityError(BhError):
+    """Stored bytes do not match the hash they are stored under."""
+
+
+class SnapshotCorruptError(BhError):
+    """The catalog snapshot in the bucket is not a valid SQLite database."""
+
+
+class SnapshotConflict(BhError):
+    """Another writer committed a snapshot that could not be merged with ours."""
+
+
+class NotStarted(BhError, RuntimeError):
+    """The BucketSQLite is not started (or already stopped)."""
+
+
+__all__ = [
+    "AccessDenied",
+    "BackendError",
+    "BhError",
+    "BucketNotFound",
+    "ConfigError",
+    "EndpointUnreachable",
+    "IntegrityError",
+    "InvalidKey",
+    "KeyTypeError",
+    "NotFound",
+    "NotStarted",
+    "ObjectNotFound",
+    "PreconditionFailed",
+    "SnapshotConflict",
+    "SnapshotCorruptError",
+    "ValueTooLarge",
+    "ValueTypeError",
+]

@@ -1,0 +1,390 @@
+"""FileStore: a content-addressed blob store, one bucket object per blob, metadata in the catalog.
+
+A blob's key (its "bh-key") is the SHA-256 hex of its bytes, so identical data is stored once. Rows live in the
+``filestore`` table (its name predates the ``bh_`` convention); bytes live under ``prefix`` in the bucket.
+Blobs are uploaded before their rows are written, so a row never points at an object that was not stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import mimetypes
+import os
+import re
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import IntegrityError, InvalidKey, KeyTypeError, NotFound, ObjectNotFound, ValueTypeError
+from ..storage.bucket import CHUNK_SIZE, ChainReader, ProgressCallback
+from .base import Interface
+
+if TYPE_CHECKING:
+    from ..storage.bucket import BucketClient
+
+_BH_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class FileMetadata:
+    """A stored blob as the catalog describes it."""
+
+    bh_key: str
+    size: int
+    mime: str | None
+    filename: str | None
+    created_at: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class GCReport:
+    """What ``FileStore.gc`` found and did."""
+
+    orphans_found: int = 0
+    orphans_skipped_grace: int = 0
+    orphans_deleted: int = 0
+    dangling_rows_found: int = 0
+
+
+def check_bh_key(bh_key: object) -> str:
+    """Validate a bh-key: 64 lowercase hex characters."""
+    if not isinstance(bh_key, str):
+        raise KeyTypeError(f"bh-keys are str, not {type(bh_key).__name__}")
+    if not _BH_KEY_RE.match(bh_key):
+        raise InvalidKey(f"{bh_key!r} is not a bh-key (the 64-character SHA-256 hex that put() returned)")
+    return bh_key
+
+
+def _check_metadata(metadata: object) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in metadata.items()):
+        raise ValueTypeError("metadata must be a dict of str to str, e.g. {'source': 'survey 2024'}")
+    return metadata
+
+
+class FileStore(Interface):
+    """Content-addressable blob store: owns the ``filestore`` table and a prefix in the bucket."""
+
+    def __init__(self, conn: sqlite3.Connection, bucket_client: BucketClient, prefix: str = "files/") -> None:
+        self._prefix = prefix if prefix.endswith("/") else prefix + "/"
+        super().__init__(conn, bucket_client)
+        self._store: BucketClient = bucket_client
+
+    def _init_schema(self) -> None:
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS filestore ("
+            " bh_key TEXT PRIMARY KEY NOT NULL,"
+            " object_key TEXT NOT NULL,"
+            " size INTEGER NOT NULL,"
+            " mime TEXT,"
+            " filename TEXT,"
+            " created_at REAL NOT NULL,"
+            " metadata TEXT)"
+        )
+        self._conn.commit()
+
+    @property
+    def prefix(self) -> str:
+        """The bucket prefix blobs are stored under."""
+        return self._prefix
+
+    def object_key(self, bh_key: str) -> str:
+        """The bucket key of a blob."""
+        return self._prefix + check_bh_key(bh_key)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def put(
+        self,
+        data: bytes | bytearray | memoryview | Path,
+        *,
+        filename: str | None = None,
+        mime: str | None = None,
+        metadata: dict[str, str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """Upload; return the bh-key (SHA-256 hex of the contents).
+
+        When the catalog already has the bh-key this is a no-op (new metadata is ignored, and no request is
+        sent). When the object exists but the row is missing (a put that crashed half-way), the row is filled
+        in from this call's arguments. A Path is hashed and uploaded by streaming, never read whole into
+        memory; its name is the default ``filename``.
+        """
+        metadata = _check_metadata(metadata)
+        if isinstance(data, os.PathLike) and not isinstance(data, Path):
+            data = Path(data)
+        if isinstance(data, Path):
+            path = data
+            try:
+                size = path.stat().st_size
+                if not path.is_file():
+                    raise ValueTypeError(f"{path} is not a regular file; put() stores files, not directories")
+                bh_key = _hash_file(path)
+            except FileNotFoundError:
+                raise NotFound(f"no file at {path}; check the path (relative paths start at {Path.cwd()})") from None
+            filename = filename if filename is not None else path.name
+            if mime is None and filename:
+                mime = mimetypes.guess_type(filename)[0]
+            if self._has_row(bh_key):
+                return bh_key
+            object_key = self._prefix + bh_key
+            if not self._store.exists(object_key):
+                self._store.upload(path, object_key, progress=progress)
+            self._insert(bh_key, object_key, size, mime, filename, metadata)
+            return bh_key
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            if mime is None and filename:
+                mime = mimetypes.guess_type(filename)[0]
+            return self.put_buffers(data, filename=filename, mime=mime, metadata=metadata, progress=progress)
+        if isinstance(data, str):
+            raise ValueTypeError("put() takes bytes or a pathlib.Path; for a path in a str use Path(...), "
+                                 "for text use text.encode()")
+        raise ValueTypeError(f"put() takes bytes or a pathlib.Path, not {type(data).__name__}")
+
+    def put_buffers(
+        self,
+        *buffers: bytes | bytearray | memoryview,
+        filename: str | None = None,
+        mime: str | None = None,
+        metadata: dict[str, str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """Store the concatenation of ``buffers`` as one blob without joining them in memory; return its bh-key.
+
+        Useful for a header followed by a large buffer (an array's memory): both are hashed and streamed in place.
+        """
+        metadata = _check_metadata(metadata)
+        views = [memoryview(b).cast("B") for b in buffers]
+        hasher = hashlib.sha256()
+        for v in views:
+            hasher.update(v)
+        bh_key = hasher.hexdigest()
+        if self._has_row(bh_key):
+            return bh_key
+        size = sum(v.nbytes for v in views)
+        object_key = self._prefix + bh_key
+        if not self._store.exists(object_key):
+            reader = ChainReader(*views)
+            self._store.put_stream(reader, object_key, size=size, progress=progress)  # type: ignore[arg-type]
+        self._insert(bh_key, object_key, size, mime, filename, metadata)
+        return bh_key
+
+    def _insert(self, bh_key: str, object_key: str, size: int, mime: str | None, filename: str | None,
+                metadata: dict[str, str] | None) -> None:
+        with self._conn:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO filestore "
+                "(bh_key, object_key, size, mime, filename, created_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (bh_key, object_key, size, mime, filename, time.time(),
+                 json.dumps(metadata, sort_keys=True) if metadata else None),
+            )
+
+    def delete(self, bh_key: str) -> bool:
+        """Remove the row and the object; return whether the row existed. A missing key is not an error."""
+        check_bh_key(bh_key)
+        row = self._fetch_row(bh_key)
+        with self._conn:
+            self._conn.execute("DELETE FROM filestore WHERE bh_key = ?", (bh_key,))
+        self._store.delete(row["object_key"] if row else self._prefix + bh_key)
+        return row is not None
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _has_row(self, bh_key: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM filestore WHERE bh_key = ?", (bh_key,)).fetchone() is not None
+
+    def _fetch_row(self, bh_key: str) -> dict[str, Any] | None:
+        cur = self._conn.execute(
+            "SELECT bh_key, object_key, size, mime, filename, created_at, metadata FROM filestore WHERE bh_key = ?",
+            (bh_key,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip([d[0] for d in cur.description], row))
+
+    @staticmethod
+    def _row_to_metadata(row: dict[str, Any]) -> FileMetadata:
+        return FileMetadata(
+            bh_key=row["bh_key"], size=int(row["size"]), mime=row["mime"], filename=row["filename"],
+            created_at=float(row["created_at"]), metadata=json.loads(row["metadata"]) if row["metadata"] else {},
+        )
+
+    def _require(self, bh_key: str) -> dict[str, Any]:
+        check_bh_key(bh_key)
+        row = self._fetch_row(bh_key)
+        if row is None:
+            raise NotFound(f"no blob {bh_key[:12]}... in the file store; bh.files.list() shows what is stored")
+        return row
+
+    def metadata(self, bh_key: str) -> FileMetadata | None:
+        """The stored metadata for ``bh_key``, or None if absent (catalog only, no request)."""
+        check_bh_key(bh_key)
+        row = self._fetch_row(bh_key)
+        return None if row is None else self._row_to_metadata(row)
+
+    def head(self, bh_key: str) -> FileMetadata | None:
+        """The metadata for ``bh_key`` when both its row and its object exist (one HEAD request), else None."""
+        check_bh_key(bh_key)
+        row = self._fetch_row(bh_key)
+        if row is None or not self._store.exists(row["object_key"]):
+            return None
+        return self._row_to_metadata(row)
+
+    def get(self, bh_key: str, dest: Path | str | None = None, *,
+            progress: ProgressCallback | None = None) -> Any:
+        """The blob's bytes, or with ``dest`` the path it was streamed to. Verifies the SHA-256 on the way.
+
+        Raises NotFound for an unknown bh-key and IntegrityError when the stored bytes do not match it.
+        """
+        row = self._require(bh_key)
+        object_key = row["object_key"]
+        if dest is None:
+            buf = bytearray(int(row["size"]))
+            try:
+                if buf:
+                    self._store.get_into(object_key, buf, progress=progress)
+                elif not self._store.exists(object_key):
+                    raise ObjectNotFound(object_key)
+            except ObjectNotFound:
+                raise self._missing(bh_key) from None
+            if hashlib.sha256(buf).hexdigest() != bh_key:
+                raise self._corrupt(bh_key)
+            return bytes(buf)
+        target = Path(dest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        try:
+            hasher = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    src = self._store.open_read(object_key)
+                except ObjectNotFound:
+                    raise self._missing(bh_key) from None
+                with src:
+                    while chunk := src.read(CHUNK_SIZE):
+                        hasher.update(chunk)
+                        out.write(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+            if hasher.hexdigest() != bh_key:
+                raise self._corrupt(bh_key)
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return target
+
+    def open(self, bh_key: str) -> io.BufferedReader:
+        """A readable stream of the blob (not verified; use ``get`` for checked bytes)."""
+        row = self._require(bh_key)
+        try:
+            return io.BufferedReader(self._store.open_read(row["object_key"]), CHUNK_SIZE)  # type: ignore[arg-type]
+        except ObjectNotFound:
+            raise self._missing(bh_key) from None
+
+    def get_range(self, bh_key: str, start: int, end: int | None = None) -> bytes:
+        """Bytes ``[start, end)`` of the blob, with one ranged GET."""
+        row = self._require(bh_key)
+        try:
+            return self._store.get_range(row["object_key"], start, end)
+        except ObjectNotFound:
+            raise self._missing(bh_key) from None
+
+    def get_into(self, bh_key: str, buffer: memoryview | bytearray, start: int = 0, *,
+                 progress: ProgressCallback | None = None) -> int:
+        """Read ``len(buffer)`` bytes of the blob from ``start`` straight into ``buffer``."""
+        row = self._require(bh_key)
+        try:
+            return self._store.get_into(row["object_key"], buffer, start, progress=progress)
+        except ObjectNotFound:
+            raise self._missing(bh_key) from None
+
+    def _missing(self, bh_key: str) -> NotFound:
+        return NotFound(f"blob {bh_key[:12]}... is in the catalog but its object is missing from the bucket; "
+                        "bh.files.gc() reports such dangling rows")
+
+    def _corrupt(self, bh_key: str) -> IntegrityError:
+        return IntegrityError(f"the stored bytes of blob {bh_key[:12]}... do not match its SHA-256; the object "
+                              "was truncated or altered in the bucket. Put the data again to repair it")
+
+    def list(self, limit: int = 100, after: str | None = None) -> list[FileMetadata]:
+        """Up to ``limit`` blobs in bh-key order, starting after the bh-key ``after`` (for paging)."""
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a positive int")
+        cols = "bh_key, object_key, size, mime, filename, created_at, metadata"
+        if after is None:
+            cur = self._conn.execute(f"SELECT {cols} FROM filestore ORDER BY bh_key LIMIT ?", (limit,))
+        else:
+            cur = self._conn.execute(f"SELECT {cols} FROM filestore WHERE bh_key > ? ORDER BY bh_key LIMIT ?",
+                                     (after, limit))
+        names = [d[0] for d in cur.description]
+        return [self._row_to_metadata(dict(zip(names, r))) for r in cur.fetchall()]
+
+    def __iter__(self) -> Iterator[FileMetadata]:
+        after: str | None = None
+        while page := self.list(limit=500, after=after):
+            yield from page
+            after = page[-1].bh_key
+
+    def __contains__(self, bh_key: object) -> bool:
+        return isinstance(bh_key, str) and bool(_BH_KEY_RE.match(bh_key)) and self._has_row(bh_key)
+
+    def __len__(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM filestore").fetchone()[0])
+
+    def total_size(self) -> int:
+        """Sum of the stored blobs' sizes, in bytes."""
+        return int(self._conn.execute("SELECT coalesce(sum(size), 0) FROM filestore").fetchone()[0])
+
+    def __repr__(self) -> str:
+        return f"<FileStore: {len(self)} blobs, {self.total_size():,} bytes under {self._prefix!r}>"
+
+    # -- reconciliation ----------------------------------------------------------------------
+
+    def gc(self, grace_seconds: float = 300.0) -> GCReport:
+        """Reconcile the bucket's objects under ``prefix`` with the catalog's rows.
+
+        Orphans (an object with no row) younger than ``grace_seconds`` are skipped, since a put may be in
+        flight; older orphans are deleted. Dangling rows (a row whose object is gone) are counted, never
+        deleted: a person decides.
+        """
+        report = GCReport()
+        known = {r[0] for r in self._conn.execute("SELECT bh_key FROM filestore")}
+        seen: set[str] = set()
+        now = time.time()
+        for info in self._store.list_info(self._prefix):
+            bh_key = info.key[len(self._prefix):]
+            seen.add(bh_key)
+            if bh_key in known:
+                continue
+            report.orphans_found += 1
+            if now - info.last_modified < grace_seconds:
+                report.orphans_skipped_grace += 1
+                continue
+            self._store.delete(info.key)
+            report.orphans_deleted += 1
+        report.dangling_rows_found = len(known - seen)
+        return report
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb", buffering=0) as f:
+        buf = bytearray(CHUNK_SIZE * 4)
+        view = memoryview(buf)
+        while n := f.readinto(view):
+            h.update(view[:n])
+    return h.hexdigest()

@@ -1,0 +1,189 @@
+"""KVStore: small string settings (and an explicit bytes escape hatch) kept inline in the catalog."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import overload
+
+from ..errors import InvalidKey, KeyTypeError, NotFound, ValueTooLarge, ValueTypeError
+from .base import Interface
+
+#: Largest value kept inline, in bytes; bigger payloads belong in FileStore.
+MAX_VALUE_BYTES = 1024 * 1024
+#: Longest key, in characters.
+MAX_KEY_LENGTH = 1024
+
+
+def _check_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise KeyTypeError(f"KV keys are str, not {type(key).__name__}; convert it with str() first")
+    if not key:
+        raise InvalidKey("KV key is empty; use a name like 'model.lr'")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"KV key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise InvalidKey(f"KV key {key!r} holds control characters; use printable characters only")
+    return key
+
+
+class KVStore(Interface):
+    """String key-value store in table ``bh_kv``; str in, str out, with ``set_bytes``/``get_bytes`` for binary.
+
+    Both APIs share one BLOB column. Values live inline in the catalog, so each is limited to
+    ``max_value_bytes`` (1 MiB); store anything larger with FileStore. Supports the dict protocol in its string
+    form. A value stored with ``set_bytes`` that is not UTF-8 makes ``get`` raise UnicodeDecodeError: use
+    ``get_bytes`` for it.
+    """
+
+    max_value_bytes: int = MAX_VALUE_BYTES
+
+    def _init_schema(self) -> None:
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS bh_kv ("
+            " key TEXT PRIMARY KEY NOT NULL,"
+            " value BLOB NOT NULL,"
+            " updated_at REAL NOT NULL)"
+        )
+        self._conn.commit()
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def _check_size(self, key: str, data: bytes) -> None:
+        if len(data) > self.max_value_bytes:
+            raise ValueTooLarge(
+                f"value for {key!r} is {len(data):,} bytes; KV values are kept inline and limited to "
+                f"{self.max_value_bytes:,} bytes. Store it with FileStore (bh.files.put(data)) and keep its key here"
+            )
+
+    def set(self, key: str, value: str) -> None:
+        """Store a str value under ``key`` (replacing any previous value)."""
+        _check_key(key)
+        if not isinstance(value, str):
+            hint = " use set_bytes() for bytes" if isinstance(value, (bytes, bytearray, memoryview)) else \
+                " convert it with str() or json.dumps() first"
+            raise ValueTypeError(f"KV values are str, not {type(value).__name__}:{hint}")
+        data = value.encode("utf-8")
+        self._check_size(key, data)
+        self._write([(key, data)])
+
+    def set_bytes(self, key: str, value: bytes | bytearray | memoryview) -> None:
+        """Store raw bytes under ``key``."""
+        _check_key(key)
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise ValueTypeError(f"set_bytes takes bytes, not {type(value).__name__}; use set() for str")
+        data = bytes(value)
+        self._check_size(key, data)
+        self._write([(key, data)])
+
+    def update(self, items: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
+        """Set several str values in one transaction: all are stored, or (on any bad item) none."""
+        pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+        encoded: list[tuple[str, bytes]] = []
+        for key, value in pairs:
+            _check_key(key)
+            if not isinstance(value, str):
+                raise ValueTypeError(f"KV values are str, not {type(value).__name__} (key {key!r})")
+            data = value.encode("utf-8")
+            self._check_size(key, data)
+            encoded.append((key, data))
+        self._write(encoded)
+
+    def _write(self, pairs: list[tuple[str, bytes]]) -> None:
+        now = time.time()
+        with self._conn:
+            self._conn.executemany(
+                "INSERT INTO bh_kv (key, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                [(k, v, now) for k, v in pairs],
+            )
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; return whether it existed (a missing key is not an error)."""
+        _check_key(key)
+        with self._conn:
+            cur = self._conn.execute("DELETE FROM bh_kv WHERE key = ?", (key,))
+        return cur.rowcount > 0
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get_bytes(self, key: str, default: bytes | None = None) -> bytes | None:
+        """The raw bytes under ``key``, or ``default`` when missing."""
+        _check_key(key)
+        row = self._conn.execute("SELECT value FROM bh_kv WHERE key = ?", (key,)).fetchone()
+        return default if row is None else bytes(row[0])
+
+    @overload
+    def get(self, key: str) -> str | None: ...
+    @overload
+    def get(self, key: str, default: str) -> str: ...
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        """The str value under ``key``, or ``default`` when missing."""
+        data = self.get_bytes(key)
+        if data is None:
+            return default
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UnicodeDecodeError(
+                exc.encoding, exc.object, exc.start, exc.end,
+                f"the value of {key!r} is not UTF-8 text (it was stored with set_bytes); "
+                f"read it with get_bytes({key!r})",
+            ) from None
+
+    def exists(self, key: str) -> bool:
+        """True when ``key`` is set."""
+        _check_key(key)
+        return self._conn.execute("SELECT 1 FROM bh_kv WHERE key = ?", (key,)).fetchone() is not None
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Keys starting with ``prefix``, sorted."""
+        if not isinstance(prefix, str):
+            raise KeyTypeError(f"prefix is a str, not {type(prefix).__name__}")
+        if not prefix:
+            rows = self._conn.execute("SELECT key FROM bh_kv ORDER BY key").fetchall()
+        else:
+            # A range scan on the primary key; LIKE would treat % and _ in the prefix as wildcards.
+            rows = self._conn.execute(
+                "SELECT key FROM bh_kv WHERE key >= ? AND substr(key, 1, ?) = ? ORDER BY key",
+                (prefix, len(prefix), prefix),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def items(self, prefix: str = "") -> list[tuple[str, str]]:
+        """(key, str value) pairs starting with ``prefix``; non-UTF-8 values raise as in ``get``."""
+        return [(k, self[k]) for k in self.keys(prefix)]
+
+    def updated_at(self, key: str) -> float | None:
+        """When ``key`` was last set (epoch seconds), or None when missing."""
+        _check_key(key)
+        row = self._conn.execute("SELECT updated_at FROM bh_kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else float(row[0])
+
+    # -- dict protocol (str form) -----------------------------------------------------------
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise NotFound(f"no KV key {key!r}; bh.kv.keys() lists the keys")
+        return value
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.set(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if not self.delete(key):
+            raise NotFound(f"no KV key {key!r} to delete")
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and bool(key) and self.exists(key)
+
+    def __len__(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM bh_kv").fetchone()[0])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __repr__(self) -> str:
+        return f"<KVStore: {len(self)} keys>"

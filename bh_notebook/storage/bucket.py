@@ -1,0 +1,288 @@
+"""BucketClient: the small abstract core every storage backend implements.
+
+A backend implements seven primitives (``head``, ``get_range``, ``open_read``, ``put_stream``, ``delete``,
+``list_info``, ``copy``); everything else (``exists``, ``get_bytes``, ``put_bytes``, ``upload``, ``download``,
+``last_modified``, ``list_keys``, ``get_into``) has a default built on them that a backend may override when it
+can do better. Method names and argument order follow the client of the library we grow from, so code written
+for it reads the same: data or path first, key second on writes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import IntegrityError, InvalidKey, KeyTypeError
+
+#: Streaming uploads switch to multipart above this many bytes.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+#: Size of one part of a multipart upload, and of one read when streaming.
+PART_SIZE = 16 * 1024 * 1024
+#: Reads from a stream are done in pieces of this size.
+CHUNK_SIZE = 1024 * 1024
+
+#: Called with the number of bytes moved since the last call.
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD tells: size in bytes, entity tag (quoted, as S3 gives it), last modified (epoch seconds)."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: float
+
+
+def check_key(key: object) -> str:
+    """Validate an object key: a non-empty str with no empty, ``.`` or ``..`` segment, no NUL, no leading '/'."""
+    if not isinstance(key, str):
+        raise KeyTypeError(f"object keys are str, not {type(key).__name__}")
+    if not key:
+        raise InvalidKey("object key is empty")
+    if len(key.encode("utf-8")) > 1024:
+        raise InvalidKey(f"object key is {len(key.encode('utf-8'))} bytes long; S3 allows at most 1024")
+    if "\x00" in key or "\\" in key:
+        raise InvalidKey(f"object key {key!r} holds a NUL or backslash")
+    if key.startswith("/") or key.endswith("/"):
+        raise InvalidKey(f"object key {key!r} must not start or end with '/'")
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            raise InvalidKey(f"object key {key!r} has an empty, '.' or '..' path segment")
+    return key
+
+
+class BucketClient(ABC):
+    """One bucket: put, get, list and delete objects by key."""
+
+    #: "local" or "s3"; shown in status output.
+    backend: str = "?"
+    #: The bucket's name (for a local bucket, its directory's name).
+    name: str = ""
+
+    # -- the primitives --------------------------------------------------------------------
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size, etag and last-modified of ``key``, or None when it does not exist."""
+
+    @abstractmethod
+    def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
+        """Bytes ``[start, end)`` of ``key`` (Python slice rules; ``end=None`` means to the end)."""
+
+    @abstractmethod
+    def open_read(self, key: str) -> BinaryIO:
+        """A readable binary stream of the whole object; raise ObjectNotFound when missing."""
+
+    @abstractmethod
+    def put_stream(
+        self,
+        fileobj: BinaryIO,
+        key: str,
+        *,
+        size: int | None = None,
+        if_none_match: str | None = None,
+        if_match: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """Write everything ``fileobj`` yields to ``key``; return the new etag.
+
+        ``if_none_match="*"`` writes only when the key does not exist; ``if_match=etag`` only when the current
+        object has that etag. A lost condition raises PreconditionFailed and changes nothing.
+        """
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete ``key``; a missing key is not an error."""
+
+    @abstractmethod
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (all pages), in the server's listing order.
+
+        That is lexicographic on S3 and R2; servers built on a file tree may list ``a/...`` before ``a.txt``.
+        """
+
+    @abstractmethod
+    def copy(self, src_key: str, dst_key: str) -> None:
+        """Copy an object inside the bucket."""
+
+    # -- defaults built on the primitives ----------------------------------------------------
+
+    def exists(self, key: str) -> bool:
+        """True when ``key`` exists."""
+        return self.head(key) is not None
+
+    def last_modified(self, key: str) -> float | None:
+        """Last-modified time of ``key`` in epoch seconds, or None when it does not exist."""
+        info = self.head(key)
+        return None if info is None else info.last_modified
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every key that starts with ``prefix``, in order."""
+        return [info.key for info in self.list_info(prefix)]
+
+    def get_bytes(self, key: str) -> bytes:
+        """The whole object as bytes."""
+        with self.open_read(key) as f:
+            return f.read()
+
+    def put_bytes(
+        self,
+        data: bytes | bytearray | memoryview,
+        key: str,
+        *,
+        if_none_match: str | None = None,
+        if_match: str | None = None,
+    ) -> str:
+        """Write ``data`` to ``key``; return the new etag."""
+        view = memoryview(data).cast("B")
+        return self.put_stream(io.BytesIO(view), key, size=view.nbytes, if_none_match=if_none_match,
+                               if_match=if_match)
+
+    def upload(self, path: str | os.PathLike[str], key: str, *, progress: ProgressCallback | None = None,
+               if_none_match: str | None = None, if_match: str | None = None) -> str:
+        """Stream a local file to ``key``; return the new etag."""
+        p = Path(path)
+        with p.open("rb") as f:
+            return self.put_stream(f, key, size=os.fstat(f.fileno()).st_size, progress=progress,
+                                   if_none_match=if_none_match, if_match=if_match)
+
+    def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Path:
+        """Stream ``key`` into a local file, atomically (a temp file beside it, then a rename)."""
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, self.open_read(key) as src:
+                while chunk := src.read(CHUNK_SIZE):
+                    out.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+            os.replace(tmp, dest)
+        except BaseException:
+            with _suppress_oserror():
+                os.unlink(tmp)
+            raise
+        return dest
+
+    def get_into(self, key: str, buffer: memoryview | bytearray, start: int = 0,
+                 *, progress: ProgressCallback | None = None) -> int:
+        """Read ``len(buffer)`` bytes of ``key`` from offset ``start`` straight into ``buffer``; return the count."""
+        view = memoryview(buffer).cast("B")
+        done = 0
+        total = view.nbytes
+        while done < total:
+            n = min(PART_SIZE, total - done)
+            chunk = self.get_range(key, start + done, start + done + n)
+            if len(chunk) != n:
+                raise IntegrityError(f"{key!r} ended after {start + done + len(chunk)} bytes; it is shorter than expected")
+            view[done:done + n] = chunk
+            done += n
+            if progress is not None:
+                progress(n)
+        return done
+
+    def presigned_url(self, key: str, expires_in: int = 3600) -> str | None:
+        """A URL anyone can GET ``key`` with until it expires, or None where the backend has no such thing."""
+        return None
+
+    def close(self) -> None:
+        """Release connections; the client may not be used afterwards."""
+
+    def __enter__(self) -> BucketClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _suppress_oserror:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> bool:
+        return exc_type is not None and issubclass(exc_type, OSError)
+
+
+class ProgressReader(io.RawIOBase):
+    """Wrap a readable stream, reporting bytes read to a progress callback."""
+
+    def __init__(self, raw: BinaryIO, progress: ProgressCallback) -> None:
+        super().__init__()
+        self._raw = raw
+        self._progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        if data:
+            self._progress(len(data))
+        return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class ChainReader(io.RawIOBase):
+    """A read-only stream over several buffers (e.g. a .npy header and an array's memory), copying only on read."""
+
+    def __init__(self, *parts: bytes | bytearray | memoryview) -> None:
+        super().__init__()
+        self._parts = [memoryview(p).cast("B") for p in parts]
+        self._sizes = [p.nbytes for p in self._parts]
+        self.size = sum(self._sizes)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.size - self._pos
+        n = min(n, self.size - self._pos)
+        if n <= 0:
+            return b""
+        out = bytearray(n)
+        self.readinto(out)
+        return bytes(out)
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        dest = memoryview(b).cast("B")
+        want = min(dest.nbytes, self.size - self._pos)
+        written = 0
+        offset = 0
+        for part, size in zip(self._parts, self._sizes):
+            if written >= want:
+                break
+            if self._pos >= offset + size:
+                offset += size
+                continue
+            lo = self._pos - offset
+            take = min(size - lo, want - written)
+            dest[written:written + take] = part[lo:lo + take]
+            written += take
+            self._pos += take
+            offset += size
+        return written

@@ -1,0 +1,280 @@
+"""LocalBucket: a directory that behaves like a bucket. The embedded default backend.
+
+Objects are plain files under the root, one per key ('/' in keys are directories). Writes go to a temp file
+in the same directory and are renamed into place, so readers never see a half-written object. Conditional
+writes take an exclusive ``flock`` on a lock file in the root, so they are safe between processes as well as
+threads. ETags are derived from the file's identity (inode, size, mtime): every write makes a new file, so the
+etag changes on every write and is stable otherwise, which is what conditional writes need.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import BackendError, IntegrityError, InvalidKey, ObjectNotFound, PreconditionFailed
+from .bucket import CHUNK_SIZE, BucketClient, ObjectInfo, ProgressCallback, check_key
+
+#: Names starting with this are ours (temp files, the lock); they are hidden from listings and refused as keys.
+RESERVED_PREFIX = ".bh-"
+_LOCK_NAME = ".bh-lock"
+
+
+class LocalBucket(BucketClient):
+    """A bucket kept in a local directory (created on first use)."""
+
+    backend = "local"
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().absolute()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(f"cannot create the local store at {self.root}: {exc.strerror}; "
+                               "choose a writable directory (BucketConfig.for_local(path))") from exc
+        self._real_root = Path(os.path.realpath(self.root))
+        self.name = self.root.name or "local"
+        self._thread_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalBucket({str(self.root)!r})"
+
+    # -- paths ------------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        """The file for ``key``; refuse keys that could land outside the root, even through symlinks."""
+        check_key(key)
+        parts = key.split("/")
+        if any(part.startswith(RESERVED_PREFIX) for part in parts):
+            raise InvalidKey(f"object key {key!r} uses the reserved prefix {RESERVED_PREFIX!r}")
+        path = self._real_root.joinpath(*parts)
+        # Resolve symlinks in the directories (and the file, if it is one) and check containment.
+        real = Path(os.path.realpath(path))
+        if real != self._real_root and self._real_root not in real.parents:
+            raise InvalidKey(f"object key {key!r} resolves outside the store's root {self.root}")
+        return path
+
+    def _lock(self) -> _FileLock:
+        return _FileLock(self._real_root / _LOCK_NAME, self._thread_lock)
+
+    # -- primitives -------------------------------------------------------------------------
+
+    def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not _is_file(st):
+            return None
+        return ObjectInfo(key=key, size=st.st_size, etag=_etag(st), last_modified=st.st_mtime)
+
+    def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                lo, hi, _ = slice(start, end).indices(size)
+                if hi <= lo:
+                    return b""
+                f.seek(lo)
+                return f.read(hi - lo)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(f"no object {key!r} in {self.root}") from None
+
+    def get_into(self, key: str, buffer: memoryview | bytearray, start: int = 0,
+                 *, progress: ProgressCallback | None = None) -> int:
+        view = memoryview(buffer).cast("B")
+        path = self._path(key)
+        try:
+            f = open(path, "rb", buffering=0)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(f"no object {key!r} in {self.root}") from None
+        with f:
+            f.seek(start)
+            done = 0
+            while done < view.nbytes:
+                n = f.readinto(view[done:done + 64 * CHUNK_SIZE])
+                if not n:
+                    raise IntegrityError(f"{key!r} ended after {start + done} bytes; it is shorter than expected")
+                done += n
+                if progress is not None:
+                    progress(n)
+        return done
+
+    def open_read(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            return open(path, "rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(f"no object {key!r} in {self.root}") from None
+
+    def put_stream(
+        self,
+        fileobj: BinaryIO,
+        key: str,
+        *,
+        size: int | None = None,
+        if_none_match: str | None = None,
+        if_match: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        if if_none_match not in (None, "*"):
+            raise ValueError("if_none_match only accepts '*'")
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise InvalidKey(f"cannot store {key!r}: a parent of it is an object already") from None
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=RESERVED_PREFIX + "tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                readinto = getattr(fileobj, "readinto", None)
+                if readinto is not None:
+                    buf = bytearray(8 * CHUNK_SIZE)
+                    view = memoryview(buf)
+                    while n := readinto(view):
+                        out.write(view[:n])
+                        if progress is not None:
+                            progress(n)
+                else:
+                    while chunk := fileobj.read(8 * CHUNK_SIZE):
+                        out.write(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o644)
+            with self._lock():
+                if if_none_match is not None or if_match is not None:
+                    current = self.head(key)
+                    if if_none_match == "*" and current is not None:
+                        raise PreconditionFailed(f"{key!r} already exists (if_none_match='*')")
+                    if if_match is not None and (current is None or current.etag != if_match):
+                        raise PreconditionFailed(
+                            f"{key!r} changed since it was read (etag {if_match} expected, "
+                            f"found {current.etag if current else 'no object'})"
+                        )
+                if path.is_dir():
+                    raise InvalidKey(f"cannot store {key!r}: it is a prefix of other objects")
+                os.replace(tmp, path)
+                st = os.stat(path)
+            return _etag(st)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with self._lock():
+            try:
+                os.unlink(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            except IsADirectoryError:
+                return
+        self._prune_dirs(path.parent)
+
+    def _prune_dirs(self, directory: Path) -> None:
+        """Remove empty directories left by deletes, as S3 has no empty 'folders'."""
+        while directory != self._real_root and self._real_root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if not isinstance(prefix, str):
+            raise InvalidKey(f"prefix must be a str, not {type(prefix).__name__}")
+        # Walk only the directory the prefix points into.
+        head, _, _ = prefix.rpartition("/")
+        start = self._real_root.joinpath(*head.split("/")) if head else self._real_root
+        if ".." in head.split("/"):
+            raise InvalidKey(f"prefix {prefix!r} has a '..' segment")
+        yield from (info for info in self._walk(start, head + "/" if head else "") if info.key.startswith(prefix))
+
+    def _walk(self, directory: Path, key_prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        # S3 orders keys by their bytes: "a/b" sorts after "a.txt" but before "a0"; emulate by sorting full keys.
+        items: list[tuple[str, os.DirEntry[str]]] = []
+        for entry in entries:
+            if entry.name.startswith(RESERVED_PREFIX):
+                continue
+            items.append((key_prefix + entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""), entry))
+        items.sort(key=lambda item: item[0].encode("utf-8"))
+        for key, entry in items:
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(entry.path), key)
+            elif entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                yield ObjectInfo(key=key, size=st.st_size, etag=_etag(st), last_modified=st.st_mtime)
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        with self.open_read(src_key) as src:
+            self.put_stream(src, dst_key)
+
+    def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Path:
+        return super().download(key, path, progress=progress)
+
+
+def _is_file(st: os.stat_result) -> bool:
+    import stat
+
+    return stat.S_ISREG(st.st_mode)
+
+
+def _etag(st: os.stat_result) -> str:
+    ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()
+    return '"' + hashlib.md5(ident, usedforsecurity=False).hexdigest() + '"'
+
+
+class _FileLock:
+    """An exclusive flock on a file in the root (between processes) plus a thread lock (within one)."""
+
+    def __init__(self, path: Path, thread_lock: threading.Lock) -> None:
+        self._path = path
+        self._thread_lock = thread_lock
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise BackendError(f"timed out waiting for the lock {self._path}; "
+                                           "is another process stuck writing this store?") from None
+                    time.sleep(0.001)
+        except BaseException:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+        finally:
+            self._fd = -1
+            self._thread_lock.release()

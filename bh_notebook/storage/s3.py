@@ -1,0 +1,447 @@
+"""S3Bucket: a bucket on any S3-compatible endpoint (Cloudflare R2, AWS S3, MinIO, SeaweedFS), through boto3.
+
+The only module that imports boto3. Botocore's errors are turned into our named exceptions with messages that
+say what to fix. Retries with exponential backoff are botocore's "standard" mode (throttling, 5xx and connection
+errors). Checksums are only sent when an operation requires them, which R2 needs.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+
+from ..errors import (
+    AccessDenied,
+    BackendError,
+    BucketNotFound,
+    EndpointUnreachable,
+    IntegrityError,
+    ObjectNotFound,
+    PreconditionFailed,
+)
+from .bucket import MULTIPART_THRESHOLD, PART_SIZE, BucketClient, ObjectInfo, ProgressCallback, check_key
+
+if TYPE_CHECKING:
+    from ..config import BucketConfig
+
+T = TypeVar("T")
+
+#: Parallel connections used for multipart uploads and ranged downloads of large objects.
+MAX_CONCURRENCY = 8
+
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+               "AuthorizationHeaderMalformed", "InvalidSecurity", "MissingSecurityHeader", "Unauthorized"}
+
+
+class S3Bucket(BucketClient):
+    """A bucket reached over the S3 API."""
+
+    backend = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str = "auto",
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        max_attempts: int = 5,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        part_size: int = PART_SIZE,
+        max_concurrency: int = MAX_CONCURRENCY,
+        page_size: int = 1000,
+    ) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.name = bucket
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
+        self.max_concurrency = max_concurrency
+        self.page_size = page_size
+        options: dict[str, Any] = dict(
+            region_name=None if region == "auto" and endpoint_url is None else region,
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_pool_connections=max(10, max_concurrency * 2),
+            s3={"addressing_style": "path"},
+            signature_version="s3v4",
+        )
+        try:
+            # boto3 >= 1.36 adds CRC32 checksums to every upload by default; R2 rejects some of them.
+            config = Config(**options, request_checksum_calculation="when_required",
+                            response_checksum_validation="when_required")
+        except TypeError:  # older botocore: it never sent them.
+            config = Config(**options)
+        session = boto3.session.Session()
+        self._client = session.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            region_name=options["region_name"],
+            config=config,
+        )
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: BucketConfig, **kwargs: Any) -> S3Bucket:
+        """Build from a BucketConfig."""
+        return cls(config.bucket, endpoint_url=config.endpoint_url, region=config.region,
+                   access_key_id=config.access_key_id, secret_access_key=config.secret_access_key, **kwargs)
+
+    def __repr__(self) -> str:
+        where = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
+        return f"S3Bucket({self.name!r}{where})"
+
+    @property
+    def client(self) -> Any:
+        """The underlying boto3 client, for what this class does not cover."""
+        return self._client
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="bh-s3")
+            return self._pool
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        self._client.close()
+
+    # -- error translation --------------------------------------------------------------------
+
+    def _call(self, what: str, key: str | None, fn: Callable[..., T], **kwargs: Any) -> T:
+        try:
+            return fn(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - translated, re-raised
+            raise self._translate(exc, what, key) from exc
+
+    def _translate(self, exc: Exception, what: str, key: str | None) -> Exception:
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            ReadTimeoutError,
+        )
+
+        target = f"s3://{self.name}/{key}" if key else f"s3://{self.name}"
+        endpoint = self.endpoint_url or "AWS S3"
+        if isinstance(exc, NoCredentialsError):
+            return AccessDenied(f"no credentials for {endpoint}: pass access_key_id/secret_access_key "
+                                "or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError)):
+            return EndpointUnreachable(f"could not reach {endpoint} to {what} {target} after retries "
+                                       f"({type(exc).__name__}); check endpoint_url and your network")
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "412") or status == 412:
+                return PreconditionFailed(f"{target} changed since it was read; re-read it and try again")
+            if code == "NoSuchBucket":
+                return BucketNotFound(f"bucket {self.name!r} does not exist at {endpoint}; "
+                                      "create it first or fix the bucket name")
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                return ObjectNotFound(f"no object {target}")
+            if code in _AUTH_CODES:
+                return AccessDenied(f"{endpoint} rejected the credentials ({code}) on {what} {target}: "
+                                    "check the access key id and secret")
+            if code == "AccessDenied" or status == 403:
+                return AccessDenied(f"access denied to {what} {target} at {endpoint}: the credentials are wrong "
+                                    "or lack permission on this bucket")
+            if code in ("InvalidRange", "416") or status == 416:
+                return BackendError(f"invalid byte range for {target}")
+            return BackendError(f"{what} {target} failed at {endpoint}: {code or status} "
+                                f"{err.get('Message', '')}".rstrip())
+        if isinstance(exc, BackendError):
+            return exc
+        return BackendError(f"{what} {target} failed: {type(exc).__name__}: {exc}")
+
+    # -- primitives -------------------------------------------------------------------------
+
+    def head(self, key: str) -> ObjectInfo | None:
+        check_key(key)
+        try:
+            r = self._call("read", key, self._client.head_object, Bucket=self.name, Key=key)
+        except ObjectNotFound:
+            return None
+        return ObjectInfo(key=key, size=int(r["ContentLength"]), etag=r["ETag"],
+                          last_modified=r["LastModified"].timestamp())
+
+    def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
+        check_key(key)
+        if start < 0 or (end is not None and end < 0):
+            info = self.head(key)
+            if info is None:
+                raise ObjectNotFound(f"no object s3://{self.name}/{key}")
+            start, end, _ = slice(start, end).indices(info.size)
+        if end is not None and end <= start:
+            return b""
+        rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
+        try:
+            r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key, Range=rng)
+        except BackendError as exc:
+            if "invalid byte range" in str(exc):
+                return b""
+            raise
+        with r["Body"] as body:
+            return body.read()
+
+    def open_read(self, key: str) -> BinaryIO:
+        check_key(key)
+        r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key)
+        return _BodyReader(r["Body"])
+
+    def get_bytes(self, key: str) -> bytes:
+        info = self.head(key)
+        if info is None:
+            raise ObjectNotFound(f"no object s3://{self.name}/{key}")
+        if info.size > self.multipart_threshold:
+            buf = bytearray(info.size)
+            self.get_into(key, buf)
+            return bytes(buf)
+        with self.open_read(key) as f:
+            return f.read()
+
+    def get_into(self, key: str, buffer: memoryview | bytearray, start: int = 0,
+                 *, progress: ProgressCallback | None = None) -> int:
+        """Parallel ranged GETs straight into ``buffer``."""
+        view = memoryview(buffer).cast("B")
+        total = view.nbytes
+        if total <= self.part_size:
+            return super().get_into(key, view, start, progress=progress)
+        ranges = [(off, min(off + self.part_size, total)) for off in range(0, total, self.part_size)]
+
+        def fetch(lo: int, hi: int) -> None:
+            r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key,
+                           Range=f"bytes={start + lo}-{start + hi - 1}")
+            with r["Body"] as body:
+                pos = lo
+                while pos < hi:
+                    chunk = body.read(min(1 << 20, hi - pos))
+                    if not chunk:
+                        raise IntegrityError(f"s3://{self.name}/{key} ended at byte {start + pos}; it is shorter than expected")
+                    view[pos:pos + len(chunk)] = chunk
+                    pos += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+
+        self._run_parallel([lambda lo=lo, hi=hi: fetch(lo, hi) for lo, hi in ranges])
+        return total
+
+    def _run_parallel(self, tasks: list[Callable[[], Any]]) -> list[Any]:
+        pool = self._executor()
+        futures: list[Future[Any]] = [pool.submit(t) for t in tasks]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        for f in futures:
+            if f.done() and not f.cancelled() and f.exception() is not None:
+                wait(futures)  # let running ones finish before the caller frees buffers
+                raise f.exception()  # type: ignore[misc]
+        return [f.result() for f in futures]
+
+    def put_stream(
+        self,
+        fileobj: BinaryIO,
+        key: str,
+        *,
+        size: int | None = None,
+        if_none_match: str | None = None,
+        if_match: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        check_key(key)
+        if if_none_match not in (None, "*"):
+            raise ValueError("if_none_match only accepts '*'")
+        cond: dict[str, str] = {}
+        if if_none_match:
+            cond["IfNoneMatch"] = if_none_match
+        if if_match:
+            cond["IfMatch"] = if_match
+        first = _read_full(fileobj, self.multipart_threshold + 1 if size is None else min(size, self.multipart_threshold + 1))
+        if len(first) <= self.multipart_threshold:
+            try:
+                r = self._call("write", key, self._client.put_object, Bucket=self.name, Key=key, Body=first, **cond)
+            except ObjectNotFound:
+                if if_match is None:
+                    raise
+                # AWS and moto answer If-Match on a missing key with 404; SeaweedFS and R2 with 412.
+                raise PreconditionFailed(f"s3://{self.name}/{key} does not exist (if_match={if_match})") from None
+            if progress is not None:
+                progress(len(first))
+            return str(r["ETag"])
+        return self._multipart(first, fileobj, key, cond, progress)
+
+    def _multipart(self, first: bytes, fileobj: BinaryIO, key: str, cond: dict[str, str],
+                   progress: ProgressCallback | None) -> str:
+        # Check before uploading gigabytes; CompleteMultipartUpload re-checks the condition atomically
+        # on servers that support it (R2, AWS, SeaweedFS).
+        if cond:
+            current = self.head(key)
+            if "IfNoneMatch" in cond and current is not None:
+                raise PreconditionFailed(f"s3://{self.name}/{key} already exists (if_none_match='*')")
+            if "IfMatch" in cond and (current is None or current.etag != cond["IfMatch"]):
+                raise PreconditionFailed(f"s3://{self.name}/{key} changed since it was read "
+                                         f"(etag {cond['IfMatch']} expected)")
+        upload_id = self._call("write", key, self._client.create_multipart_upload,
+                               Bucket=self.name, Key=key)["UploadId"]
+        try:
+            pending = io.BytesIO(first)
+            parts: dict[int, str] = {}
+            pool = self._executor()
+            futures: list[Future[None]] = []
+            sem = threading.Semaphore(self.max_concurrency)  # bound the part buffers held in memory
+
+            def send(number: int, body: bytes) -> None:
+                try:
+                    r = self._call("write", key, self._client.upload_part, Bucket=self.name, Key=key,
+                                   UploadId=upload_id, PartNumber=number, Body=body)
+                    parts[number] = r["ETag"]
+                    if progress is not None:
+                        progress(len(body))
+                finally:
+                    sem.release()
+
+            number = 0
+            while True:
+                body = pending.read(self.part_size)
+                if len(body) < self.part_size:
+                    body += _read_full(fileobj, self.part_size - len(body))
+                if not body:
+                    break
+                number += 1
+                sem.acquire()
+                failed = [f for f in futures if f.done() and f.exception() is not None]
+                if failed:
+                    sem.release()
+                    raise failed[0].exception()  # type: ignore[misc]
+                futures.append(pool.submit(send, number, body))
+                del body
+            wait(futures)
+            for f in futures:
+                if f.exception() is not None:
+                    raise f.exception()  # type: ignore[misc]
+            try:
+                r = self._call(
+                    "write", key, self._client.complete_multipart_upload, Bucket=self.name, Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]},
+                    **cond,
+                )
+            except ObjectNotFound:
+                if "IfMatch" not in cond:
+                    raise
+                raise PreconditionFailed(f"s3://{self.name}/{key} disappeared during the upload") from None
+            return str(r["ETag"])
+        except BaseException:
+            try:
+                self._client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
+            except Exception:  # noqa: BLE001 - best effort; the original error matters
+                pass
+            raise
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        try:
+            self._call("delete", key, self._client.delete_object, Bucket=self.name, Key=key)
+        except ObjectNotFound:
+            pass
+
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix, "MaxKeys": self.page_size}
+        while True:
+            r = self._call("list", prefix or None, self._client.list_objects_v2, **kwargs)
+            for item in r.get("Contents", []):
+                yield ObjectInfo(key=item["Key"], size=int(item["Size"]), etag=item.get("ETag", ""),
+                                 last_modified=item["LastModified"].timestamp())
+            if not r.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = r["NextContinuationToken"]
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        check_key(src_key)
+        check_key(dst_key)
+        info = self.head(src_key)
+        if info is None:
+            raise ObjectNotFound(f"no object s3://{self.name}/{src_key} to copy")
+        if info.size < 5 * 1024**3:
+            self._call("copy", src_key, self._client.copy_object, Bucket=self.name, Key=dst_key,
+                       CopySource={"Bucket": self.name, "Key": src_key})
+        else:  # CopyObject stops at 5 GiB; the managed copy does it in parts.
+            self._call("copy", src_key, self._client.copy, CopySource={"Bucket": self.name, "Key": src_key},
+                       Bucket=self.name, Key=dst_key)
+
+    def presigned_url(self, key: str, expires_in: int = 3600) -> str | None:
+        check_key(key)
+        return str(self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.name, "Key": key}, ExpiresIn=int(expires_in)))
+
+    def check_bucket(self) -> None:
+        """Raise a named error when the bucket is missing or the credentials do not work."""
+        try:
+            self._call("open", None, self._client.head_bucket, Bucket=self.name)
+        except ObjectNotFound:  # HEAD has no body: a missing bucket is a bare 404.
+            raise BucketNotFound(f"bucket {self.name!r} does not exist at {self.endpoint_url or 'AWS S3'}; "
+                                 "create it first or fix the bucket name") from None
+
+    def create_bucket(self) -> None:
+        """Create the bucket (for tests and first-time set-up); an existing bucket of ours is fine."""
+        try:
+            self._call("create", None, self._client.create_bucket, Bucket=self.name)
+        except BackendError as exc:
+            if "BucketAlreadyOwnedByYou" not in str(exc) and "BucketAlreadyExists" not in str(exc):
+                raise
+
+
+class _BodyReader(io.RawIOBase):
+    """A botocore StreamingBody as a file object (closing releases the connection)."""
+
+    def __init__(self, body: Any) -> None:
+        super().__init__()
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        return self._body.read() if n is None or n < 0 else self._body.read(n)
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._body.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
+def _read_full(f: BinaryIO, n: int) -> bytes:
+    """Read exactly ``n`` bytes unless the stream ends first (raw streams may return short reads)."""
+    chunks = []
+    got = 0
+    while got < n:
+        chunk = f.read(n - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

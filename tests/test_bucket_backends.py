@@ -1,0 +1,175 @@
+"""The shared BucketClient suite, run against every backend, plus each backend's own rules."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bh_notebook.errors import (
+    AccessDenied,
+    BucketNotFound,
+    EndpointUnreachable,
+    InvalidKey,
+    PreconditionFailed,
+)
+from bh_notebook.storage import LocalBucket
+from bh_notebook.storage.s3 import S3Bucket
+from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY, S3Server, free_port
+from bh_notebook.testing.store import BucketClientTests
+
+SMALL_PARTS = dict(multipart_threshold=5 * 1024 * 1024, part_size=5 * 1024 * 1024)
+
+
+def s3_bucket(server: S3Server, **kwargs: object) -> S3Bucket:
+    return S3Bucket(server.new_bucket(), endpoint_url=server.endpoint_url, region="us-east-1",
+                    access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, **{**SMALL_PARTS, **kwargs})  # type: ignore[arg-type]
+
+
+class TestLocalBucket(BucketClientTests):
+    @pytest.fixture
+    def bucket(self, tmp_path: Path) -> Iterator[LocalBucket]:
+        yield LocalBucket(tmp_path / "root")
+
+
+class TestMotoBucket(BucketClientTests):
+    @pytest.fixture
+    def bucket(self, moto_server: S3Server) -> Iterator[S3Bucket]:
+        b = s3_bucket(moto_server, page_size=7)
+        yield b
+        b.close()
+
+
+class TestSeaweedBucket(BucketClientTests):
+    @pytest.fixture
+    def bucket(self, seaweed_server: S3Server) -> Iterator[S3Bucket]:
+        b = s3_bucket(seaweed_server, page_size=7)
+        yield b
+        b.close()
+
+
+# -- LocalBucket: the root is a wall ------------------------------------------------------------
+
+
+def test_local_symlink_escape_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("do not read")
+    root = tmp_path / "root"
+    bucket = LocalBucket(root)
+    os.symlink(outside, root / "link")
+    os.symlink(outside / "secret.txt", root / "file-link")
+    with pytest.raises(InvalidKey):
+        bucket.get_bytes("link/secret.txt")
+    with pytest.raises(InvalidKey):
+        bucket.put_bytes(b"overwrite", "link/secret.txt")
+    with pytest.raises(InvalidKey):
+        bucket.get_bytes("file-link")
+    assert (outside / "secret.txt").read_text() == "do not read"
+    assert "link/secret.txt" not in bucket.list_keys()
+
+
+def test_local_reserved_names_hidden_and_refused(tmp_path: Path) -> None:
+    bucket = LocalBucket(tmp_path)
+    bucket.put_bytes(b"x", "a")
+    bucket.put_bytes(b"x", "a", if_none_match=None)
+    assert bucket.list_keys() == ["a"]  # the lock file and temp files are not objects
+    with pytest.raises(InvalidKey):
+        bucket.put_bytes(b"x", ".bh-lock")
+
+
+def test_local_prefix_dirs_pruned(tmp_path: Path) -> None:
+    bucket = LocalBucket(tmp_path / "r")
+    bucket.put_bytes(b"x", "a/b/c")
+    bucket.delete("a/b/c")
+    assert not (tmp_path / "r" / "a").exists()
+
+
+def _conditional_writer(root: str, n: int, queue: "multiprocessing.Queue[str]") -> None:
+    bucket = LocalBucket(root)
+    wins = 0
+    for i in range(n):
+        info = bucket.head("counter")
+        assert info is not None
+        value = int(bucket.get_bytes("counter"))
+        try:
+            bucket.put_bytes(str(value + 1).encode(), "counter", if_match=info.etag)
+            wins += 1
+        except PreconditionFailed:
+            pass
+    queue.put(str(wins))
+
+
+def test_local_conditional_writes_between_processes(tmp_path: Path) -> None:
+    """Read-modify-write with If-Match from 4 processes: every successful write is counted exactly once."""
+    root = tmp_path / "shared"
+    LocalBucket(root).put_bytes(b"0", "counter")
+    ctx = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue[str] = ctx.Queue()
+    procs = [ctx.Process(target=_conditional_writer, args=(str(root), 60, queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    wins = sum(int(queue.get(timeout=5)) for _ in procs)
+    assert wins >= 1
+    assert int(LocalBucket(root).get_bytes("counter")) == wins
+
+
+# -- S3Bucket: errors that say what to fix -------------------------------------------------------
+
+
+def test_s3_missing_bucket(moto_server: S3Server) -> None:
+    bucket = S3Bucket("no-such-bucket-here", endpoint_url=moto_server.endpoint_url, region="us-east-1",
+                      access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+    with pytest.raises(BucketNotFound, match="does not exist"):
+        bucket.check_bucket()
+    with pytest.raises(BucketNotFound, match="create it first"):
+        bucket.put_bytes(b"x", "k")
+
+
+def test_s3_endpoint_refusing_connections() -> None:
+    port = free_port()  # nothing listens here
+    bucket = S3Bucket("bucket", endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1",
+                      access_key_id="k", secret_access_key="s", max_attempts=2, connect_timeout=2)
+    with pytest.raises(EndpointUnreachable, match="check endpoint_url") as info:
+        bucket.put_bytes(b"x", "k")
+    assert isinstance(info.value, ConnectionError)
+
+
+def test_s3_bad_credentials(seaweed_server: S3Server) -> None:
+    """SeaweedFS checks signatures (moto does not)."""
+    name = seaweed_server.new_bucket()
+    bucket = S3Bucket(name, endpoint_url=seaweed_server.endpoint_url, region="us-east-1",
+                      access_key_id=ACCESS_KEY, secret_access_key="wrong-secret-value")
+    with pytest.raises(AccessDenied, match="credentials") as info:
+        bucket.put_bytes(b"x", "k")
+    assert "wrong-secret-value" not in str(info.value)
+
+
+def test_s3_list_pages(moto_server: S3Server) -> None:
+    bucket = s3_bucket(moto_server, page_size=3)
+    keys = [f"p/{i:02d}" for i in range(10)]
+    for k in keys:
+        bucket.put_bytes(b"", k)
+    assert bucket.list_keys("p/") == keys
+
+
+def test_s3_repr_has_no_secret(moto_server: S3Server) -> None:
+    bucket = s3_bucket(moto_server)
+    assert SECRET_KEY not in repr(bucket) and ACCESS_KEY not in repr(bucket)
+
+
+def test_s3_presigned_url(moto_server: S3Server) -> None:
+    import urllib.request
+
+    bucket = s3_bucket(moto_server)
+    bucket.put_bytes(b"shared", "share/me")
+    url = bucket.presigned_url("share/me", expires_in=60)
+    assert url is not None and "Expires=" in url or "X-Amz-Expires=60" in str(url)
+    with urllib.request.urlopen(str(url)) as r:  # noqa: S310 - loopback test server
+        assert r.read() == b"shared"
