@@ -57,6 +57,9 @@ class BucketSQLite:
     (``BucketConfig.from_env()``), which without any variable set means the local store under ``~/.bh_notebook``.
     """
 
+    #: How long a snapshot waits for another connection's open write transaction before it is put off.
+    snapshot_wait_seconds: float = 10.0
+
     def __init__(
         self,
         config: BucketConfig | None = None,
@@ -363,7 +366,7 @@ class BucketSQLite:
         key = self.config.key
         with tempfile.TemporaryDirectory(prefix="bh-snap-") as tmp:
             path = Path(tmp) / "snap.db"
-            backup_to_file(self._snap_conn, path)
+            backup_to_file(self._snap_conn, path, timeout=self.snapshot_wait_seconds)
             sha = file_sha256(path)
             if sha == self._snapshot_sha and self._etag is not None:
                 self._flushed_fingerprint = fingerprint
