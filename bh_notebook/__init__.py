@@ -6,17 +6,31 @@ from __future__ import annotations
 from . import errors
 from .config import BucketConfig
 from .database import BucketSQLite, FlushResult
-from .interfaces import FileMetadata, FileStore, GCReport, Interface, KVStore
+from .interfaces import (
+    ArrayStore,
+    ArrayVersion,
+    FileMetadata,
+    FileStore,
+    FrameStore,
+    FrameVersion,
+    GCReport,
+    Interface,
+    KVStore,
+)
 from .storage.snapshot import SnapshotConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArrayStore",
+    "ArrayVersion",
     "BucketConfig",
     "BucketSQLite",
     "FileMetadata",
     "FileStore",
     "FlushResult",
+    "FrameStore",
+    "FrameVersion",
     "GCReport",
     "Interface",
     "KVStore",

@@ -32,7 +32,9 @@ from .errors import (
     SnapshotConflict,
     SnapshotCorruptError,
 )
+from .interfaces.arrays import ArrayStore
 from .interfaces.files import FileStore
+from .interfaces.frames import FrameStore
 from .interfaces.kv import KVStore
 from .storage import BucketClient, open_bucket
 from .storage.snapshot import BackupTimeout, SnapshotConfig, backup_to_file, file_sha256, restore_from_file
@@ -99,6 +101,8 @@ class BucketSQLite:
         self.restored_from: str | None = None
         self.kv: KVStore
         self.files: FileStore
+        self.arrays: ArrayStore
+        self.frames: FrameStore
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -145,6 +149,8 @@ class BucketSQLite:
         assert self._conn is not None and self._bucket is not None
         self.kv = KVStore(self._conn)
         self.files = FileStore(self._conn, self._bucket, prefix=self.config.files_prefix)
+        self.arrays = ArrayStore(self._conn, self._bucket, files=self.files)
+        self.frames = FrameStore(self._conn, self._bucket, files=self.files)
 
     def _restore(self, bucket: BucketClient, conn: sqlite3.Connection) -> None:
         key = self.config.key
@@ -405,8 +411,8 @@ class BucketSQLite:
             "started": self._started,
         }
         if self._started:
-            info.update(dirty=self.dirty, last_flush=self._last_flush_wall, kv_keys=len(self.kv),
-                        files=len(self.files))
+            info.update(dirty=self.dirty, last_flush=self._last_flush_wall, frames=len(self.frames),
+                        arrays=len(self.arrays), files=len(self.files), kv_keys=len(self.kv))
         if self._last_error is not None:
             info["last_error"] = str(self._last_error)
         return info

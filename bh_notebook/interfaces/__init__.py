@@ -1,7 +1,10 @@
 """Typed views over the catalog: the Interface base class and its stores."""
 
+from .arrays import ArrayStore, ArrayVersion
 from .base import Interface
 from .files import FileMetadata, FileStore, GCReport
+from .frames import FrameStore, FrameVersion
 from .kv import KVStore
 
-__all__ = ["FileMetadata", "FileStore", "GCReport", "Interface", "KVStore"]
+__all__ = ["ArrayStore", "ArrayVersion", "FileMetadata", "FileStore", "FrameStore", "FrameVersion", "GCReport",
+           "Interface", "KVStore"]

@@ -305,12 +305,34 @@ class FileStore(Interface):
 
     def get_into(self, bh_key: str, buffer: memoryview | bytearray, start: int = 0, *,
                  progress: ProgressCallback | None = None) -> int:
-        """Read ``len(buffer)`` bytes of the blob from ``start`` straight into ``buffer``."""
+        """Read ``len(buffer)`` bytes of the blob from ``start`` straight into ``buffer`` (not verified)."""
         row = self._require(bh_key)
         try:
             return self._store.get_into(row["object_key"], buffer, start, progress=progress)
         except ObjectNotFound:
             raise self._missing(bh_key) from None
+
+    def get_verified(self, bh_key: str, buffer: memoryview | bytearray, *, head: bytes = b"",
+                     progress: ProgressCallback | None = None) -> None:
+        """Fill ``buffer`` with the blob's bytes that follow ``head`` and check the SHA-256 of the two together.
+
+        For a caller that already knows the blob's first bytes (an array's ``.npy`` header, kept in the catalog):
+        the rest lands straight in its final place, and is hashed while it downloads.
+        """
+        row = self._require(bh_key)
+        view = memoryview(buffer).cast("B")
+        if len(head) + view.nbytes != int(row["size"]):
+            raise self._corrupt(bh_key)
+        hasher = hashlib.sha256(head)
+        try:
+            if view.nbytes:
+                self._store.get_into(row["object_key"], view, len(head), progress=progress, sink=hasher.update)
+            elif not self._store.exists(row["object_key"]):
+                raise ObjectNotFound(row["object_key"])
+        except ObjectNotFound:
+            raise self._missing(bh_key) from None
+        if hasher.hexdigest() != bh_key:
+            raise self._corrupt(bh_key)
 
     def _missing(self, bh_key: str) -> NotFound:
         return NotFound(f"blob {bh_key[:12]}... is in the catalog but its object is missing from the bucket; "

@@ -23,12 +23,14 @@ from ..errors import IntegrityError, InvalidKey, KeyTypeError
 #: Streaming uploads switch to multipart above this many bytes.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 #: Size of one part of a multipart upload, and of one read when streaming.
-PART_SIZE = 16 * 1024 * 1024
+PART_SIZE = 8 * 1024 * 1024
 #: Reads from a stream are done in pieces of this size.
 CHUNK_SIZE = 1024 * 1024
 
 #: Called with the number of bytes moved since the last call.
 ProgressCallback = Callable[[int], None]
+#: Called with consecutive pieces of what was read, in order (e.g. a hasher's ``update``).
+Sink = Callable[[memoryview], object]
 
 
 @dataclass(frozen=True)
@@ -173,8 +175,11 @@ class BucketClient(ABC):
         return dest
 
     def get_into(self, key: str, buffer: memoryview | bytearray, start: int = 0,
-                 *, progress: ProgressCallback | None = None) -> int:
-        """Read ``len(buffer)`` bytes of ``key`` from offset ``start`` straight into ``buffer``; return the count."""
+                 *, progress: ProgressCallback | None = None, sink: Sink | None = None) -> int:
+        """Read ``len(buffer)`` bytes of ``key`` from offset ``start`` straight into ``buffer``; return the count.
+
+        ``sink``, when given, sees the bytes in order as they arrive (to hash them while later ones download).
+        """
         view = memoryview(buffer).cast("B")
         done = 0
         total = view.nbytes
@@ -184,6 +189,8 @@ class BucketClient(ABC):
             if len(chunk) != n:
                 raise IntegrityError(f"{key!r} ended after {start + done + len(chunk)} bytes; it is shorter than expected")
             view[done:done + n] = chunk
+            if sink is not None:
+                sink(view[done:done + n])
             done += n
             if progress is not None:
                 progress(n)
@@ -264,9 +271,20 @@ class ChainReader(io.RawIOBase):
         n = min(n, self.size - self._pos)
         if n <= 0:
             return b""
-        out = bytearray(n)
-        self.readinto(out)
-        return bytes(out)
+        pieces: list[memoryview] = []
+        offset = 0
+        want = n
+        for part, size in zip(self._parts, self._sizes):
+            if want <= 0:
+                break
+            if self._pos < offset + size:
+                lo = self._pos - offset
+                take = min(size - lo, want)
+                pieces.append(part[lo:lo + take])
+                self._pos += take
+                want -= take
+            offset += size
+        return pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         dest = memoryview(b).cast("B")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import BackendError, IntegrityError, InvalidKey, ObjectNotFound, PreconditionFailed
-from .bucket import CHUNK_SIZE, BucketClient, ObjectInfo, ProgressCallback, check_key
+from .bucket import CHUNK_SIZE, BucketClient, ObjectInfo, ProgressCallback, Sink, check_key
 
 #: Names starting with this are ours (temp files, the lock); they are hidden from listings and refused as keys.
 RESERVED_PREFIX = ".bh-"
@@ -90,7 +90,7 @@ class LocalBucket(BucketClient):
             raise ObjectNotFound(f"no object {key!r} in {self.root}") from None
 
     def get_into(self, key: str, buffer: memoryview | bytearray, start: int = 0,
-                 *, progress: ProgressCallback | None = None) -> int:
+                 *, progress: ProgressCallback | None = None, sink: Sink | None = None) -> int:
         view = memoryview(buffer).cast("B")
         path = self._path(key)
         try:
@@ -104,6 +104,8 @@ class LocalBucket(BucketClient):
                 n = f.readinto(view[done:done + 64 * CHUNK_SIZE])
                 if not n:
                     raise IntegrityError(f"{key!r} ended after {start + done} bytes; it is shorter than expected")
+                if sink is not None:
+                    sink(view[done:done + n])
                 done += n
                 if progress is not None:
                     progress(n)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from ..errors import (
@@ -22,7 +22,7 @@ from ..errors import (
     ObjectNotFound,
     PreconditionFailed,
 )
-from .bucket import MULTIPART_THRESHOLD, PART_SIZE, BucketClient, ObjectInfo, ProgressCallback, check_key
+from .bucket import MULTIPART_THRESHOLD, PART_SIZE, BucketClient, ObjectInfo, ProgressCallback, Sink, check_key
 
 if TYPE_CHECKING:
     from ..config import BucketConfig
@@ -220,12 +220,12 @@ class S3Bucket(BucketClient):
             return f.read()
 
     def get_into(self, key: str, buffer: memoryview | bytearray, start: int = 0,
-                 *, progress: ProgressCallback | None = None) -> int:
-        """Parallel ranged GETs straight into ``buffer``."""
+                 *, progress: ProgressCallback | None = None, sink: Sink | None = None) -> int:
+        """Parallel ranged GETs straight into ``buffer``; ``sink`` sees finished ranges in order meanwhile."""
         view = memoryview(buffer).cast("B")
         total = view.nbytes
         if total <= self.part_size:
-            return super().get_into(key, view, start, progress=progress)
+            return super().get_into(key, view, start, progress=progress, sink=sink)
         ranges = [(off, min(off + self.part_size, total)) for off in range(0, total, self.part_size)]
 
         def fetch(lo: int, hi: int) -> None:
@@ -242,20 +242,19 @@ class S3Bucket(BucketClient):
                     if progress is not None:
                         progress(len(chunk))
 
-        self._run_parallel([lambda lo=lo, hi=hi: fetch(lo, hi) for lo, hi in ranges])
-        return total
-
-    def _run_parallel(self, tasks: list[Callable[[], Any]]) -> list[Any]:
         pool = self._executor()
-        futures: list[Future[Any]] = [pool.submit(t) for t in tasks]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for f in pending:
-            f.cancel()
-        for f in futures:
-            if f.done() and not f.cancelled() and f.exception() is not None:
-                wait(futures)  # let running ones finish before the caller frees buffers
-                raise f.exception()  # type: ignore[misc]
-        return [f.result() for f in futures]
+        futures: list[Future[None]] = [pool.submit(fetch, lo, hi) for lo, hi in ranges]
+        try:
+            for (lo, hi), fut in zip(ranges, futures):
+                fut.result()  # in order: the sink hashes range i while later ranges download
+                if sink is not None:
+                    sink(view[lo:hi])
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            wait(futures)  # let running ones finish before the caller frees the buffer
+            raise
+        return total
 
     def put_stream(
         self,
@@ -275,7 +274,9 @@ class S3Bucket(BucketClient):
             cond["IfNoneMatch"] = if_none_match
         if if_match:
             cond["IfMatch"] = if_match
-        first = _read_full(fileobj, self.multipart_threshold + 1 if size is None else min(size, self.multipart_threshold + 1))
+        if size is not None and size > self.multipart_threshold:
+            return self._multipart(b"", fileobj, key, cond, progress, size)
+        first = _read_full(fileobj, self.multipart_threshold + 1)
         if len(first) <= self.multipart_threshold:
             try:
                 r = self._call("write", key, self._client.put_object, Bucket=self.name, Key=key, Body=first, **cond)
@@ -287,10 +288,12 @@ class S3Bucket(BucketClient):
             if progress is not None:
                 progress(len(first))
             return str(r["ETag"])
-        return self._multipart(first, fileobj, key, cond, progress)
+        return self._multipart(first, fileobj, key, cond, progress, None)
 
     def _multipart(self, first: bytes, fileobj: BinaryIO, key: str, cond: dict[str, str],
-                   progress: ProgressCallback | None) -> str:
+                   progress: ProgressCallback | None, size: int | None) -> str:
+        # At most 10,000 parts: grow the part size for very large objects of known size.
+        part_size = max(self.part_size, -(-size // 9000)) if size else self.part_size
         # Check before uploading gigabytes; CompleteMultipartUpload re-checks the condition atomically
         # on servers that support it (R2, AWS, SeaweedFS).
         if cond:
@@ -321,9 +324,9 @@ class S3Bucket(BucketClient):
 
             number = 0
             while True:
-                body = pending.read(self.part_size)
-                if len(body) < self.part_size:
-                    body += _read_full(fileobj, self.part_size - len(body))
+                body = pending.read(part_size)
+                if len(body) < part_size:
+                    body += _read_full(fileobj, part_size - len(body))
                 if not body:
                     break
                 number += 1

@@ -1,0 +1,198 @@
+"""VersionedStore: what ArrayStore and FrameStore share: named entries with versions 1, 2, ... whose bytes are
+blobs in FileStore (so identical data is stored once)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ..errors import NotFound, ValueTypeError
+from .base import Interface, check_name, check_version
+from .files import FileStore
+
+if TYPE_CHECKING:
+    from ..storage.bucket import BucketClient
+
+V = TypeVar("V")
+
+#: Columns every versioned table has, in this order, before the subclass's own.
+COMMON_COLUMNS = ("name", "version", "bh_key", "nbytes", "created_at", "metadata")
+
+
+def check_metadata(metadata: object) -> dict[str, str]:
+    """Entry metadata: a dict of str to str (notes, tags)."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in metadata.items()):
+        raise ValueTypeError("metadata must be a dict of str to str, e.g. {'note': 'cleaned', 'source': 'crm'}")
+    return dict(metadata)
+
+
+class VersionedStore(Interface, Generic[V]):
+    """Named, versioned entries in one ``bh_`` table; the bytes of each version are a FileStore blob."""
+
+    #: The table this store owns.
+    table: str
+    #: What the entries are called in messages ("array", "frame").
+    kind: str
+    #: The subclass's own columns: (name, SQL type) pairs.
+    extra_columns: Sequence[tuple[str, str]] = ()
+
+    def __init__(self, conn: sqlite3.Connection, bucket_client: BucketClient | None = None, *,
+                 files: FileStore | None = None) -> None:
+        if files is None:
+            if bucket_client is None:
+                raise TypeError(f"{type(self).__name__} needs a bucket_client or a FileStore (files=...)")
+            files = FileStore(conn, bucket_client)
+        self._files = files
+        super().__init__(conn, bucket_client if bucket_client is not None else files.bucket)
+
+    def _init_schema(self) -> None:
+        extra = "".join(f", {col} {typ}" for col, typ in self.extra_columns)
+        self._conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table} ("
+            " name TEXT NOT NULL, version INTEGER NOT NULL, bh_key TEXT NOT NULL, nbytes INTEGER NOT NULL,"
+            f" created_at REAL NOT NULL, metadata TEXT{extra}, PRIMARY KEY (name, version))"
+        )
+        self._conn.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_bh_key ON {self.table} (bh_key)")
+        self._conn.commit()
+
+    @property
+    def files(self) -> FileStore:
+        """The FileStore the blobs live in."""
+        return self._files
+
+    # -- rows -------------------------------------------------------------------------------
+
+    @property
+    def _columns(self) -> list[str]:
+        return [*COMMON_COLUMNS, *(c for c, _ in self.extra_columns)]
+
+    def _select(self, where: str, params: Sequence[Any], order: str = "") -> list[dict[str, Any]]:
+        cols = self._columns
+        cur = self._conn.execute(f"SELECT {', '.join(cols)} FROM {self.table} WHERE {where} {order}", params)
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def _row(self, name: str, version: int | None) -> dict[str, Any]:
+        check_name(name, f"{self.kind} name")
+        version = check_version(version)
+        if version is None:
+            rows = self._select("name = ?", (name,), "ORDER BY version DESC LIMIT 1")
+        else:
+            rows = self._select("name = ? AND version = ?", (name, version))
+        if not rows:
+            raise NotFound(self._not_found(name, version))
+        return rows[0]
+
+    def _not_found(self, name: str, version: int | None) -> str:
+        versions = [r[0] for r in self._conn.execute(
+            f"SELECT version FROM {self.table} WHERE name = ? ORDER BY version", (name,))]
+        if versions and version is not None:
+            return f"{self.kind} {name!r} has no version {version}; it has versions {versions}"
+        from difflib import get_close_matches
+
+        close = get_close_matches(name, self.names(), n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f"; {self._attr}.names() lists them"
+        return f"no {self.kind} named {name!r}{hint}"
+
+    @property
+    def _attr(self) -> str:
+        return f"bh.{self.kind}s"
+
+    def _latest(self, name: str) -> dict[str, Any] | None:
+        rows = self._select("name = ?", (name,), "ORDER BY version DESC LIMIT 1")
+        return rows[0] if rows else None
+
+    def _insert(self, name: str, bh_key: str, nbytes: int, metadata: dict[str, str], extra: dict[str, Any]) -> int:
+        """Add the next version of ``name``; return its number."""
+        cols = self._columns
+        with self._conn:
+            row = self._conn.execute(f"SELECT max(version) FROM {self.table} WHERE name = ?", (name,)).fetchone()
+            version = int(row[0] or 0) + 1
+            values = {"name": name, "version": version, "bh_key": bh_key, "nbytes": nbytes,
+                      "created_at": time.time(), "metadata": json.dumps(metadata, sort_keys=True) if metadata else None,
+                      **extra}
+            self._conn.execute(
+                f"INSERT INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+                [values[c] for c in cols],
+            )
+        return version
+
+    @abstractmethod
+    def _to_version(self, row: dict[str, Any]) -> V:
+        """Build the public version record from a row."""
+
+    # -- public reads -----------------------------------------------------------------------
+
+    def info(self, name: str, version: int | None = None) -> V:
+        """The catalog's record of a version (the latest by default); no bucket request."""
+        return self._to_version(self._row(name, version))
+
+    def history(self, name: str) -> list[V]:
+        """Every version of ``name``, newest first."""
+        check_name(name, f"{self.kind} name")
+        rows = self._select("name = ?", (name,), "ORDER BY version DESC")
+        if not rows:
+            raise NotFound(self._not_found(name, None))
+        return [self._to_version(r) for r in rows]
+
+    def names(self, prefix: str = "") -> list[str]:
+        """The names stored, sorted; only those starting with ``prefix`` when given."""
+        rows = self._conn.execute(f"SELECT DISTINCT name FROM {self.table} ORDER BY name").fetchall()
+        return [r[0] for r in rows if r[0].startswith(prefix)]
+
+    def latest(self) -> list[V]:
+        """The latest version of every name, newest first."""
+        cols = self._columns
+        cur = self._conn.execute(
+            f"SELECT {', '.join('t.' + c for c in cols)} FROM {self.table} t JOIN "
+            f"(SELECT name, max(version) AS v FROM {self.table} GROUP BY name) m "
+            "ON t.name = m.name AND t.version = m.v ORDER BY t.created_at DESC"
+        )
+        return [self._to_version(dict(zip(cols, r))) for r in cur.fetchall()]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        return self._conn.execute(f"SELECT 1 FROM {self.table} WHERE name = ? LIMIT 1", (name,)).fetchone() is not None
+
+    def __len__(self) -> int:
+        return int(self._conn.execute(f"SELECT count(DISTINCT name) FROM {self.table}").fetchone()[0])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __repr__(self) -> str:
+        n = len(self)
+        return f"<{type(self).__name__}: {n} {self.kind}{'' if n == 1 else 's'}>"
+
+    # -- deletes ----------------------------------------------------------------------------
+
+    def delete(self, name: str, version: int | None = None) -> list[V]:
+        """Remove one version, or every version of ``name`` when ``version`` is None; return what was removed.
+
+        A blob is deleted from the bucket once no remaining version (of any name) points at it.
+        """
+        check_name(name, f"{self.kind} name")
+        version = check_version(version)
+        if version is None:
+            rows = self._select("name = ?", (name,), "ORDER BY version DESC")
+        else:
+            rows = self._select("name = ? AND version = ?", (name, version))
+        if not rows:
+            raise NotFound(self._not_found(name, version))
+        with self._conn:
+            if version is None:
+                self._conn.execute(f"DELETE FROM {self.table} WHERE name = ?", (name,))
+            else:
+                self._conn.execute(f"DELETE FROM {self.table} WHERE name = ? AND version = ?", (name, version))
+        for key in {r["bh_key"] for r in rows}:
+            still_used = self._conn.execute(f"SELECT 1 FROM {self.table} WHERE bh_key = ? LIMIT 1", (key,)).fetchone()
+            if still_used is None:
+                self._files.delete(key)
+        return [self._to_version(r) for r in rows]
