@@ -24,7 +24,7 @@ from bh_notebook.errors import (
 from bh_notebook.storage import open_bucket
 from bh_notebook.testing.servers import free_port
 
-from .test_files import CountingBucket
+from bh_notebook.testing.counting import CountingBucket
 
 NO_TIMER = SnapshotConfig(interval_seconds=0, min_interval_seconds=0)
 

@@ -13,67 +13,13 @@ from hypothesis import strategies as st
 
 from bh_notebook import BucketConfig, BucketSQLite, FileMetadata, GCReport
 from bh_notebook.errors import IntegrityError, InvalidKey, NotFound, ValueTypeError
-from bh_notebook.storage.bucket import BucketClient
+from bh_notebook.testing.counting import CountingBucket
 
 
 @pytest.fixture
 def bh(config: BucketConfig):
     with BucketSQLite(config) as db:
         yield db
-
-
-class CountingBucket(BucketClient):
-    """Delegates to a real bucket and counts calls by method, to pin how many requests an operation makes."""
-
-    def __init__(self, inner: BucketClient) -> None:
-        self.inner = inner
-        self.calls: dict[str, int] = {}
-        self.backend = inner.backend
-        self.name = inner.name
-
-    def _count(self, name: str) -> None:
-        self.calls[name] = self.calls.get(name, 0) + 1
-
-    def head(self, key):  # type: ignore[no-untyped-def]
-        self._count("head")
-        return self.inner.head(key)
-
-    def get_range(self, key, start, end=None):  # type: ignore[no-untyped-def]
-        self._count("get_range")
-        return self.inner.get_range(key, start, end)
-
-    def get_into(self, key, buffer, start=0, *, progress=None):  # type: ignore[no-untyped-def]
-        self._count("get_into")
-        return self.inner.get_into(key, buffer, start, progress=progress)
-
-    def open_read(self, key):  # type: ignore[no-untyped-def]
-        self._count("open_read")
-        return self.inner.open_read(key)
-
-    def put_stream(self, fileobj, key, **kw):  # type: ignore[no-untyped-def]
-        self._count("put_stream")
-        return self.inner.put_stream(fileobj, key, **kw)
-
-    def delete(self, key):  # type: ignore[no-untyped-def]
-        self._count("delete")
-        return self.inner.delete(key)
-
-    def list_info(self, prefix=""):  # type: ignore[no-untyped-def]
-        self._count("list_info")
-        return self.inner.list_info(prefix)
-
-    def copy(self, src_key, dst_key):  # type: ignore[no-untyped-def]
-        self._count("copy")
-        return self.inner.copy(src_key, dst_key)
-
-    def check_bucket(self) -> None:
-        check = getattr(self.inner, "check_bucket", None)
-        if check is not None:
-            check()
-
-    @property
-    def writes(self) -> int:
-        return self.calls.get("put_stream", 0) + self.calls.get("copy", 0)
 
 
 def test_put_returns_sha256_and_get_roundtrips(bh: BucketSQLite) -> None:

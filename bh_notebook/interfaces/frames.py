@@ -300,6 +300,8 @@ def _check_columns(df: pd.DataFrame) -> None:
 
 
 def _to_arrow(df: pd.DataFrame) -> pa.Table:
+    import pandas as pd
+
     pa, _, _ = _import_arrow()
     try:
         table = pa.Table.from_pandas(df, preserve_index=None)
@@ -311,10 +313,17 @@ def _to_arrow(df: pd.DataFrame) -> pa.Table:
             f"{where} cannot be stored as Parquet ({message.splitlines()[0]}). Columns of mixed Python objects "
             f"need one type: convert with df[{column or 'col'!r}].astype(str) (or a numeric type) first"
         ) from None
-    extra = _categorical_metadata(df)
-    if extra:
+    ours: dict[str, Any] = {}
+    categoricals = _categorical_metadata(df)
+    if categoricals:
+        ours["categoricals"] = categoricals
+    # ArrowDtype columns read back as pandas' own extension dtypes unless told otherwise.
+    arrow_columns = [str(c) for c, t in df.dtypes.items() if isinstance(t, pd.ArrowDtype)]
+    if arrow_columns:
+        ours["arrow_columns"] = arrow_columns
+    if ours:
         meta = dict(table.schema.metadata or {})
-        meta[_META_KEY] = json.dumps({"categoricals": extra}).encode()
+        meta[_META_KEY] = json.dumps(ours).encode()
         table = table.replace_schema_metadata(meta)
     return table
 
@@ -342,13 +351,18 @@ def _categorical_metadata(df: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def _restore_categoricals(table: pa.Table, df: pd.DataFrame) -> pd.DataFrame:
+def _restore_dtypes(table: pa.Table, df: pd.DataFrame) -> pd.DataFrame:
+    """Put back what Parquet's pandas metadata cannot: categories, and Arrow-backed column dtypes."""
     import pandas as pd
 
     raw = (table.schema.metadata or {}).get(_META_KEY)
     if not raw:
         return df
-    cats = json.loads(raw).get("categoricals", {})
+    ours = json.loads(raw)
+    for name in ours.get("arrow_columns", []):
+        if name in df.columns and name in table.column_names and not isinstance(df[name].dtype, pd.ArrowDtype):
+            df[name] = pd.Series(pd.arrays.ArrowExtensionArray(table.column(name)), index=df.index, name=name)
+    cats = ours.get("categoricals", {})
     for name, spec in cats.items():
         if name not in df.columns:
             continue
@@ -414,4 +428,4 @@ def _with_index_columns(schema: pa.Schema, columns: list[str]) -> list[str]:
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
-    return _restore_categoricals(table, table.to_pandas())
+    return _restore_dtypes(table, table.to_pandas())

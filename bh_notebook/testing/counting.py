@@ -1,0 +1,110 @@
+"""CountingBucket: a BucketClient wrapper that counts requests and bytes moved, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from ..storage.bucket import BucketClient, ObjectInfo, ProgressCallback, Sink
+
+
+class _CountingReader:
+    def __init__(self, raw: BinaryIO, owner: CountingBucket, counter: str) -> None:
+        self._raw = raw
+        self._owner = owner
+        self._counter = counter
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._owner._add(self._counter, len(data))
+        return data
+
+    def readinto(self, b: Any) -> int:
+        n = self._raw.readinto(b)  # type: ignore[attr-defined]
+        self._owner._add(self._counter, n or 0)
+        return n  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    def __enter__(self) -> _CountingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._raw.close()
+
+
+class CountingBucket(BucketClient):
+    """Delegates every call to a real bucket; ``calls`` counts them by method, ``bytes_in``/``bytes_out`` the
+    bytes downloaded and uploaded."""
+
+    def __init__(self, inner: BucketClient) -> None:
+        self.inner = inner
+        self.backend = inner.backend
+        self.name = inner.name
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the counters."""
+        with self._lock:
+            self.calls: dict[str, int] = {}
+            self.bytes_in = 0
+            self.bytes_out = 0
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.calls[name] = self.calls.get(name, 0) + 1
+
+    def _add(self, counter: str, n: int) -> None:
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + n)
+
+    @property
+    def writes(self) -> int:
+        """PUT-like requests (puts and copies)."""
+        return self.calls.get("put_stream", 0) + self.calls.get("copy", 0)
+
+    def __getattr__(self, name: str) -> Any:  # root, endpoint_url, check_bucket, ...
+        return getattr(self.inner, name)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        self._count("head")
+        return self.inner.head(key)
+
+    def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
+        self._count("get_range")
+        data = self.inner.get_range(key, start, end)
+        self._add("bytes_in", len(data))
+        return data
+
+    def get_into(self, key: str, buffer: memoryview | bytearray, start: int = 0, *,
+                 progress: ProgressCallback | None = None, sink: Sink | None = None) -> int:
+        self._count("get_into")
+        n = self.inner.get_into(key, buffer, start, progress=progress, sink=sink)
+        self._add("bytes_in", n)
+        return n
+
+    def open_read(self, key: str) -> BinaryIO:
+        self._count("open_read")
+        return _CountingReader(self.inner.open_read(key), self, "bytes_in")  # type: ignore[return-value]
+
+    def put_stream(self, fileobj: BinaryIO, key: str, **kw: Any) -> str:
+        self._count("put_stream")
+        return self.inner.put_stream(_CountingReader(fileobj, self, "bytes_out"), key, **kw)  # type: ignore[arg-type]
+
+    def delete(self, key: str) -> None:
+        self._count("delete")
+        self.inner.delete(key)
+
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self._count("list_info")
+        return self.inner.list_info(prefix)
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        self._count("copy")
+        self.inner.copy(src_key, dst_key)
+
+    def presigned_url(self, key: str, expires_in: int = 3600) -> str | None:
+        return self.inner.presigned_url(key, expires_in)

@@ -1,0 +1,274 @@
+"""FrameStore: exact pandas round trips, partial reads that fetch only what they need, versions, bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import pandas as hpd
+
+from bh_notebook import BucketConfig, BucketSQLite, FrameVersion, SnapshotConfig
+from bh_notebook.errors import IntegrityError, InvalidKey, NotFound, ValueTypeError
+from bh_notebook.interfaces import frames as frames_mod
+from bh_notebook.storage import open_bucket
+from bh_notebook.testing.counting import CountingBucket
+from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY
+
+NO_TIMER = SnapshotConfig(interval_seconds=0)
+
+
+@pytest.fixture
+def counted(config: BucketConfig):
+    counting = CountingBucket(open_bucket(config))
+    with BucketSQLite(config, NO_TIMER, bucket_client=counting) as bh:
+        yield bh, counting
+
+
+@pytest.fixture
+def bh(counted):  # type: ignore[no-untyped-def]
+    return counted[0]
+
+
+def sample(n: int = 200) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "id": np.arange(n),
+        "price": rng.normal(size=n),
+        "qty": rng.integers(0, 100, n).astype("int32"),
+        "when": pd.date_range("2024-01-01", periods=n, freq="min"),
+        "when_tz": pd.date_range("2024-03-30", periods=n, freq="h", tz="Europe/Paris"),
+        "region": pd.Categorical(rng.choice(["EU", "US", "APAC"], n), categories=["EU", "US", "APAC", "LATAM"]),
+        "level": pd.Categorical(rng.choice(["lo", "hi"], n), categories=["lo", "hi"], ordered=True),
+        "user": [f"user-{i}" for i in range(n)],
+        "maybe": pd.array([1, None] * (n // 2), dtype="Int64"),
+        "flag": pd.array([True, None, False, True] * (n // 4), dtype="boolean"),
+        "label": pd.array(["a", None] * (n // 2), dtype="string"),
+        "arrow_int": pd.array(np.arange(n), dtype="int64[pyarrow]"),
+        "arrow_str": pd.array([f"s{i % 7}" for i in range(n)], dtype=pd.ArrowDtype(pa.string())),
+        "span": pd.to_timedelta(np.arange(n), unit="s"),
+        "f32": np.arange(n, dtype=np.float32),
+    })
+
+
+def variants() -> dict[str, pd.DataFrame]:
+    df = sample()
+    multi = df.set_index(["region", "id"])
+    return {
+        "plain": df,
+        "named-index": df.set_index("id"),
+        "multiindex": multi,
+        "range-step": df.set_index(pd.RangeIndex(10, 10 + 3 * len(df), 3)),
+        "slice": df.iloc[17:93],
+        "empty": df.iloc[0:0],
+        "datetime-index": df.set_index("when"),
+        "column-order": df[list(reversed(df.columns))],
+        "unnamed-int-index": df.set_index(pd.Index(np.arange(len(df)) * 7)),
+        "int-categories": pd.DataFrame({"c": pd.Categorical([1, 2, 1], categories=[1, 2, 3])}),
+    }
+
+
+@pytest.mark.parametrize("case", list(variants()))
+def test_exact_roundtrip(bh: BucketSQLite, case: str) -> None:
+    df = variants()[case]
+    v = bh.frames.put(case, df)
+    assert isinstance(v, FrameVersion)
+    assert (v.n_rows, v.columns, v.shape) == (len(df), list(df.columns), df.shape)
+    assert v.dtypes == {c: str(t) for c, t in df.dtypes.items()}
+    pd.testing.assert_frame_equal(bh.frames.get(case), df)
+    pd.testing.assert_frame_equal(bh.frames[case], df)
+
+
+def test_blob_is_plain_parquet(bh: BucketSQLite) -> None:
+    df = sample()
+    v = bh.frames.put("plain", df)
+    raw = bh.files.get(v.bh_key)
+    table = pq.read_table(pa.BufferReader(raw))
+    assert table.num_rows == len(df) and "price" in table.column_names
+    assert pq.ParquetFile(pa.BufferReader(raw)).metadata.row_group(0).column(1).compression == "ZSTD"
+
+
+def test_url_readable_by_another_parquet_reader(config: BucketConfig, moto_server) -> None:  # type: ignore[no-untyped-def]
+    df = sample()
+    with BucketSQLite(config, NO_TIMER) as bh:
+        bh.frames.put("shared", df)
+        url = bh.frames.url("shared")
+    if config.local_path is not None:
+        assert url.startswith("file://")
+        table = pq.read_table(url.removeprefix("file://"))
+    else:
+        from pyarrow import fs
+
+        assert url.startswith(f"s3://{config.bucket}/files/") and url.endpoint_url == config.endpoint_url
+        s3 = fs.S3FileSystem(access_key=ACCESS_KEY, secret_key=SECRET_KEY, region="us-east-1",
+                             endpoint_override=url.endpoint_url, scheme="http")
+        table = pq.read_table(url.removeprefix("s3://"), filesystem=s3)
+    # A plain reader gets everything but our dtype refinements (an Arrow-backed str comes back as pandas' own).
+    pd.testing.assert_frame_equal(table.to_pandas(), df, check_dtype=False)
+
+
+def _footer_and_chunks(raw: bytes, columns: list[str], row_groups: list[int] | None = None) -> int:
+    md = pq.ParquetFile(pa.BufferReader(raw)).metadata
+    footer = int.from_bytes(raw[-8:-4], "little") + 8
+    names = [md.schema.column(i).name for i in range(md.num_columns)]
+    total = footer
+    for rg in row_groups if row_groups is not None else range(md.num_row_groups):
+        for ci, name in enumerate(names):
+            if name in columns:
+                col = md.row_group(rg).column(ci)
+                start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+                total += col.total_compressed_size if start is not None else 0
+    return total
+
+
+def big_frame(n: int = 600_000) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    return pd.DataFrame({
+        "id": np.arange(n),
+        "a": rng.normal(size=n), "b": rng.normal(size=n), "c": rng.normal(size=n),
+        "ts": pd.date_range("2020-01-01", periods=n, freq="s"),
+        "cat": rng.choice(["north", "south", "east", "west"], n),
+        "txt": [f"user-{x}" for x in rng.integers(0, 10**9, n)],
+    })
+
+
+def test_columns_fetch_footer_and_those_chunks_only(counted) -> None:  # type: ignore[no-untyped-def]
+    bh, counting = counted
+    df = big_frame()
+    v = bh.frames.put("big", df)
+    raw = bh.files.get(v.bh_key)
+    counting.reset()
+    got = bh.frames.get("big", columns=["a", "cat"])
+    pd.testing.assert_frame_equal(got, df[["a", "cat"]])
+    needed = _footer_and_chunks(raw, ["a", "cat"])
+    assert counting.bytes_in <= 1.1 * needed
+    assert counting.bytes_in < 0.5 * len(raw)
+
+
+def test_filters_skip_row_groups(counted) -> None:  # type: ignore[no-untyped-def]
+    bh, counting = counted
+    df = big_frame()
+    v = bh.frames.put("big", df)
+    assert v.row_groups == 3
+    raw = bh.files.get(v.bh_key)
+    counting.reset()
+    got = bh.frames.get("big", columns=["id", "a"], filters=[("id", "<", 1000)])
+    pd.testing.assert_frame_equal(got, df.loc[df.id < 1000, ["id", "a"]].reset_index(drop=True))
+    assert counting.bytes_in <= 1.1 * _footer_and_chunks(raw, ["id", "a"], [0])
+    both = bh.frames.get("big", filters=[("cat", "in", ["north"]), ("id", ">=", 599_990)])
+    expected = df[(df.cat == "north") & (df.id >= 599_990)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(both, expected)
+
+
+def test_head_reads_one_row_group(counted) -> None:  # type: ignore[no-untyped-def]
+    bh, counting = counted
+    df = big_frame()
+    v = bh.frames.put("big", df)
+    raw = bh.files.get(v.bh_key)
+    counting.reset()
+    pd.testing.assert_frame_equal(bh.frames.head("big", 7), df.head(7))
+    assert counting.bytes_in <= 1.1 * _footer_and_chunks(raw, list(df.columns), [0])
+    pd.testing.assert_frame_equal(bh.frames.head("big", 0), df.head(0))
+    schema = bh.frames.schema("big")
+    assert schema.names[:2] == ["id", "a"]
+
+
+def test_index_comes_with_column_subset(bh: BucketSQLite) -> None:
+    df = sample().set_index(["region", "id"])
+    bh.frames.put("m", df)
+    pd.testing.assert_frame_equal(bh.frames.get("m", columns=["price"]), df[["price"]])
+
+
+def test_versions_dedup(counted) -> None:  # type: ignore[no-untyped-def]
+    bh, counting = counted
+    df = sample()
+    v1 = bh.frames.put("s", df, metadata={"note": "raw"})
+    writes = counting.writes
+    assert bh.frames.put("s", df.copy()) == v1 and counting.writes == writes
+    v2 = bh.frames.put("s", df.head(10))
+    assert v2.version == 2 and [v.version for v in bh.frames.history("s")] == [2, 1]
+    pd.testing.assert_frame_equal(bh.frames.get("s", 1), df)
+    assert bh.frames.info("s", 1).metadata == {"note": "raw"}
+    bh.frames.delete("s", 2)
+    assert bh.frames.info("s").version == 1
+    assert bh.frames.names() == ["s"] and len(bh.frames) == 1
+
+
+def test_altered_blob_detected(bh: BucketSQLite) -> None:
+    v = bh.frames.put("x", sample())
+    bh.bucket.put_bytes(b"PAR1" + b"\x00" * (v.nbytes - 4), bh.files.object_key(v.bh_key))
+    with pytest.raises(IntegrityError):
+        bh.frames.get("x")
+
+
+def test_bad_input(bh: BucketSQLite) -> None:
+    with pytest.raises(ValueTypeError, match="duplicate column names"):
+        bh.frames.put("d", pd.DataFrame([[1, 2]], columns=["a", "a"]))
+    with pytest.raises(ValueTypeError, match="must be str"):
+        bh.frames.put("d", pd.DataFrame({0: [1], 1: [2]}))
+    with pytest.raises(ValueTypeError, match="MultiIndex columns"):
+        bh.frames.put("d", pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y")])))
+    with pytest.raises(ValueTypeError, match=r"column 'mixed'.*astype\(str\)"):
+        bh.frames.put("d", pd.DataFrame({"ok": [1, 2, 3], "mixed": [1, "two", dt.date(2020, 1, 1)]}))
+    with pytest.raises(ValueTypeError, match="to_frame"):
+        bh.frames.put("d", pd.Series([1, 2]))  # type: ignore[arg-type]
+    with pytest.raises(ValueTypeError, match="bh.arrays"):
+        bh.frames.put("d", np.arange(3))  # type: ignore[arg-type]
+    with pytest.raises(InvalidKey):
+        bh.frames.put("", sample())
+    assert "d" not in bh.frames and len(bh.files) == 0
+    bh.frames.put("good", sample())
+    with pytest.raises(NotFound, match="no column 'prise' \\(did you mean 'price'\\?\\)"):
+        bh.frames.get("good", columns=["prise"])
+    with pytest.raises(ValueTypeError, match="filter syntax"):
+        bh.frames.get("good", filters=[("price",)])
+    with pytest.raises(ValueTypeError, match="cannot apply filters"):
+        bh.frames.get("good", filters=[("price", "<", "not a number")])
+    with pytest.raises(NotFound, match="did you mean 'good'"):
+        bh.frames.get("goood")
+    pd.testing.assert_frame_equal(bh.frames.get("good"), sample())
+
+
+def test_survives_restart(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as bh:
+        bh.frames.put("keep", sample())
+    with BucketSQLite(config, NO_TIMER) as bh:
+        pd.testing.assert_frame_equal(bh.frames.get("keep"), sample())
+        assert bh.frames.info("keep").n_rows == 200
+
+
+def test_row_group_size_is_the_documented_one() -> None:
+    assert frames_mod.ROW_GROUP_SIZE == 256 * 1024
+
+
+@pytest.fixture(params=["local", "moto"])
+def hyp_bh(request, make_config):  # type: ignore[no-untyped-def]
+    with BucketSQLite(make_config(request.param), NO_TIMER) as db:
+        yield db
+
+
+frames = hpd.data_frames(
+    columns=[
+        hpd.column("i", dtype=np.int64),
+        hpd.column("f", dtype=np.float64),
+        hpd.column("b", dtype=bool),
+        hpd.column("u", dtype=np.uint16),
+        hpd.column("t", elements=st.datetimes(min_value=dt.datetime(1970, 1, 1), max_value=dt.datetime(2200, 1, 1)),
+                   dtype="datetime64[ns]"),
+        hpd.column("s", elements=st.text(max_size=8)),
+    ],
+    index=hpd.range_indexes(max_size=30) | hpd.indexes(dtype=np.int64, max_size=30, unique=True),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(df=frames)
+def test_hypothesis_roundtrip(hyp_bh: BucketSQLite, df: pd.DataFrame) -> None:
+    v = hyp_bh.frames.put("h", df)
+    pd.testing.assert_frame_equal(hyp_bh.frames.get("h", v.version), df)
+    pd.testing.assert_frame_equal(hyp_bh.frames.get("h", v.version, columns=["s"]), df[["s"]])
