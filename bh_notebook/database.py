@@ -34,7 +34,7 @@ from .errors import (
 )
 from .interfaces.arrays import ArrayStore
 from .interfaces.files import FileStore
-from .interfaces.frames import FrameStore
+from .interfaces.frames import LOCAL_COMPRESSION, FrameStore
 from .interfaces.kv import KVStore
 from .storage import BucketClient, open_bucket
 from .storage.snapshot import BackupTimeout, SnapshotConfig, backup_to_file, file_sha256, restore_from_file
@@ -151,6 +151,8 @@ class BucketSQLite:
         self.files = FileStore(self._conn, self._bucket, prefix=self.config.files_prefix)
         self.arrays = ArrayStore(self._conn, self._bucket, files=self.files)
         self.frames = FrameStore(self._conn, self._bucket, files=self.files)
+        if self._bucket.backend == "local":
+            self.frames.compression, self.frames.compression_level = LOCAL_COMPRESSION
 
     def _restore(self, bucket: BucketClient, conn: sqlite3.Connection) -> None:
         key = self.config.key

@@ -167,7 +167,25 @@ class FileStore(Interface):
         hasher = hashlib.sha256()
         for v in views:
             hasher.update(v)
-        bh_key = hasher.hexdigest()
+        return self._store_hashed(hasher.hexdigest(), views, filename=filename, mime=mime, metadata=metadata,
+                                  progress=progress)
+
+    def writer(self, *, filename: str | None = None, mime: str | None = None,
+               metadata: dict[str, str] | None = None, progress: ProgressCallback | None = None) -> BlobWriter:
+        """A writable file object whose bytes become one blob when it is closed; its ``bh_key`` is set then.
+
+        The bytes are hashed in a helper thread while the caller is still producing them (a Parquet encoder,
+        say), so the hash costs no extra time at the end::
+
+            with bh.files.writer(filename="t.parquet") as w:
+                pq.write_table(table, w)
+            w.bh_key
+        """
+        return BlobWriter(self, filename=filename, mime=mime, metadata=_check_metadata(metadata), progress=progress)
+
+    def _store_hashed(self, bh_key: str, views: list[memoryview], *, filename: str | None, mime: str | None,
+                      metadata: dict[str, str] | None, progress: ProgressCallback | None) -> str:
+        """Store ``views`` (whose SHA-256 hex is ``bh_key``, computed by the caller from exactly these bytes)."""
         if self._has_row(bh_key):
             return bh_key
         size = sum(v.nbytes for v in views)
@@ -400,6 +418,82 @@ class FileStore(Interface):
             report.orphans_deleted += 1
         report.dangling_rows_found = len(known - seen)
         return report
+
+
+class BlobWriter(io.RawIOBase):
+    """A file object that collects bytes, hashing them in a helper thread, and stores them as a blob on close."""
+
+    _BATCH = 8 * 1024 * 1024
+
+    def __init__(self, files: FileStore, *, filename: str | None, mime: str | None,
+                 metadata: dict[str, str] | None, progress: ProgressCallback | None) -> None:
+        super().__init__()
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._files = files
+        self._opts = {"filename": filename, "mime": mime, "metadata": metadata, "progress": progress}
+        self._chunks: list[bytes] = []
+        self._batch: list[bytes] = []
+        self._batch_size = 0
+        self._size = 0
+        self._hasher = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bh-hash")
+        self._pending: Any = None
+        self.bh_key: str | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._size
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        self._chunks.append(data)
+        self._batch.append(data)
+        self._batch_size += len(data)
+        self._size += len(data)
+        if self._batch_size >= self._BATCH:
+            self._flush_batch()
+        return len(data)
+
+    def _flush_batch(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        batch, self._batch, self._batch_size = self._batch, [], 0
+        hasher = self._hasher
+
+        def update() -> None:
+            for piece in batch:
+                hasher.update(piece)
+
+        self._pending = self._pool.submit(update)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._flush_batch()
+            self._pending.result()
+            self.bh_key = self._files._store_hashed(
+                self._hasher.hexdigest(), [memoryview(c) for c in self._chunks], **self._opts)  # type: ignore[arg-type]
+        finally:
+            self._pool.shutdown(wait=False)
+            self._chunks = []
+            super().close()
+
+    def discard(self) -> None:
+        """Drop what was written without storing it."""
+        self._pool.shutdown(wait=False)
+        self._chunks = []
+        self._batch = []
+        super().close()
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()
 
 
 def _hash_file(path: Path) -> str:

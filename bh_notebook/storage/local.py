@@ -15,6 +15,7 @@ import os
 import tempfile
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -99,16 +100,27 @@ class LocalBucket(BucketClient):
             raise ObjectNotFound(f"no object {key!r} in {self.root}") from None
         with f:
             f.seek(start)
-            done = 0
-            while done < view.nbytes:
-                n = f.readinto(view[done:done + 64 * CHUNK_SIZE])
-                if not n:
-                    raise IntegrityError(f"{key!r} ended after {start + done} bytes; it is shorter than expected")
-                if sink is not None:
-                    sink(view[done:done + n])
-                done += n
-                if progress is not None:
-                    progress(n)
+            # The sink (a hasher) runs in a helper thread on the piece just read while the next one is read.
+            pending: Future[object] | None = None
+            pool = ThreadPoolExecutor(1, thread_name_prefix="bh-sink") if sink is not None else None
+            try:
+                done = 0
+                while done < view.nbytes:
+                    n = f.readinto(view[done:done + 16 * CHUNK_SIZE])
+                    if not n:
+                        raise IntegrityError(f"{key!r} ended after {start + done} bytes; it is shorter than expected")
+                    if pool is not None and sink is not None:
+                        if pending is not None:
+                            pending.result()
+                        pending = pool.submit(sink, view[done:done + n])
+                    done += n
+                    if progress is not None:
+                        progress(n)
+                if pending is not None:
+                    pending.result()
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=True)
         return done
 
     def open_read(self, key: str) -> BinaryIO:
