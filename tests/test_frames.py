@@ -136,6 +136,13 @@ def big_frame(n: int = 600_000) -> pd.DataFrame:
     })
 
 
+@pytest.fixture
+def small_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """200k-row groups, so a test-sized frame has several."""
+    monkeypatch.setattr(frames_mod, "ROW_GROUP_SIZE", 200_000)
+
+
+@pytest.mark.usefixtures("small_groups")
 def test_columns_fetch_footer_and_those_chunks_only(counted) -> None:  # type: ignore[no-untyped-def]
     bh, counting = counted
     df = big_frame()
@@ -147,13 +154,15 @@ def test_columns_fetch_footer_and_those_chunks_only(counted) -> None:  # type: i
     needed = _footer_and_chunks(raw, ["a", "cat"])
     assert counting.bytes_in <= 1.1 * needed
     assert counting.bytes_in < 0.5 * len(raw)
+    assert counting.calls.get("get_range", 0) <= 1 + 2 * v.row_groups  # the footer, then each chunk at most once
 
 
+@pytest.mark.usefixtures("small_groups")
 def test_filters_skip_row_groups(counted) -> None:  # type: ignore[no-untyped-def]
     bh, counting = counted
     df = big_frame()
     v = bh.frames.put("big", df)
-    assert v.row_groups == 5
+    assert v.row_groups == 3
     raw = bh.files.get(v.bh_key)
     counting.reset()
     got = bh.frames.get("big", columns=["id", "a"], filters=[("id", "<", 1000)])
@@ -164,6 +173,7 @@ def test_filters_skip_row_groups(counted) -> None:  # type: ignore[no-untyped-de
     pd.testing.assert_frame_equal(both, expected)
 
 
+@pytest.mark.usefixtures("small_groups")
 def test_head_reads_one_row_group(counted) -> None:  # type: ignore[no-untyped-def]
     bh, counting = counted
     df = big_frame()
@@ -264,6 +274,7 @@ frames = hpd.data_frames(
         hpd.column("t", elements=st.datetimes(min_value=dt.datetime(1970, 1, 1), max_value=dt.datetime(2200, 1, 1)),
                    dtype="datetime64[ns]"),
         hpd.column("s", elements=st.text(max_size=8)),
+        hpd.column("o", elements=st.one_of(st.none(), st.text(max_size=5)), dtype=object),
     ],
     index=hpd.range_indexes(max_size=30) | hpd.indexes(dtype=np.int64, max_size=30, unique=True),
 )

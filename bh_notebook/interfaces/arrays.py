@@ -46,12 +46,16 @@ class ArrayVersion:
 def _npy_header(arr: np.ndarray[Any, Any]) -> bytes:
     """The ``.npy`` header numpy.save would write for ``arr`` (format 1.0, or 2.0 for very wide dtypes)."""
     d = np.lib.format.header_data_from_array_1_0(arr)
-    buf = io.BytesIO()
-    try:
-        np.lib.format.write_array_header_1_0(buf, d)
-    except ValueError:
+    for write in (np.lib.format.write_array_header_1_0, np.lib.format.write_array_header_2_0):
         buf = io.BytesIO()
-        np.lib.format.write_array_header_2_0(buf, d)
+        try:
+            write(buf, d)
+            return buf.getvalue()
+        except (ValueError, UnicodeEncodeError):
+            continue
+    # Field names outside latin-1 need format 3.0 (UTF-8), which numpy writes but exposes no public call for.
+    buf = io.BytesIO()
+    np.lib.format._write_array_header(buf, d, (3, 0))  # type: ignore[attr-defined]
     return buf.getvalue()
 
 
