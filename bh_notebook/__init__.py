@@ -21,6 +21,17 @@ from .storage.snapshot import SnapshotConfig
 
 __version__ = "0.1.0"
 
+
+def _default_progress(label: str, total: int | None) -> object:
+    """Long transfers show a bar (a widget in a notebook, text in a terminal) after about a second."""
+    from .notebook.progress import Progress
+
+    return Progress(label, total)
+
+
+# The core never imports the notebook layer; the package wires the default progress bar in from the top.
+BucketSQLite.progress_factory = staticmethod(_default_progress)  # type: ignore[assignment]
+
 __all__ = [
     "ArrayStore",
     "ArrayVersion",
@@ -35,5 +46,30 @@ __all__ = [
     "Interface",
     "KVStore",
     "SnapshotConfig",
+    "browse",
     "errors",
 ]
+
+
+def browse(bh: BucketSQLite | None = None, **kwargs: object) -> object:
+    """An ipywidgets Browser over ``bh`` (default: the store the magics use, else a new one from the environment)."""
+    from .notebook.browser import browse as _browse
+
+    return _browse(bh, **kwargs)  # type: ignore[arg-type]
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext bh_notebook``: register the %bh_* magics."""
+    from .notebook.magics import BHMagics
+
+    magics = BHMagics(shell=ipython)
+    ipython.register_magics(magics)  # type: ignore[attr-defined]
+    ipython._bh_magics = magics  # type: ignore[attr-defined]  # kept for unload
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    """``%unload_ext bh_notebook``: flush and close the store."""
+    magics = getattr(ipython, "_bh_magics", None)
+    if magics is not None:
+        magics.close()
+        del ipython._bh_magics  # type: ignore[attr-defined]

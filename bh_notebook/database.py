@@ -30,12 +30,12 @@ from .errors import (
     ObjectNotFound,
     PreconditionFailed,
     SnapshotConflict,
-    SnapshotCorruptError,
 )
 from .interfaces.arrays import ArrayStore
 from .interfaces.files import FileStore
 from .interfaces.frames import LOCAL_COMPRESSION, FrameStore
 from .interfaces.kv import KVStore
+from .interfaces.named_files import NamedFileStore
 from .storage import BucketClient, open_bucket
 from .storage.snapshot import BackupTimeout, SnapshotConfig, backup_to_file, file_sha256, restore_from_file
 
@@ -59,6 +59,9 @@ class BucketSQLite:
     (``BucketConfig.from_env()``), which without any variable set means the local store under ``~/.bh_notebook``.
     """
 
+    #: Makes progress bars for long transfers: ``factory(label, total_bytes)`` returning a callable taking byte
+    #: counts, with ``close()``. The package sets a notebook/terminal bar (shown after ~1 s); None turns it off.
+    progress_factory: Callable[[str, int | None], Any] | None = None
     #: How long a snapshot waits for another connection's open write transaction before it is put off.
     snapshot_wait_seconds: float = 10.0
 
@@ -103,6 +106,7 @@ class BucketSQLite:
         self.files: FileStore
         self.arrays: ArrayStore
         self.frames: FrameStore
+        self.named_files: NamedFileStore
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -149,8 +153,10 @@ class BucketSQLite:
         assert self._conn is not None and self._bucket is not None
         self.kv = KVStore(self._conn)
         self.files = FileStore(self._conn, self._bucket, prefix=self.config.files_prefix)
+        self.files.progress_factory = self.progress_factory
         self.arrays = ArrayStore(self._conn, self._bucket, files=self.files)
         self.frames = FrameStore(self._conn, self._bucket, files=self.files)
+        self.named_files = NamedFileStore(self._conn, self._bucket, files=self.files)
         if self._bucket.backend == "local":
             self.frames.compression, self.frames.compression_level = LOCAL_COMPRESSION
 
@@ -301,6 +307,21 @@ class BucketSQLite:
             return False
         return self._flush(force=False).uploaded
 
+    def request_flush(self) -> None:
+        """Ask the background thread to flush as soon as the debounce allows, and return at once.
+
+        What a notebook calls after each cell that changed the catalog: the next cell is not held up. Without a
+        timer thread (``interval_seconds <= 0``) this flushes now instead.
+        """
+        self._require_started()
+        if not self.dirty:
+            return
+        if self._thread is None:
+            self._flush(force=False)
+            return
+        self._flush_pending = True
+        self._wake.set()
+
     def force_flush(self) -> FlushResult:
         """Snapshot now, ignoring the debounce; uploads only when the content differs from the last snapshot."""
         self._require_started()
@@ -414,7 +435,8 @@ class BucketSQLite:
         }
         if self._started:
             info.update(dirty=self.dirty, last_flush=self._last_flush_wall, frames=len(self.frames),
-                        arrays=len(self.arrays), files=len(self.files), kv_keys=len(self.kv))
+                        arrays=len(self.arrays), named_files=len(self.named_files), kv_keys=len(self.kv),
+                        blobs=len(self.files), blob_bytes=self.files.total_size())
         if self._last_error is not None:
             info["last_error"] = str(self._last_error)
         return info

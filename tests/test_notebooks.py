@@ -1,4 +1,4 @@
-"""Every notebook in notebooks/ runs on a real kernel (nbclient) and shows what it promises."""
+"""Every notebook in notebooks/ runs on a real kernel (nbclient), against the local store and against moto."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -17,28 +19,104 @@ def run_notebook(path: Path, cwd: Path) -> nbformat.NotebookNode:
     return nb
 
 
-def outputs_text(nb: nbformat.NotebookNode) -> str:
+def cell_text(cell: nbformat.NotebookNode) -> str:
     parts: list[str] = []
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream":
-                parts.append(out["text"])
-            elif "data" in out and "text/plain" in out["data"]:
-                parts.append(out["data"]["text/plain"])
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream":
+            parts.append(out["text"])
+        elif "data" in out and "text/plain" in out["data"]:
+            parts.append(out["data"]["text/plain"])
+        elif out.get("output_type") == "error":
+            parts.append(f"ERROR {out['ename']}: {out['evalue']}")
     return "\n".join(parts)
 
 
+def all_text(nb: nbformat.NotebookNode) -> str:
+    return "\n".join(cell_text(c) for c in nb.cells)
+
+
+def use_moto(monkeypatch: pytest.MonkeyPatch, server) -> str:  # type: ignore[no-untyped-def]
+    bucket = server.new_bucket()
+    monkeypatch.setenv("BUCKETHEAD_BUCKET__NAME", bucket)
+    monkeypatch.setenv("BUCKETHEAD_BUCKET__ENDPOINT_URL", server.endpoint_url)
+    monkeypatch.setenv("BUCKETHEAD_BUCKET__REGION", "us-east-1")
+    monkeypatch.setenv("BUCKETHEAD_BUCKET__ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("BUCKETHEAD_BUCKET__SECRET_ACCESS_KEY", SECRET_KEY)
+    return str(bucket)
+
+
 def test_every_notebook_is_covered() -> None:
-    assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} <= {"quickstart.ipynb"}
+    assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == {"quickstart.ipynb", "team_bucket.ipynb", "browse.ipynb"}
+
+
+def check_quickstart(nb: nbformat.NotebookNode) -> None:
+    text = all_text(nb)
+    assert "ERROR" not in text and "Traceback" not in text
+    cells = {c.source.splitlines()[0]: cell_text(c) for c in nb.cells if c.cell_type == "code" and c.source}
+    put = cells['%bh_put sales weights notes --note "quickstart"']
+    assert "sales  frame  v1  3,000 x 3" in put and "weights  array  v1  (500, 8) float64" in put
+    assert "notes  file  v1  quickstart-notes.txt, 29 B" in put
+    assert "2 kv keys saved: learning_rate, epochs" in cells["%%bh_kv"]
+    listing = cells["%bh_ls"]
+    for name in ["sales", "weights", "notes", "epochs", "learning_rate"]:
+        assert name in listing
+    got = cells["del sales, weights"]
+    assert "(3000, 3) (500, 8)" in got and "first results look promising" in got and "epochs = 20" in got
+    assert "region  units" in cells["%bh_get sales --columns region,units --as two_columns"]
+    assert "(5, 8)" in cells["rows = %bh_get weights --rows 100:105"]
+    versions = cells['sales["price"] *= 1.1']
+    assert "sales  frame  v2" in versions and versions.rstrip().endswith(versions.rstrip().split("  ")[-1])
+    assert "unchanged" in versions.splitlines()[-1]
+    assert "prices up 10%" in cells["%bh_history sales"]
+    assert "price was 2.0 and is now 2.2" in cells["first = %bh_get sales@1 --as first"]
+    assert "catalog saved" in cells["%bh_flush"] and "holds:     1 frames" in cells["%bh_flush"]
 
 
 def test_quickstart_on_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"
     monkeypatch.setenv("BH_NOTEBOOK_HOME", str(home))
     nb = run_notebook(NOTEBOOKS / "quickstart.ipynb", tmp_path)
-    text = outputs_text(nb)
-    assert "baseline first results look promising" in text
-    assert "['experiment', 'model.lr']" in text
-    assert "FlushResult(uploaded=True" in text
+    check_quickstart(nb)
+    assert f"using the local store at {home}" in all_text(nb)
     assert (home / "bucketsqlite" / "snap.db").exists()
-    assert len(list((home / "files").iterdir())) == 1
+    assert not (tmp_path / "quickstart-notes.txt").exists()
+
+
+def test_quickstart_on_moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_server) -> None:  # type: ignore[no-untyped-def]
+    bucket = use_moto(monkeypatch, moto_server)
+    nb = run_notebook(NOTEBOOKS / "quickstart.ipynb", tmp_path)
+    check_quickstart(nb)
+    assert f"connected to s3://{bucket}" in all_text(nb)
+    assert SECRET_KEY not in all_text(nb)
+
+
+def test_team_bucket_on_moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_server) -> None:  # type: ignore[no-untyped-def]
+    bucket = use_moto(monkeypatch, moto_server)
+    nb = run_notebook(NOTEBOOKS / "team_bucket.ipynb", tmp_path)
+    text = all_text(nb)
+    assert "ERROR" not in text
+    assert "backend:   s3" in text and f"s3://{bucket}" in text
+    assert "experiment  frame  v1  6 x 2" in text and "embedding  array  v1  (1000, 16) float32" in text
+    assert "best score 0.8 | embedding float32 (1000, 16)" in text
+    assert f"ObjectURL('s3://{bucket}/files/" in text and moto_server.endpoint_url in text
+    assert SECRET_KEY not in text and ACCESS_KEY not in text
+
+
+def test_browse_notebook_saves_widget_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BH_NOTEBOOK_HOME", str(tmp_path / "home"))
+    nb = run_notebook(NOTEBOOKS / "browse.ipynb", tmp_path)
+    text = all_text(nb)
+    assert "ERROR" not in text
+    assert "measurements frame 60 x 2" in text and "DataFrame (60, 2)" in text
+    browser_cell = next(c for c in nb.cells if c.source.startswith("browser = %bh_browse"))
+    views = [o for o in browser_cell.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(views) == 1
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    root = state[views[0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]]["state"]
+    assert "bh-browser" in root["_dom_classes"]
+    selects = [m["state"] for m in state.values() if "bh-entries" in m["state"].get("_dom_classes", [])]
+    assert len(selects) == 1
+    labels = selects[0]["_options_labels"]
+    assert any(label.startswith("measurements") for label in labels) and any("spectrum" in x for x in labels)
+    previews = [m["state"]["value"] for m in state.values() if m["model_name"] == "HTMLModel"]
+    assert any("<b>measurements</b> v1: 60 rows x 2 columns" in v for v in previews)

@@ -5,6 +5,7 @@ from .base import Interface
 from .files import FileMetadata, FileStore, GCReport
 from .frames import FrameStore, FrameVersion
 from .kv import KVStore
+from .named_files import NamedFileStore, NamedFileVersion
 
 __all__ = ["ArrayStore", "ArrayVersion", "FileMetadata", "FileStore", "FrameStore", "FrameVersion", "GCReport",
-           "Interface", "KVStore"]
+           "Interface", "KVStore", "NamedFileStore", "NamedFileVersion"]

@@ -16,7 +16,8 @@ import re
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,21 @@ def _check_metadata(metadata: object) -> dict[str, str] | None:
 
 class FileStore(Interface):
     """Content-addressable blob store: owns the ``filestore`` table and a prefix in the bucket."""
+
+    #: Makes a progress callback for a transfer, ``factory(label, total_bytes)``; it is used when a call passes no
+    #: ``progress=`` and is closed (``.close()``) when the transfer ends. BucketSQLite sets it; None shows nothing.
+    progress_factory: Callable[[str, int | None], Any] | None = None
+
+    @contextmanager
+    def _progress(self, progress: ProgressCallback | None, label: str, total: int | None) -> Iterator[Any]:
+        if progress is not None or self.progress_factory is None:
+            yield progress
+            return
+        bar = self.progress_factory(label, total)
+        try:
+            yield bar
+        finally:
+            bar.close()
 
     def __init__(self, conn: sqlite3.Connection, bucket_client: BucketClient, prefix: str = "files/") -> None:
         self._prefix = prefix if prefix.endswith("/") else prefix + "/"
@@ -138,7 +154,8 @@ class FileStore(Interface):
                 return bh_key
             object_key = self._prefix + bh_key
             if not self._store.exists(object_key):
-                self._store.upload(path, object_key, progress=progress)
+                with self._progress(progress, f"put {filename or path.name}", size) as cb:
+                    self._store.upload(path, object_key, progress=cb)
             self._insert(bh_key, object_key, size, mime, filename, metadata)
             return bh_key
         if isinstance(data, (bytes, bytearray, memoryview)):
@@ -192,7 +209,8 @@ class FileStore(Interface):
         object_key = self._prefix + bh_key
         if not self._store.exists(object_key):
             reader = ChainReader(*views)
-            self._store.put_stream(reader, object_key, size=size, progress=progress)  # type: ignore[arg-type]
+            with self._progress(progress, f"put {filename or bh_key[:12]}", size) as cb:
+                self._store.put_stream(reader, object_key, size=size, progress=cb)  # type: ignore[arg-type]
         self._insert(bh_key, object_key, size, mime, filename, metadata)
         return bh_key
 
@@ -270,7 +288,8 @@ class FileStore(Interface):
             buf = bytearray(int(row["size"]))
             try:
                 if buf:
-                    self._store.get_into(object_key, buf, progress=progress)
+                    with self._progress(progress, f"get {row['filename'] or bh_key[:12]}", len(buf)) as cb:
+                        self._store.get_into(object_key, buf, progress=cb)
                 elif not self._store.exists(object_key):
                     raise ObjectNotFound(object_key)
             except ObjectNotFound:
@@ -288,12 +307,12 @@ class FileStore(Interface):
                     src = self._store.open_read(object_key)
                 except ObjectNotFound:
                     raise self._missing(bh_key) from None
-                with src:
+                with src, self._progress(progress, f"get {target.name}", int(row["size"])) as cb:
                     while chunk := src.read(CHUNK_SIZE):
                         hasher.update(chunk)
                         out.write(chunk)
-                        if progress is not None:
-                            progress(len(chunk))
+                        if cb is not None:
+                            cb(len(chunk))
             if hasher.hexdigest() != bh_key:
                 raise self._corrupt(bh_key)
             os.replace(tmp, target)
@@ -344,7 +363,8 @@ class FileStore(Interface):
         hasher = hashlib.sha256(head)
         try:
             if view.nbytes:
-                self._store.get_into(row["object_key"], view, len(head), progress=progress, sink=hasher.update)
+                with self._progress(progress, f"get {row['filename'] or bh_key[:12]}", view.nbytes) as cb:
+                    self._store.get_into(row["object_key"], view, len(head), progress=cb, sink=hasher.update)
             elif not self._store.exists(row["object_key"]):
                 raise ObjectNotFound(row["object_key"])
         except ObjectNotFound:
@@ -394,7 +414,7 @@ class FileStore(Interface):
 
     # -- reconciliation ----------------------------------------------------------------------
 
-    def gc(self, grace_seconds: float = 300.0) -> GCReport:
+    def gc(self, grace_seconds: float = 300.0, *, dry_run: bool = False) -> GCReport:
         """Reconcile the bucket's objects under ``prefix`` with the catalog's rows.
 
         Orphans (an object with no row) younger than ``grace_seconds`` are skipped, since a put may be in
@@ -414,7 +434,8 @@ class FileStore(Interface):
             if now - info.last_modified < grace_seconds:
                 report.orphans_skipped_grace += 1
                 continue
-            self._store.delete(info.key)
+            if not dry_run:
+                self._store.delete(info.key)
             report.orphans_deleted += 1
         report.dangling_rows_found = len(known - seen)
         return report

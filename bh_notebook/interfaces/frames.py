@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NotFound, ObjectNotFound, ValueTypeError
+from ..errors import NotFound, ValueTypeError
 from ..storage.bucket import ProgressCallback
 from .base import check_name
 from .versioned import VersionedStore, check_metadata
@@ -182,7 +182,10 @@ class FrameStore(VersionedStore[FrameVersion]):
         expr = _filter_expression(filters, pq, ds)
         with self._open(info, progress) as f:
             f.prefetch([(max(0, info.nbytes - FOOTER_GUESS), info.nbytes)])  # footer: one request
-            fragment = ds.ParquetFileFormat().make_fragment(pa.PythonFile(f, mode="r"))
+            footer_schema = pq.ParquetFile(pa.PythonFile(f, mode="r")).schema_arrow
+            fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(
+                dictionary_columns=_object_string_columns(footer_schema)))
+            fragment = fmt.make_fragment(pa.PythonFile(f, mode="r"))
             schema = fragment.physical_schema
             wanted = None if cols is None else _with_index_columns(schema, cols)
             try:
