@@ -12,6 +12,7 @@ import ast
 import io
 import json
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,10 +54,12 @@ def _npy_header(arr: np.ndarray[Any, Any]) -> bytes:
             return buf.getvalue()
         except (ValueError, UnicodeEncodeError):
             continue
-    # Field names outside latin-1 need format 3.0 (UTF-8), which numpy writes but exposes no public call for.
-    buf = io.BytesIO()
-    np.lib.format._write_array_header(buf, d, (3, 0))  # type: ignore[attr-defined]
-    return buf.getvalue()
+    # Field names outside latin-1 need format 3.0 (a UTF-8 header), which numpy reads but has no public writer for.
+    text = "{" + "".join(f"'{k}': {d[k]!r}, " for k in sorted(d)) + "}"
+    body = text.encode("utf-8")
+    pad = -(6 + 2 + 4 + len(body) + 1) % 64  # the data starts 64-byte aligned, as numpy's own headers do
+    body += b" " * pad + b"\n"
+    return b"\x93NUMPY\x03\x00" + struct.pack("<I", len(body)) + body
 
 
 def _byte_view(arr: np.ndarray[Any, Any]) -> memoryview:

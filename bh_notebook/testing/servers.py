@@ -38,6 +38,8 @@ def free_port(span: int = 1) -> int:
 
 
 def _is_free(port: int) -> bool:
+    if not 0 < port < 65536:
+        return False
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -164,9 +166,11 @@ class SeaweedServer(S3Server):
     def __init__(self, timeout: float = 60.0) -> None:
         exe = _find_exe("weed")
         # weed mini uses P..P+4 and P+10000..P+10004 (gRPC); all must be free.
-        for _ in range(50):
-            port = free_port(5)
-            if all(_is_free(port + 10000 + i) for i in range(5)):
+        import random
+
+        for _ in range(200):
+            port = random.randrange(20000, 55000)
+            if all(_is_free(port + i) and _is_free(port + 10000 + i) for i in range(5)):
                 break
         else:
             raise RuntimeError("no free ports for SeaweedFS")
@@ -182,7 +186,10 @@ class SeaweedServer(S3Server):
              "-ip.bind=127.0.0.1", f"-s3.port={port}", f"-master.port={port + 1}", f"-volume.port={port + 2}",
              f"-filer.port={port + 3}", f"-admin.port={port + 4}", "-admin.ui=false", "-webdav=false",
              "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-             "-s3.allowDeleteBucketNotEmpty=false"],
+             "-s3.allowDeleteBucketNotEmpty=false",
+             # Each bucket is a collection that takes several volumes; the auto limit (free disk / 128 MB) runs
+             # out after a few dozen buckets, and a test suite makes hundreds. Volumes are not preallocated.
+             "-volume.max=5000"],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.dir, start_new_session=True,
         )
         self._wait_ready(timeout)
