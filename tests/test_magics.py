@@ -13,7 +13,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from bh_notebook import BucketSQLite
+from bh_notebook import BucketConfig, BucketSQLite
 from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY
 
 
@@ -322,3 +322,22 @@ def test_unload_flushes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         InteractiveShell.clear_instance()
     with BucketSQLite(config) as bh:
         assert bh.kv["s"] == "kept"
+
+
+def test_kernel_shutdown_flushes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real kernel, autoflush off: what was put is in the bucket after the kernel is shut down."""
+    from jupyter_client.manager import start_new_kernel
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("BH_NOTEBOOK_HOME", str(home))
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        reply = kc.execute_interactive(
+            "%load_ext bh_notebook\n%config BHMagics.autoflush = False\n"
+            "import numpy as np\nlast_words = np.arange(7)\n%bh_put last_words", timeout=60)
+        assert reply["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)  # a polite shutdown, as Jupyter's menu does
+    with BucketSQLite(BucketConfig.for_local(home)) as bh:
+        np.testing.assert_array_equal(bh.arrays.get("last_words"), np.arange(7))

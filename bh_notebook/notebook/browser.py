@@ -22,7 +22,7 @@ from .display import human_bytes, when
 from .magics import listing
 
 KIND_FILTERS = [("all", None), ("frames", "frames"), ("arrays", "arrays"), ("files", "files"), ("kv", "kv")]
-SORT_COLUMNS = ["modified", "name", "kind", "version", "size"]
+SORT_COLUMNS = ["modified", "name", "kind", "version", "size", "shape"]
 #: A preview reads at most this many bytes of an array or a file.
 PREVIEW_BYTES = 4 * 1024 * 1024
 TEXT_PREVIEW = 2000
