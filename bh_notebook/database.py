@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -27,6 +28,7 @@ from .config import BucketConfig
 from .errors import (
     BhError,
     NotStarted,
+    SnapshotCorruptError,
     ObjectNotFound,
     PreconditionFailed,
     SnapshotConflict,
@@ -36,6 +38,9 @@ from .interfaces.files import FileStore
 from .interfaces.frames import LOCAL_COMPRESSION, FrameStore
 from .interfaces.kv import KVStore
 from .interfaces.named_files import NamedFileStore
+from .check import CheckReport
+from .check import check as run_check
+from .merge import MergeReport, merge_catalog
 from .storage import BucketClient, open_bucket
 from .storage.snapshot import BackupTimeout, SnapshotConfig, backup_to_file, file_sha256, restore_from_file
 
@@ -62,6 +67,10 @@ class BucketSQLite:
     #: Makes progress bars for long transfers: ``factory(label, total_bytes)`` returning a callable taking byte
     #: counts, with ``close()``. The package sets a notebook/terminal bar (shown after ~1 s); None turns it off.
     progress_factory: Callable[[str, int | None], Any] | None = None
+    #: How many times one flush merges another writer's snapshot before it gives up (and tries again later).
+    max_merges: int = 10
+    #: Called with a MergeReport after each merge of another writer's catalog.
+    on_merge: Callable[[MergeReport], Any] | None = None
     #: How long a snapshot waits for another connection's open write transaction before it is put off.
     snapshot_wait_seconds: float = 10.0
 
@@ -74,7 +83,11 @@ class BucketSQLite:
         on_flush_complete: Callable[[FlushResult], Any] | None = None,
         on_flush_error: Callable[[BaseException], Any] | None = None,
         bucket_client: BucketClient | None = None,
+        restore_from: str = "latest",
     ) -> None:
+        if restore_from not in ("latest", "prev"):
+            raise ValueError("restore_from is 'latest' (the snapshot) or 'prev' (the one before it, <key>.prev)")
+        self.restore_from_which = restore_from
         self.config = config if config is not None else BucketConfig.from_env()
         self.snapshot_config = snapshot_config if snapshot_config is not None else SnapshotConfig()
         self.on_flush_start = on_flush_start
@@ -102,6 +115,9 @@ class BucketSQLite:
         self._atexit: Callable[[], None] | None = None
         self._started = False
         self.restored_from: str | None = None
+        self.last_merge: MergeReport | None = None
+        self._workdir: Path | None = None  # holds base.db: the snapshot this process last synced with
+        self._keep_prev_ok = True  # False after restoring from .prev: the corrupt latest must not replace it
         self.kv: KVStore
         self.files: FileStore
         self.arrays: ArrayStore
@@ -123,6 +139,9 @@ class BucketSQLite:
             self._restore(bucket, conn)
         except BaseException:
             conn.close()
+            if self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
             raise
         self._bucket = bucket
         self._conn = conn
@@ -162,25 +181,32 @@ class BucketSQLite:
 
     def _restore(self, bucket: BucketClient, conn: sqlite3.Connection) -> None:
         key = self.config.key
+        self._workdir = Path(tempfile.mkdtemp(prefix="bh-catalog-"))
         info = bucket.head(key)
-        if info is None:
+        source = key + ".prev" if self.restore_from_which == "prev" else key
+        if self.restore_from_which == "prev" and bucket.head(source) is None:
+            raise SnapshotCorruptError(f"there is no previous snapshot {source!r} in {self.config.location} to "
+                                       "restore from")
+        if info is None and source == key:
             self._etag = None
             self._snapshot_sha = None
             return
-        with tempfile.TemporaryDirectory(prefix="bh-restore-") as tmp:
-            path = Path(tmp) / "snap.db"
-            try:
-                bucket.download(key, path)
-            except ObjectNotFound:  # deleted between HEAD and GET: start empty
-                self._etag = None
-                return
-            restore_from_file(
-                path, conn, label=f"catalog snapshot {key!r} in {self.config.location}",
-                hint=f" Nothing in the bucket was changed. The previous snapshot, if kept, is {key + '.prev'!r}.",
-            )
-            self._snapshot_sha = file_sha256(path)
-        self._etag = info.etag
-        self.restored_from = key
+        path = self._workdir / "restore.db"
+        try:
+            bucket.download(source, path)
+        except ObjectNotFound:  # deleted between HEAD and GET: start empty
+            self._etag = None
+            return
+        hint = (f" Nothing in the bucket was changed. To start from the previous snapshot ({key + '.prev'!r}), "
+                "use BucketSQLite(config, restore_from='prev')." if source == key else
+                " Nothing in the bucket was changed.")
+        restore_from_file(path, conn, label=f"catalog snapshot {source!r} in {self.config.location}", hint=hint)
+        # What this process now holds is the base of any later merge with another writer.
+        path.replace(self._workdir / "base.db")
+        self._snapshot_sha = file_sha256(self._workdir / "base.db") if source == key else None
+        self._etag = info.etag if info is not None else None
+        self.restored_from = source
+        self._keep_prev_ok = source == key
 
     def stop(self) -> None:
         """Flush a last time and close. Safe to call twice."""
@@ -213,6 +239,9 @@ class BucketSQLite:
             if self._bucket is not None and self._bucket_override is None:
                 self._bucket.close()
             self._bucket = None
+            if self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
 
     close = stop
 
@@ -391,16 +420,16 @@ class BucketSQLite:
             return result
 
     def _snapshot_and_upload(self, fingerprint: tuple[int, ...], started: float) -> FlushResult:
-        assert self._snap_conn is not None and self._bucket is not None
+        assert self._snap_conn is not None and self._bucket is not None and self._workdir is not None
         key = self.config.key
-        with tempfile.TemporaryDirectory(prefix="bh-snap-") as tmp:
-            path = Path(tmp) / "snap.db"
-            backup_to_file(self._snap_conn, path, timeout=self.snapshot_wait_seconds)
-            sha = file_sha256(path)
-            if sha == self._snapshot_sha and self._etag is not None:
-                self._flushed_fingerprint = fingerprint
-                return FlushResult(False, 0, time.monotonic() - started, self._etag)
-            if self._etag is not None and self.snapshot_config.keep_previous:
+        path = self._workdir / "snap.db"
+        backup_to_file(self._snap_conn, path, timeout=self.snapshot_wait_seconds)
+        sha = file_sha256(path)
+        if sha == self._snapshot_sha and self._etag is not None:
+            self._flushed_fingerprint = fingerprint
+            return FlushResult(False, 0, time.monotonic() - started, self._etag)
+        for _ in range(self.max_merges + 1):
+            if self._etag is not None and self.snapshot_config.keep_previous and self._keep_prev_ok:
                 try:
                     self._bucket.copy(key, key + ".prev")
                 except ObjectNotFound:
@@ -410,17 +439,76 @@ class BucketSQLite:
                     etag = self._bucket.upload(path, key, if_none_match="*")
                 else:
                     etag = self._bucket.upload(path, key, if_match=self._etag)
-            except PreconditionFailed as exc:
-                raise SnapshotConflict(
-                    f"another process committed the catalog snapshot {key!r} in {self.config.location} since this "
-                    "one restored it. Nothing was overwritten; your changes are still in memory. Save what you "
-                    "need, then restart to load the other writer's catalog."
-                ) from exc
-            size = path.stat().st_size
+                break
+            except PreconditionFailed:
+                # Another writer committed since we synced: merge theirs into ours and try again.
+                self._merge_remote()
+                backup_to_file(self._snap_conn, path, timeout=self.snapshot_wait_seconds)
+                sha = file_sha256(path)
+        else:
+            raise SnapshotConflict(
+                f"the catalog snapshot {key!r} in {self.config.location} kept changing under this process "
+                f"({self.max_merges} merges in a row). Nothing was overwritten; your changes are still in memory "
+                "and the next flush tries again."
+            )
+        size = path.stat().st_size
+        path.replace(self._workdir / "base.db")
+        self._keep_prev_ok = True
         self._etag = etag
         self._snapshot_sha = sha
         self._flushed_fingerprint = fingerprint
         return FlushResult(True, size, time.monotonic() - started, etag)
+
+    def _merge_remote(self) -> None:
+        """Download the snapshot another writer committed and merge it into the catalog in memory."""
+        assert self._snap_conn is not None and self._bucket is not None and self._workdir is not None
+        key = self.config.key
+        theirs = self._workdir / "theirs.db"
+        for _ in range(5):
+            info = self._bucket.head(key)
+            if info is None:  # it was deleted: the next attempt creates it
+                self._etag = None
+                return
+            try:
+                self._bucket.download(key, theirs)
+            except ObjectNotFound:
+                continue
+            after = self._bucket.head(key)
+            if after is not None and after.etag == info.etag:
+                break  # what we downloaded is the version with this etag
+        else:
+            raise SnapshotConflict(f"the catalog snapshot {key!r} kept changing while it was being read")
+        check = sqlite3.connect(theirs)
+        try:
+            bad = check.execute("PRAGMA integrity_check").fetchone()[0] != "ok"
+        except sqlite3.DatabaseError:
+            bad = True
+        finally:
+            check.close()
+        if bad:
+            raise SnapshotCorruptError(f"another writer's catalog snapshot {key!r} is corrupt; not merging it. "
+                                       "Your changes are still in memory.")
+        base = self._workdir / "base.db"
+        report = merge_catalog(self._snap_conn, base if base.exists() else None, theirs)
+        theirs.replace(base)  # our catalog now contains theirs: it is the base of the next merge
+        self._etag = info.etag
+        self.last_merge = report
+        if report.conflicts:
+            log.warning("bh_notebook: %s", report)
+        else:
+            log.info("bh_notebook: %s", report)
+        if self.on_merge is not None:
+            self.on_merge(report)
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def check(self, fix: bool = False, *, verify: bool = True, grace_seconds: float = 300.0) -> CheckReport:
+        """Compare the catalog with the bucket: rows pointing at missing blobs, blobs nothing points at, blobs whose
+        bytes do not match their SHA-256 key (``verify=False`` skips reading them), blobs entries use that lost their
+        file row. Repairs only with ``fix=True``: file rows are restored and orphans older than ``grace_seconds``
+        deleted; nothing that may be a row's only copy of anything is deleted."""
+        self._require_started()
+        return run_check(self, fix, verify=verify, grace_seconds=grace_seconds)
 
     # -- status ------------------------------------------------------------------------------
 

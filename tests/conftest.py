@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from bh_notebook import BucketSQLite, SnapshotConfig
 from bh_notebook.config import ALL_ENV, ENV_HOME, BucketConfig
-from bh_notebook.testing.servers import MotoServer, S3Server, SeaweedServer
+from bh_notebook.storage import open_bucket
+from bh_notebook.testing.counting import CountingBucket
+from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY, MotoServer, S3Server, SeaweedServer
 
 BACKENDS = ["local", "moto", "seaweedfs"]
 
@@ -61,3 +64,36 @@ def backend(request: pytest.FixtureRequest) -> str:
 def config(backend: str, make_config: Callable[..., BucketConfig]) -> BucketConfig:
     """A fresh bucket on the current backend."""
     return make_config(backend)
+
+
+NO_TIMER = SnapshotConfig(interval_seconds=0)
+
+
+@pytest.fixture
+def counted(config: BucketConfig) -> Iterator[tuple[BucketSQLite, CountingBucket]]:
+    """A started store on the current backend whose bucket counts requests and bytes."""
+    counting = CountingBucket(open_bucket(config))
+    with BucketSQLite(config, NO_TIMER, bucket_client=counting) as bh:
+        yield bh, counting
+
+
+@pytest.fixture
+def bh(counted: tuple[BucketSQLite, CountingBucket]) -> BucketSQLite:
+    """A started store on the current backend."""
+    return counted[0]
+
+
+@pytest.fixture(params=["local", "moto"])
+def hyp_bh(request: pytest.FixtureRequest, make_config: Callable[..., BucketConfig]) -> Iterator[BucketSQLite]:
+    """A store for property tests: the local backend and moto (SeaweedFS is slower per request)."""
+    with BucketSQLite(make_config(request.param), NO_TIMER) as db:
+        yield db
+
+
+def set_bucket_env(monkeypatch: pytest.MonkeyPatch, server: S3Server, bucket: str) -> None:
+    """Point BucketConfig.from_env() at ``bucket`` on ``server``, as a user's environment would."""
+    monkeypatch.setenv("BUCKETHEAD_BUCKET__NAME", bucket)
+    monkeypatch.setenv("BUCKETHEAD_BUCKET__ENDPOINT_URL", server.endpoint_url)
+    monkeypatch.setenv("BUCKETHEAD_BUCKET__REGION", "us-east-1")
+    monkeypatch.setenv("BUCKETHEAD_BUCKET__ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("BUCKETHEAD_BUCKET__SECRET_ACCESS_KEY", SECRET_KEY)

@@ -13,22 +13,8 @@ from hypothesis.extra import numpy as hnp
 
 from bh_notebook import ArrayVersion, BucketConfig, BucketSQLite, SnapshotConfig
 from bh_notebook.errors import IntegrityError, InvalidKey, KeyTypeError, NotFound, ValueTypeError
-from bh_notebook.storage import open_bucket
-from bh_notebook.testing.counting import CountingBucket
 
 NO_TIMER = SnapshotConfig(interval_seconds=0)
-
-
-@pytest.fixture
-def counted(config: BucketConfig):
-    counting = CountingBucket(open_bucket(config))
-    with BucketSQLite(config, NO_TIMER, bucket_client=counting) as bh:
-        yield bh, counting
-
-
-@pytest.fixture
-def bh(counted):  # type: ignore[no-untyped-def]
-    return counted[0]
 
 
 def assert_same(a: np.ndarray, b: np.ndarray) -> None:
@@ -193,12 +179,6 @@ def test_survives_restart(config: BucketConfig) -> None:
         assert [v.version for v in bh.arrays.history("keep")] == [2, 1]
         assert_same(bh.arrays.get("keep", 1), np.arange(5.0))
         assert bh.arrays.info("keep", 1).metadata == {"unit": "m"}
-
-
-@pytest.fixture(params=["local", "moto"])
-def hyp_bh(request, make_config):  # type: ignore[no-untyped-def]
-    with BucketSQLite(make_config(request.param), NO_TIMER) as db:
-        yield db
 
 
 dtypes = st.one_of(hnp.scalar_dtypes(), hnp.byte_string_dtypes(), hnp.unicode_string_dtypes(),

@@ -158,24 +158,26 @@ def test_truncated_snapshot_fails_integrity_check(config: BucketConfig) -> None:
     assert bucket.get_bytes(config.key) == bad
 
 
-def test_second_writer_is_not_silently_overwritten(config: BucketConfig) -> None:
+def test_second_writer_merges_instead_of_overwriting(config: BucketConfig) -> None:
     a = BucketSQLite(config, NO_TIMER).start()
     b = BucketSQLite(config, NO_TIMER).start()
     try:
+        a.kv["from_a"] = "1"
         a.kv["who"] = "a"
         a.force_flush()
-        b.kv["who"] = "b"
-        with pytest.raises(SnapshotConflict, match="Nothing was overwritten"):
-            b.force_flush()
-        assert b.dirty and b.last_error is not None
+        b.kv["from_b"] = "2"
+        time.sleep(0.01)
+        b.kv["who"] = "b"  # written after a's: the later write wins the conflict
+        result = b.force_flush()
+        assert result.uploaded
+        report = b.last_merge
+        assert report is not None and report.conflicts == ["kv 'who': kept ours (written later)"]
+        assert b.kv["from_a"] == "1"  # b now holds a's entries too
     finally:
         a.stop()
-        try:
-            b.stop()
-        except SnapshotConflict:
-            pass
+        b.stop()
     with BucketSQLite(config, NO_TIMER) as reader:
-        assert reader.kv["who"] == "a"
+        assert (reader.kv["from_a"], reader.kv["from_b"], reader.kv["who"]) == ("1", "2", "b")
 
 
 def test_connect_vends_one_connection_per_thread(config: BucketConfig) -> None:

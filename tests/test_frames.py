@@ -16,23 +16,9 @@ from hypothesis.extra import pandas as hpd
 from bh_notebook import BucketConfig, BucketSQLite, FrameVersion, SnapshotConfig
 from bh_notebook.errors import IntegrityError, InvalidKey, NotFound, ValueTypeError
 from bh_notebook.interfaces import frames as frames_mod
-from bh_notebook.storage import open_bucket
-from bh_notebook.testing.counting import CountingBucket
 from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY
 
 NO_TIMER = SnapshotConfig(interval_seconds=0)
-
-
-@pytest.fixture
-def counted(config: BucketConfig):
-    counting = CountingBucket(open_bucket(config))
-    with BucketSQLite(config, NO_TIMER, bucket_client=counting) as bh:
-        yield bh, counting
-
-
-@pytest.fixture
-def bh(counted):  # type: ignore[no-untyped-def]
-    return counted[0]
 
 
 def sample(n: int = 200) -> pd.DataFrame:
@@ -257,12 +243,6 @@ def test_codec_by_backend(bh: BucketSQLite) -> None:
     codec = pq.ParquetFile(pa.BufferReader(raw)).metadata.row_group(0).column(1).compression
     expected = frames_mod.LOCAL_COMPRESSION if bh.config.backend == "local" else frames_mod.S3_COMPRESSION
     assert codec == expected[0].upper()
-
-
-@pytest.fixture(params=["local", "moto"])
-def hyp_bh(request, make_config):  # type: ignore[no-untyped-def]
-    with BucketSQLite(make_config(request.param), NO_TIMER) as db:
-        yield db
 
 
 frames = hpd.data_frames(

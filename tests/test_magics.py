@@ -16,6 +16,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from bh_notebook import BucketConfig, BucketSQLite
 from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY
 
+from .conftest import set_bucket_env
+
 
 @pytest.fixture
 def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
@@ -270,11 +272,7 @@ def test_connect_to_s3_and_branches(ip: InteractiveShell, moto_server, monkeypat
 def test_environment_chooses_the_bucket(ip: InteractiveShell, moto_server, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
                                         capsys: pytest.CaptureFixture[str]) -> None:
     bucket = moto_server.new_bucket()
-    monkeypatch.setenv("BUCKETHEAD_BUCKET__NAME", bucket)
-    monkeypatch.setenv("BUCKETHEAD_BUCKET__ENDPOINT_URL", moto_server.endpoint_url)
-    monkeypatch.setenv("BUCKETHEAD_BUCKET__REGION", "us-east-1")
-    monkeypatch.setenv("BUCKETHEAD_BUCKET__ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("BUCKETHEAD_BUCKET__SECRET_ACCESS_KEY", SECRET_KEY)
+    set_bucket_env(monkeypatch, moto_server, bucket)
     ip.user_ns["s"] = "x"
     ip.run_line_magic("bh_put", "s")
     assert f"connected to s3://{bucket}" in capsys.readouterr().out

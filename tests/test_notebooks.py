@@ -10,6 +10,8 @@ from nbclient import NotebookClient
 
 from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY
 
+from .conftest import set_bucket_env
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
@@ -36,13 +38,9 @@ def all_text(nb: nbformat.NotebookNode) -> str:
 
 
 def use_moto(monkeypatch: pytest.MonkeyPatch, server) -> str:  # type: ignore[no-untyped-def]
-    bucket = server.new_bucket()
-    monkeypatch.setenv("BUCKETHEAD_BUCKET__NAME", bucket)
-    monkeypatch.setenv("BUCKETHEAD_BUCKET__ENDPOINT_URL", server.endpoint_url)
-    monkeypatch.setenv("BUCKETHEAD_BUCKET__REGION", "us-east-1")
-    monkeypatch.setenv("BUCKETHEAD_BUCKET__ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("BUCKETHEAD_BUCKET__SECRET_ACCESS_KEY", SECRET_KEY)
-    return str(bucket)
+    bucket = str(server.new_bucket())
+    set_bucket_env(monkeypatch, server, bucket)
+    return bucket
 
 
 def test_every_notebook_is_covered() -> None:

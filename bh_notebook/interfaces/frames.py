@@ -8,14 +8,13 @@ column chunks and row groups they need, with ranged GETs; a whole ``get`` downlo
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound, ValueTypeError
-from ..storage.bucket import ProgressCallback
+from ..storage.bucket import ProgressCallback, SeekableReader
 from .base import check_name
 from .versioned import VersionedStore, check_metadata
 
@@ -261,7 +260,7 @@ class FrameStore(VersionedStore[FrameVersion]):
         return list(columns)
 
 
-class RangeFile(io.RawIOBase):
+class RangeFile(SeekableReader):
     """A read-only, seekable file over a blob that fetches only the byte ranges read, with ranged GETs.
 
     ``prefetch(ranges)`` fetches many ranges at once, in parallel, merging ranges that nearly touch; reads that
@@ -270,33 +269,18 @@ class RangeFile(io.RawIOBase):
     """
 
     def __init__(self, files: Any, bh_key: str, size: int, progress: ProgressCallback | None = None) -> None:
-        super().__init__()
+        super().__init__(size)
         self._files = files
         self._key = bh_key
         self._size = size
-        self._pos = 0
         self._progress = progress
         self._lock = threading.Lock()
         self._blocks: list[tuple[int, bytes]] = []
         self.bytes_fetched = 0
         self.requests = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
     def size(self) -> int:
         return self._size
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
 
     def _fetch(self, start: int, end: int) -> bytes:
         data = self._files.get_range(self._key, start, end)

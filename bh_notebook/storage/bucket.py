@@ -241,14 +241,12 @@ class ProgressReader(io.RawIOBase):
         return len(data)
 
 
-class ChainReader(io.RawIOBase):
-    """A read-only stream over several buffers (e.g. a .npy header and an array's memory), copying only on read."""
+class SeekableReader(io.RawIOBase):
+    """Base of read-only, seekable streams of a known length: position bookkeeping only."""
 
-    def __init__(self, *parts: bytes | bytearray | memoryview) -> None:
+    def __init__(self, length: int) -> None:
         super().__init__()
-        self._parts = [memoryview(p).cast("B") for p in parts]
-        self._sizes = [p.nbytes for p in self._parts]
-        self.size = sum(self._sizes)
+        self._length = length
         self._pos = 0
 
     def readable(self) -> bool:
@@ -261,9 +259,20 @@ class ChainReader(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
         self._pos = max(0, base + offset)
         return self._pos
+
+
+class ChainReader(SeekableReader):
+    """A read-only stream over several buffers (e.g. a .npy header and an array's memory), copying only on read."""
+
+    def __init__(self, *parts: bytes | bytearray | memoryview) -> None:
+        views = [memoryview(p).cast("B") for p in parts]
+        super().__init__(sum(v.nbytes for v in views))
+        self._parts = views
+        self._sizes = [v.nbytes for v in views]
+        self.size = self._length
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:

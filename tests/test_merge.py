@@ -1,0 +1,202 @@
+"""Several writers on one bucket: nothing is lost, versions are renumbered, conflicts are settled and reported."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import traceback
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig
+from bh_notebook.storage import open_bucket
+
+NO_TIMER = SnapshotConfig(interval_seconds=0)
+
+
+def test_both_sides_new_versions_survive_renumbered(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as seed:
+        seed.arrays.put("w", np.arange(3))  # version 1, known to both
+    a = BucketSQLite(config, NO_TIMER).start()
+    b = BucketSQLite(config, NO_TIMER).start()
+    try:
+        a.arrays.put("w", np.arange(3) + 10)  # a's version 2
+        a.frames.put("only_a", pd.DataFrame({"x": [1]}))
+        a.force_flush()
+        b.arrays.put("w", np.arange(3) + 20)  # b's version 2 too: collides
+        b.arrays.put("w", np.arange(3) + 30)  # b's version 3
+        b.force_flush()
+        assert b.last_merge is not None
+        assert b.last_merge.renumbered == ["w@2->4"] or "w@2->" in b.last_merge.renumbered[0]
+    finally:
+        a.stop()
+        b.stop()
+    with BucketSQLite(config, NO_TIMER) as r:
+        values = {v.version: int(r.arrays.get("w", v.version)[0]) for v in r.arrays.history("w")}
+        assert values == {1: 0, 2: 10, 3: 30, 4: 20} or sorted(values.values()) == [0, 10, 20, 30]
+        assert values[1] == 0 and values[2] == 10  # the first committer keeps its numbers
+        assert sorted(values) == [1, 2, 3, 4]
+        assert "only_a" in r.frames
+
+
+def test_deletions_and_kv_rules(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as seed:
+        seed.arrays.put("gone", np.arange(2))
+        seed.kv.update({"k1": "base", "k2": "base", "k3": "base"})
+    a = BucketSQLite(config, NO_TIMER).start()
+    b = BucketSQLite(config, NO_TIMER).start()
+    try:
+        a.arrays.delete("gone")
+        a.kv["k1"] = "a"  # only a changed it
+        a.kv.delete("k3")  # a deleted, b rewrites it below: the write wins
+        a.force_flush()
+        b.kv["k2"] = "b"  # only b changed it
+        b.kv["k3"] = "b"
+        b.force_flush()
+        assert b.last_merge is not None
+        assert b.last_merge.conflicts == ["kv 'k3': kept ours (theirs deleted it)"]
+    finally:
+        a.stop()
+        b.stop()
+    with BucketSQLite(config, NO_TIMER) as r:
+        assert "gone" not in r.arrays
+        assert (r.kv["k1"], r.kv["k2"], r.kv["k3"]) == ("a", "b", "b")
+
+
+def test_merge_reports_reach_a_callback(config: BucketConfig) -> None:
+    seen = []
+    a = BucketSQLite(config, NO_TIMER).start()
+    b = BucketSQLite(config, NO_TIMER).start()
+    b.on_merge = seen.append
+    try:
+        a.kv["x"] = "1"
+        a.force_flush()
+        b.kv["y"] = "2"
+        b.force_flush()
+    finally:
+        a.stop()
+        b.stop()
+    assert len(seen) == 1 and seen[0].taken >= 1 and "merged another writer's catalog" in str(seen[0])
+
+
+def _writer(config: BucketConfig, n: int, entries: int, queue: "multiprocessing.Queue[str]", barrier: object) -> None:
+    try:
+        rng = np.random.default_rng(n)
+        bh = BucketSQLite(config, SnapshotConfig(interval_seconds=0)).start()
+        barrier.wait(120)  # type: ignore[attr-defined]  # all writers race from here
+        merges = []
+        bh.on_merge = merges.append
+        for i in range(entries):
+            kind = i % 4
+            name = f"p{n}/e{i}"
+            if kind == 0:
+                bh.frames.put(name, pd.DataFrame({"n": [n] * 5, "i": np.arange(5) + i}))
+            elif kind == 1:
+                bh.arrays.put(name, rng.normal(size=(20, 3)))
+            elif kind == 2:
+                bh.kv[name] = f"value {n}/{i}"
+            else:
+                bh.named_files.put(name, f"file {n}/{i}".encode())
+            if i % 10 == 0:
+                bh.arrays.put("shared", np.full(4, n * 1000 + i))  # everyone adds versions to one name
+            if i % 5 == 4:
+                bh.force_flush()
+        bh.stop()
+        queue.put(f"ok {n} {len(merges)}")
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        queue.put(f"error {n}: {traceback.format_exc()}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["moto", "seaweedfs"], indirect=True)
+def test_four_processes_fifty_entries_each(config: BucketConfig) -> None:
+    writers, entries = 4, 50
+    ctx = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue[str] = ctx.Queue()
+    barrier = ctx.Barrier(writers)
+    procs = [ctx.Process(target=_writer, args=(config, n, entries, queue, barrier)) for n in range(writers)]
+    started = time.monotonic()
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert all(r.startswith("ok") for r in results), results
+    merges = sum(int(r.split()[2]) for r in results)
+    assert merges > 0  # the writers really did race: some flushes had to merge
+    with BucketSQLite(config, NO_TIMER) as r:
+        for n in range(writers):
+            for i in range(entries):
+                name = f"p{n}/e{i}"
+                kind = i % 4
+                if kind == 0:
+                    df = r.frames.get(name)
+                    assert list(df["i"]) == list(range(i, i + 5)) and set(df["n"]) == {n}
+                elif kind == 1:
+                    assert r.arrays.get(name).shape == (20, 3)  # the blob is there and verifies
+                elif kind == 2:
+                    assert r.kv[name] == f"value {n}/{i}"
+                else:
+                    assert r.named_files.get(name) == f"file {n}/{i}".encode()
+        shared = r.arrays.history("shared")
+        assert sorted(v.version for v in shared) == list(range(1, writers * 5 + 1))
+        values = sorted(int(r.arrays.get("shared", v.version)[0]) for v in shared)
+        assert values == sorted(n * 1000 + i for n in range(writers) for i in range(0, entries, 10))
+        assert r.files.gc(grace_seconds=3600).dangling_rows_found == 0
+    print(f"{writers} writers x {entries} entries, {merges} merges, in {time.monotonic() - started:.1f} s")
+
+
+def test_restore_from_previous_snapshot(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as bh:
+        bh.kv["v"] = "1"
+        bh.force_flush()
+        bh.kv["v"] = "2"
+    bucket = open_bucket(config)
+    bucket.put_bytes(b"garbage, not a database", config.key)
+    with pytest.raises(Exception, match="restore_from='prev'"):
+        BucketSQLite(config, NO_TIMER).start()
+    with BucketSQLite(config, NO_TIMER, restore_from="prev") as bh:
+        assert bh.kv["v"] == "1" and bh.restored_from == config.key + ".prev"
+        bh.kv["v"] = "3"
+    # The good previous snapshot was not replaced by the corrupt one, and the new commit replaced the corrupt one.
+    with BucketSQLite(config, NO_TIMER) as bh:
+        assert bh.kv["v"] == "3"
+    with BucketSQLite(config, NO_TIMER, restore_from="prev") as bh:
+        assert bh.kv["v"] == "1"
+
+
+def test_check_reports_and_fixes_only_when_asked(config: BucketConfig) -> None:
+    import hashlib
+
+    with BucketSQLite(config, NO_TIMER) as bh:
+        assert bh.check().ok
+        kept = bh.arrays.put("kept", np.arange(10)).bh_key
+        dangling = bh.arrays.put("dangling", np.arange(20)).bh_key
+        bh.bucket.delete(bh.files.object_key(dangling))
+        orphan = hashlib.sha256(b"orphan").hexdigest()
+        bh.bucket.put_bytes(b"orphan", bh.files.object_key(orphan))
+        corrupt = bh.named_files.put("doc", b"original").bh_key
+        bh.bucket.put_bytes(b"ORIGINAL", bh.files.object_key(corrupt))  # same length, other bytes
+        unregistered = bh.arrays.put("lost_row", np.arange(30)).bh_key
+        bh.connection.execute("DELETE FROM filestore WHERE bh_key = ?", (unregistered,))
+        bh.connection.commit()
+
+        report = bh.check()
+        assert report.dangling_rows == [dangling] and report.orphan_blobs == [orphan]
+        assert report.corrupt_blobs == [corrupt] and report.unregistered_blobs == [unregistered]
+        assert not report.ok and report.fixed == []
+        assert bh.bucket.exists(bh.files.object_key(orphan))  # nothing changed without fix=True
+        assert bh.check(verify=False).corrupt_blobs == []  # a quick check does not read the bytes
+
+        fixed = bh.check(fix=True, grace_seconds=0)
+        assert len(fixed.fixed) == 2
+        assert not bh.bucket.exists(bh.files.object_key(orphan))
+        assert bh.files.metadata(unregistered) is not None
+        assert bh.files.metadata(dangling) is not None  # dangling rows are kept for a person to decide
+        assert bh.bucket.exists(bh.files.object_key(corrupt))  # the only copy, even if damaged
+        again = bh.check()
+        assert again.orphan_blobs == [] and again.unregistered_blobs == [] and again.dangling_rows == [dangling]
+        np.testing.assert_array_equal(bh.arrays.get("lost_row"), np.arange(30))
+        assert bh.files.metadata(kept) is not None
