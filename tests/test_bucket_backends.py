@@ -173,3 +173,18 @@ def test_s3_presigned_url(moto_server: S3Server) -> None:
     assert url is not None and "Expires=" in url or "X-Amz-Expires=60" in str(url)
     with urllib.request.urlopen(str(url)) as r:  # noqa: S310 - loopback test server
         assert r.read() == b"shared"
+
+
+def test_s3_presigned_url_expires(seaweed_server: S3Server) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    bucket = s3_bucket(seaweed_server)
+    bucket.put_bytes(b"short-lived", "share/soon")
+    url = bucket.presigned_url("share/soon", expires_in=1)
+    assert url is not None
+    time.sleep(2.5)
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(url)  # noqa: S310 - loopback test server
+    assert info.value.code == 403

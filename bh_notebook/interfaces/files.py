@@ -52,6 +52,8 @@ class GCReport:
     orphans_skipped_grace: int = 0
     orphans_deleted: int = 0
     dangling_rows_found: int = 0
+    #: Leftovers of writes killed half-way (temp files, unfinished multipart uploads) removed; ours, not the seed's.
+    incomplete_removed: int = 0
 
 
 def check_bh_key(bh_key: object) -> str:
@@ -438,6 +440,8 @@ class FileStore(Interface):
                 self._store.delete(info.key)
             report.orphans_deleted += 1
         report.dangling_rows_found = len(known - seen)
+        if not dry_run:
+            report.incomplete_removed = self._store.cleanup_incomplete(grace_seconds)
         return report
 
 

@@ -196,6 +196,11 @@ class BucketClient(ABC):
                 progress(n)
         return done
 
+    def cleanup_incomplete(self, older_than: float = 3600.0) -> int:
+        """Remove what writes killed half-way left behind (temp files, unfinished multipart uploads) that is older
+        than ``older_than`` seconds; return how many. Nothing by default."""
+        return 0
+
     def presigned_url(self, key: str, expires_in: int = 3600) -> str | None:
         """A URL anyone can GET ``key`` with until it expires, or None where the backend has no such thing."""
         return None

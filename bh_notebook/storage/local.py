@@ -237,6 +237,23 @@ class LocalBucket(BucketClient):
                 st = entry.stat(follow_symlinks=False)
                 yield ObjectInfo(key=key, size=st.st_size, etag=_etag(st), last_modified=st.st_mtime)
 
+    def cleanup_incomplete(self, older_than: float = 3600.0) -> int:
+        """Delete temp files of writes that never finished (a killed process) older than ``older_than`` seconds."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for dirpath, _dirs, names in os.walk(self._real_root):
+            for name in names:
+                if not name.startswith(RESERVED_PREFIX + "tmp-"):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.stat(path).st_mtime <= cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
     def copy(self, src_key: str, dst_key: str) -> None:
         with self.open_read(src_key) as src:
             self.put_stream(src, dst_key)

@@ -8,8 +8,12 @@ errors). Checksums are only sent when an operation requires them, which R2 needs
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -67,6 +71,7 @@ class S3Bucket(BucketClient):
         self.part_size = part_size
         self.max_concurrency = max_concurrency
         self.page_size = page_size
+        self.max_attempts = max_attempts
         options: dict[str, Any] = dict(
             region_name=None if region == "auto" and endpoint_url is None else region,
             retries={"max_attempts": max_attempts, "mode": "standard"},
@@ -193,20 +198,65 @@ class S3Bucket(BucketClient):
             start, end, _ = slice(start, end).indices(info.size)
         if end is not None and end <= start:
             return b""
-        rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
-        try:
-            r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key, Range=rng)
-        except BackendError as exc:
-            if "invalid byte range" in str(exc):
-                return b""
-            raise
-        with r["Body"] as body:
-            return body.read()
+        chunks: list[bytes] = []
+        pos = start
+        for attempt in self._attempts(key):
+            with attempt:
+                rng = f"bytes={pos}-" if end is None else f"bytes={pos}-{end - 1}"
+                try:
+                    r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key, Range=rng)
+                except BackendError as exc:
+                    if "invalid byte range" in str(exc):
+                        break
+                    raise
+                with r["Body"] as body:
+                    while chunk := body.read(1 << 20):  # kept as it arrives: a retry asks only for the rest
+                        chunks.append(chunk)
+                        pos += len(chunk)
+        return b"".join(chunks)
+
+    def _attempts(self, key: str) -> Iterator[_Attempt]:
+        """Retry a GET whose body broke off (a reset, a timeout mid-transfer): botocore retries only until the
+        response headers arrive. Each attempt is a context manager that swallows a broken stream until the last."""
+        state = {"done": False}
+        for n in range(self.max_attempts):
+            attempt = _Attempt(state, last=n == self.max_attempts - 1, what=f"s3://{self.name}/{key}",
+                               endpoint=self.endpoint_url or "AWS S3")
+            yield attempt
+            if state["done"]:
+                return
+            time.sleep(min(2.0, 0.1 * 2**n))
 
     def open_read(self, key: str) -> BinaryIO:
         check_key(key)
         r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key)
         return _BodyReader(r["Body"])
+
+    def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Path:
+        """Stream ``key`` to a file in ranged GETs, each retried from where it broke off; atomic (temp + rename)."""
+        info = self.head(key)
+        if info is None:
+            raise ObjectNotFound(f"no object s3://{self.name}/{key}")
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for lo in range(0, info.size, self.part_size):
+                    data = self.get_range(key, lo, min(info.size, lo + self.part_size))
+                    if len(data) != min(self.part_size, info.size - lo):
+                        raise IntegrityError(f"s3://{self.name}/{key} changed or ended early while downloading")
+                    out.write(data)
+                    if progress is not None:
+                        progress(len(data))
+            os.replace(tmp, dest)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return dest
 
     def get_bytes(self, key: str) -> bytes:
         info = self.head(key)
@@ -229,18 +279,21 @@ class S3Bucket(BucketClient):
         ranges = [(off, min(off + self.part_size, total)) for off in range(0, total, self.part_size)]
 
         def fetch(lo: int, hi: int) -> None:
-            r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key,
-                           Range=f"bytes={start + lo}-{start + hi - 1}")
-            with r["Body"] as body:
-                pos = lo
-                while pos < hi:
-                    chunk = body.read(min(1 << 20, hi - pos))
-                    if not chunk:
-                        raise IntegrityError(f"s3://{self.name}/{key} ended at byte {start + pos}; it is shorter than expected")
-                    view[pos:pos + len(chunk)] = chunk
-                    pos += len(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
+            pos = lo
+            for attempt in self._attempts(key):
+                with attempt:
+                    r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key,
+                                   Range=f"bytes={start + pos}-{start + hi - 1}")
+                    with r["Body"] as body:
+                        while pos < hi:
+                            chunk = body.read(min(1 << 20, hi - pos))
+                            if not chunk:
+                                raise IntegrityError(f"s3://{self.name}/{key} ended at byte {start + pos}; "
+                                                     "it is shorter than expected")
+                            view[pos:pos + len(chunk)] = chunk
+                            pos += len(chunk)
+                            if progress is not None:
+                                progress(len(chunk))
 
         pool = self._executor()
         futures: list[Future[None]] = [pool.submit(fetch, lo, hi) for lo, hi in ranges]
@@ -391,6 +444,28 @@ class S3Bucket(BucketClient):
             self._call("copy", src_key, self._client.copy, CopySource={"Bucket": self.name, "Key": src_key},
                        Bucket=self.name, Key=dst_key)
 
+    def cleanup_incomplete(self, older_than: float = 3600.0) -> int:
+        """Abort multipart uploads started more than ``older_than`` seconds ago (a killed writer's), which
+        otherwise keep costing storage."""
+        import time as _time
+
+        removed = 0
+        cutoff = _time.time() - older_than
+        kwargs: dict[str, Any] = {"Bucket": self.name}
+        while True:
+            r = self._call("list", None, self._client.list_multipart_uploads, **kwargs)
+            for upload in r.get("Uploads", []):
+                if upload["Initiated"].timestamp() <= cutoff:
+                    try:
+                        self._client.abort_multipart_upload(Bucket=self.name, Key=upload["Key"],
+                                                            UploadId=upload["UploadId"])
+                        removed += 1
+                    except Exception:  # noqa: BLE001 - already gone, or finishing: fine either way
+                        pass
+            if not r.get("IsTruncated"):
+                return removed
+            kwargs.update(KeyMarker=r.get("NextKeyMarker"), UploadIdMarker=r.get("NextUploadIdMarker"))
+
     def presigned_url(self, key: str, expires_in: int = 3600) -> str | None:
         check_key(key)
         return str(self._client.generate_presigned_url(
@@ -411,6 +486,43 @@ class S3Bucket(BucketClient):
         except BackendError as exc:
             if "BucketAlreadyOwnedByYou" not in str(exc) and "BucketAlreadyExists" not in str(exc):
                 raise
+
+
+class _Attempt:
+    """One try of a streamed read: a broken stream is swallowed (and retried) unless it is the last try."""
+
+    def __init__(self, state: dict[str, bool], *, last: bool, what: str, endpoint: str) -> None:
+        self._state = state
+        self._last = last
+        self._what = what
+        self._endpoint = endpoint
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc_type is None:
+            self._state["done"] = True
+            return False
+        if not _is_stream_error(exc):
+            return False
+        if self._last:
+            raise EndpointUnreachable(f"reading {self._what} from {self._endpoint} kept breaking off "
+                                      f"({type(exc).__name__}); check the network and try again") from exc
+        return True
+
+
+def _is_stream_error(exc: BaseException | None) -> bool:
+    from botocore.exceptions import ConnectionClosedError, IncompleteReadError, ReadTimeoutError
+
+    try:
+        from botocore.exceptions import ResponseStreamingError
+    except ImportError:  # pragma: no cover - older botocore
+        ResponseStreamingError = ConnectionClosedError  # noqa: N806
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    return isinstance(exc, (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, ConnectionClosedError,
+                            Urllib3Error, ConnectionError, TimeoutError))
 
 
 class _BodyReader(io.RawIOBase):

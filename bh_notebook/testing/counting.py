@@ -106,5 +106,9 @@ class CountingBucket(BucketClient):
         self._count("copy")
         self.inner.copy(src_key, dst_key)
 
+    def cleanup_incomplete(self, older_than: float = 3600.0) -> int:
+        self._count("cleanup_incomplete")
+        return self.inner.cleanup_incomplete(older_than)
+
     def presigned_url(self, key: str, expires_in: int = 3600) -> str | None:
         return self.inner.presigned_url(key, expires_in)
