@@ -194,3 +194,36 @@ def test_hypothesis_roundtrip(hyp_bh: BucketSQLite, arr: np.ndarray, order: str)
     assert_same(arr, hyp_bh.arrays.get("h", v.version))
     if arr.ndim and arr.shape[0]:
         assert_same(np.ascontiguousarray(arr[1:]), hyp_bh.arrays.get("h", v.version, rows=slice(1, None)))
+
+
+def test_tampered_catalog_row_with_object_dtype_is_not_loaded(bh: BucketSQLite) -> None:
+    v = bh.arrays.put("safe", np.arange(4, dtype=np.int64))
+    # Someone with write access to a shared bucket edits the catalog to claim an object array.
+    bh.connection.execute("UPDATE bh_arrays SET descr = ?, dtype = 'object' WHERE name = 'safe'", (repr("|O"),))
+    bh.connection.commit()
+    with pytest.raises(ValueTypeError, match="pickle"):
+        bh.arrays.get("safe")
+    with pytest.raises(ValueTypeError, match="pickle"):
+        bh.arrays.get("safe", rows=slice(0, 2))
+    assert bh.files.get(v.bh_key)  # the blob itself is untouched
+
+
+@pytest.mark.parametrize("name, error", [
+    ("", InvalidKey), ("   ", InvalidKey), ("x" * 201, InvalidKey), ("bad\x07name", InvalidKey),
+    ("../escape", InvalidKey), ("a/../b", InvalidKey), ("with@version", InvalidKey), (None, KeyTypeError),
+    (b"bytes", KeyTypeError),
+])
+def test_bad_names_everywhere(bh: BucketSQLite, name: object, error: type) -> None:
+    import pandas as pd
+
+    stores = [(bh.arrays.put, np.arange(2)), (bh.frames.put, pd.DataFrame({"a": [1]})),
+              (bh.named_files.put, b"bytes")]
+    for put, value in stores:
+        with pytest.raises(error) as info:
+            put(name, value)  # type: ignore[operator]
+        assert len(str(info.value)) > 10  # says what is wrong
+    for getter in (bh.arrays.get, bh.frames.get, bh.named_files.get, bh.arrays.history, bh.frames.delete):
+        with pytest.raises(error):
+            getter(name)  # type: ignore[operator]
+    bh.arrays.put("fine", np.arange(2))  # the store keeps working
+    assert bh.arrays.names() == ["fine"] and len(bh.files) == 1

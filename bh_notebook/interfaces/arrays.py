@@ -157,6 +157,11 @@ class ArrayStore(VersionedStore[ArrayVersion]):
         """
         row = self._row(name, version)
         info = self._to_version(row)
+        if info.dtype.hasobject:
+            # Only a tampered catalog can say this (put refuses object arrays): raw bytes must never become
+            # Python object pointers, and pickles are never loaded.
+            raise ValueTypeError(f"array {name!r} claims dtype {info.dtype}, which would need pickle; it was not "
+                                 "written by bh_notebook and is not loaded")
         header = bytes(row["header"])
         if rows is not None:
             return self._get_rows(info, len(header), rows, progress)
