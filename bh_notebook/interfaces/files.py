@@ -14,7 +14,6 @@ import mimetypes
 import os
 import re
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import IntegrityError, InvalidKey, KeyTypeError, NotFound, ObjectNotFound, ValueTypeError
-from ..storage.bucket import CHUNK_SIZE, ChainReader, ProgressCallback
+from ..storage.bucket import CHUNK_SIZE, ChainReader, ProgressCallback, atomic_file
 from .base import Interface
 
 if TYPE_CHECKING:
@@ -300,30 +299,20 @@ class FileStore(Interface):
                 raise self._corrupt(bh_key)
             return bytes(buf)
         target = Path(dest)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        try:
-            hasher = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out:
-                try:
-                    src = self._store.open_read(object_key)
-                except ObjectNotFound:
-                    raise self._missing(bh_key) from None
-                with src, self._progress(progress, f"get {target.name}", int(row["size"])) as cb:
-                    while chunk := src.read(CHUNK_SIZE):
-                        hasher.update(chunk)
-                        out.write(chunk)
-                        if cb is not None:
-                            cb(len(chunk))
+        hasher = hashlib.sha256()
+        with atomic_file(target) as out:
+            try:
+                src = self._store.open_read(object_key)
+            except ObjectNotFound:
+                raise self._missing(bh_key) from None
+            with src, self._progress(progress, f"get {target.name}", int(row["size"])) as cb:
+                while chunk := src.read(CHUNK_SIZE):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    if cb is not None:
+                        cb(len(chunk))
             if hasher.hexdigest() != bh_key:
                 raise self._corrupt(bh_key)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
         return target
 
     def open(self, bh_key: str) -> io.BufferedReader:

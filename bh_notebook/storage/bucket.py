@@ -13,6 +13,7 @@ import io
 import os
 import tempfile
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,19 +160,11 @@ class BucketClient(ABC):
     def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Path:
         """Stream ``key`` into a local file, atomically (a temp file beside it, then a rename)."""
         dest = Path(path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, self.open_read(key) as src:
-                while chunk := src.read(CHUNK_SIZE):
-                    out.write(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
-            os.replace(tmp, dest)
-        except BaseException:
-            with _suppress_oserror():
-                os.unlink(tmp)
-            raise
+        with atomic_file(dest) as out, self.open_read(key) as src:
+            while chunk := src.read(CHUNK_SIZE):
+                out.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
         return dest
 
     def get_into(self, key: str, buffer: memoryview | bytearray, start: int = 0,
@@ -215,12 +208,21 @@ class BucketClient(ABC):
         self.close()
 
 
-class _suppress_oserror:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> bool:
-        return exc_type is not None and issubclass(exc_type, OSError)
+@contextmanager
+def atomic_file(dest: Path) -> Iterator[BinaryIO]:
+    """A file to write that appears at ``dest`` only when the block ends without an error (temp file + rename)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 class ProgressReader(io.RawIOBase):

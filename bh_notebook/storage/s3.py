@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,16 @@ from ..errors import (
     ObjectNotFound,
     PreconditionFailed,
 )
-from .bucket import MULTIPART_THRESHOLD, PART_SIZE, BucketClient, ObjectInfo, ProgressCallback, Sink, check_key
+from .bucket import (
+    MULTIPART_THRESHOLD,
+    PART_SIZE,
+    BucketClient,
+    ObjectInfo,
+    ProgressCallback,
+    Sink,
+    atomic_file,
+    check_key,
+)
 
 if TYPE_CHECKING:
     from ..config import BucketConfig
@@ -238,24 +246,14 @@ class S3Bucket(BucketClient):
         if info is None:
             raise ObjectNotFound(f"no object s3://{self.name}/{key}")
         dest = Path(path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for lo in range(0, info.size, self.part_size):
-                    data = self.get_range(key, lo, min(info.size, lo + self.part_size))
-                    if len(data) != min(self.part_size, info.size - lo):
-                        raise IntegrityError(f"s3://{self.name}/{key} changed or ended early while downloading")
-                    out.write(data)
-                    if progress is not None:
-                        progress(len(data))
-            os.replace(tmp, dest)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_file(dest) as out:
+            for lo in range(0, info.size, self.part_size):
+                data = self.get_range(key, lo, min(info.size, lo + self.part_size))
+                if len(data) != min(self.part_size, info.size - lo):
+                    raise IntegrityError(f"s3://{self.name}/{key} changed or ended early while downloading")
+                out.write(data)
+                if progress is not None:
+                    progress(len(data))
         return dest
 
     def get_bytes(self, key: str) -> bytes:
