@@ -440,7 +440,7 @@ class BHMagics(Magics):
             raise UsageError(f"{full!r} is a kv key; kv keeps only the latest value")
         store = {"frames": self.bh.frames, "arrays": self.bh.arrays, "files": self.bh.named_files}[kind]
         rows = [{
-            "version": v.version, "created": pd.Timestamp(v.created_at, unit="s"),
+            "version": v.version, "created": pd.Timestamp(v.created_at, unit="s").floor("s"),
             "size": human_bytes(v.nbytes), "shape": shape_text(_KIND_OF[kind], v),
             "note": v.metadata.get("note", ""),
             "tags": ", ".join(f"{k}={val}" for k, val in v.metadata.items() if k != "note"),
@@ -544,5 +544,6 @@ def listing(bh: BucketSQLite, pattern: str | None = None, kind: str | None = Non
                                     pattern.lower() in r["name"].lower() or pattern.lower() in r["note"].lower())]
     df = pd.DataFrame(rows, columns=["name", "kind", "version", "size", "shape", "modified", "note"])
     df["version"] = df["version"].astype("Int64")
-    df["modified"] = pd.to_datetime(df["modified"], unit="s")
-    return df.sort_values("modified", ascending=False, kind="stable").reset_index(drop=True)
+    df = df.sort_values("modified", ascending=False, kind="stable").reset_index(drop=True)  # exact times first
+    df["modified"] = pd.to_datetime(df["modified"], unit="s").dt.floor("s")  # then shown to the second
+    return df
