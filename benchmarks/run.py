@@ -135,8 +135,11 @@ class StoreMagic:
         self.shell.run_line_magic("load_ext", "storemagic")
 
     def put(self, df: pd.DataFrame) -> None:
+        import contextlib
+
         self.shell.user_ns["df"] = df
-        self.shell.run_line_magic("store", "df")
+        with contextlib.redirect_stdout(io.StringIO()):  # %store prints "Stored 'df'" every time
+            self.shell.run_line_magic("store", "df")
 
     def get(self) -> pd.DataFrame:
         self.shell.user_ns.pop("df", None)
