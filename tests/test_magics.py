@@ -13,7 +13,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from bh_notebook import BucketConfig, BucketSQLite
+from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig
 from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY
 
 from .conftest import set_bucket_env
@@ -339,3 +339,20 @@ def test_kernel_shutdown_flushes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         km.shutdown_kernel(now=False)  # a polite shutdown, as Jupyter's menu does
     with BucketSQLite(BucketConfig.for_local(home)) as bh:
         np.testing.assert_array_equal(bh.arrays.get("last_words"), np.arange(7))
+
+
+def test_a_merge_with_another_writer_is_reported(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("config", "BHMagics.autoflush = False")
+    ip.run_cell_magic("bh_kv", "", "owner = me\n")
+    ip.run_line_magic("bh_flush", "")
+    bh: BucketSQLite = magics(ip).bh
+    with BucketSQLite(bh.config, SnapshotConfig(interval_seconds=0)) as other:  # a teammate's notebook
+        other.kv["owner"] = "them"
+        other.kv["theirs"] = "1"
+    time.sleep(0.01)
+    ip.run_cell_magic("bh_kv", "", "owner = me again\n")
+    capsys.readouterr()
+    ip.run_line_magic("bh_flush", "")
+    out = capsys.readouterr().out
+    assert "merged another writer's catalog" in out and "kv 'owner': kept ours (written later)" in out
+    assert ip.run_line_magic("bh_kv", "theirs") == "1"

@@ -98,6 +98,7 @@ class BHMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._bh: BucketSQLite | None = None
         self._config: BucketConfig | None = None
+        self._merge_reports: list[Any] = []
         if shell is not None:
             shell.events.register("post_run_cell", self._post_run_cell)
 
@@ -111,6 +112,7 @@ class BHMagics(Magics):
             if config is None:
                 config = BucketConfig.from_url(self.default_url) if self.default_url else BucketConfig.from_env()
             bh = BucketSQLite(config).start()
+            bh.on_merge = self._merged
             self._bh = bh
             print(self._where(bh))
         return self._bh
@@ -133,7 +135,16 @@ class BHMagics(Magics):
             except ValueError:
                 pass
 
+    def _merged(self, report: Any) -> None:
+        """Called (maybe from the flush thread) when another writer's catalog was merged into ours."""
+        self._merge_reports.append(report)
+
+    def _say_merges(self) -> None:
+        while self._merge_reports:
+            print(f"bh_notebook: {self._merge_reports.pop(0)}")
+
     def _post_run_cell(self, result: Any = None) -> None:
+        self._say_merges()
         bh = self._bh
         if not self.autoflush or bh is None or not bh.started:
             return
@@ -207,6 +218,7 @@ class BHMagics(Magics):
     def bh_flush(self, line: str = "") -> None:
         """Snapshot the catalog to the bucket now (uploads nothing when nothing changed)."""
         result = self.bh.force_flush()
+        self._say_merges()
         if result.uploaded:
             print(f"catalog saved: {human_bytes(result.nbytes)} in {human_seconds(result.seconds)}")
         else:
