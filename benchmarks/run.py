@@ -171,6 +171,7 @@ def bench_backend(name: str, args: argparse.Namespace, rows: list[Row], tmp: Pat
         config = server.config(bucket)
         client = server.client()
     counting = CountingBucket(open_bucket(config))
+    BucketSQLite.progress_factory = None  # measure transfers, not progress bars
     bh = BucketSQLite(config, SnapshotConfig(interval_seconds=0), bucket_client=counting).start()
     runs = args.runs
 
