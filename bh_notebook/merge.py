@@ -83,7 +83,7 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> 
                 if table in VERSIONED:
                     _merge_versioned(conn, table, cols, report)
                 elif table == "filestore":
-                    _merge_keyed(conn, table, cols, ["bh_key"], report)
+                    _merge_keyed(conn, table, ["bh_key"], report)
                 elif table == "bh_kv":
                     _merge_kv(conn, report)
                 else:
@@ -145,7 +145,7 @@ def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], repo
         report.taken += 1
 
 
-def _merge_keyed(conn: sqlite3.Connection, table: str, cols: list[str], key: list[str], report: MergeReport) -> None:
+def _merge_keyed(conn: sqlite3.Connection, table: str, key: list[str], report: MergeReport) -> None:
     t = _q(table)
     match = " AND ".join(f"x.{_q(k)} = y.{_q(k)}" for k in key)
     cur = conn.execute(

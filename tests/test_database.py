@@ -18,7 +18,6 @@ from bh_notebook.errors import (
     BucketNotFound,
     EndpointUnreachable,
     NotStarted,
-    SnapshotConflict,
     SnapshotCorruptError,
 )
 from bh_notebook.storage import open_bucket

@@ -135,17 +135,13 @@ class ArrayStore(VersionedStore[ArrayVersion]):
             arr = np.array(arr, order="C", copy=True)  # a strided view: one copy is unavoidable
         header = _npy_header(arr)
         data = _byte_view(arr)
-        latest = self._latest(name)
         bh_key = self._files.put_buffers(header, data, filename=f"{name.rsplit('/', 1)[-1]}.npy",
                                          mime="application/x-npy", progress=progress)
-        if latest is not None and latest["bh_key"] == bh_key:
-            return self._to_version(latest)
         descr = np.lib.format.dtype_to_descr(arr.dtype)
-        version = self._insert(name, bh_key, int(arr.nbytes), meta, {
+        return self._add_version(name, bh_key, int(arr.nbytes), meta, {
             "shape": json.dumps(list(arr.shape)), "dtype": str(arr.dtype), "descr": repr(descr),
             "fortran_order": int(bool(arr.flags.f_contiguous and not arr.flags.c_contiguous)), "header": header,
         })
-        return self.info(name, version)
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -287,16 +287,7 @@ class FileStore(Interface):
         object_key = row["object_key"]
         if dest is None:
             buf = bytearray(int(row["size"]))
-            try:
-                if buf:
-                    with self._progress(progress, f"get {row['filename'] or bh_key[:12]}", len(buf)) as cb:
-                        self._store.get_into(object_key, buf, progress=cb)
-                elif not self._store.exists(object_key):
-                    raise ObjectNotFound(object_key)
-            except ObjectNotFound:
-                raise self._missing(bh_key) from None
-            if hashlib.sha256(buf).hexdigest() != bh_key:
-                raise self._corrupt(bh_key)
+            self.get_verified(bh_key, buf, progress=progress)
             return bytes(buf)
         target = Path(dest)
         hasher = hashlib.sha256()

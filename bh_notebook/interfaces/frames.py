@@ -137,23 +137,19 @@ class FrameStore(VersionedStore[FrameVersion]):
         _check_columns(df)
         table = _to_arrow(df)
         pa, _, _ = _import_arrow()
-        latest = self._latest(name)
         with self._files.writer(filename=f"{name.rsplit('/', 1)[-1]}.parquet", mime="application/vnd.apache.parquet",
                                 progress=progress) as blob:
             row_group_size = _write_parquet(table, pa.PythonFile(blob, mode="w"), self.compression,
                                             self.compression_level)
         bh_key = blob.bh_key
         assert bh_key is not None
-        if latest is not None and latest["bh_key"] == bh_key:
-            return self._to_version(latest)
         index_names = [str(n) if n is not None else f"level_{i}" for i, n in enumerate(df.index.names)] \
             if not isinstance(df.index, pd.RangeIndex) else []
-        version = self._insert(name, bh_key, blob.tell(), meta, {
+        return self._add_version(name, bh_key, blob.tell(), meta, {
             "n_rows": len(df), "columns": json.dumps(list(df.columns)),
             "dtypes": json.dumps({str(c): str(t) for c, t in df.dtypes.items()}),
             "index_names": json.dumps(index_names), "row_groups": max(1, -(-len(df) // row_group_size)),
         })
-        return self.info(name, version)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -180,7 +176,6 @@ class FrameStore(VersionedStore[FrameVersion]):
         cols = self._check_columns(info, columns)
         expr = _filter_expression(filters, pq, ds)
         with self._open(info, progress) as f:
-            f.prefetch([(max(0, info.nbytes - FOOTER_GUESS), info.nbytes)])  # footer: one request
             footer_schema = pq.ParquetFile(pa.PythonFile(f, mode="r")).schema_arrow
             fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(
                 dictionary_columns=_object_string_columns(footer_schema)))
@@ -204,7 +199,6 @@ class FrameStore(VersionedStore[FrameVersion]):
             raise ValueTypeError("n must be a non-negative int")
         info = self.info(name, version)
         with self._open(info, None) as f:
-            f.prefetch([(max(0, info.nbytes - FOOTER_GUESS), info.nbytes)])
             pf = pq.ParquetFile(pa.PythonFile(f, mode="r"))
             groups: list[int] = []
             rows = 0
@@ -222,7 +216,6 @@ class FrameStore(VersionedStore[FrameVersion]):
         pa, pq, _ = _import_arrow()
         info = self.info(name, version)
         with self._open(info, None) as f:
-            f.prefetch([(max(0, info.nbytes - FOOTER_GUESS), info.nbytes)])
             return pq.ParquetFile(pa.PythonFile(f, mode="r")).schema_arrow
 
     def url(self, name: str, version: int | None = None) -> ObjectURL:
@@ -241,7 +234,10 @@ class FrameStore(VersionedStore[FrameVersion]):
     # -- helpers ----------------------------------------------------------------------------
 
     def _open(self, info: FrameVersion, progress: ProgressCallback | None) -> RangeFile:
-        return RangeFile(self._files, info.bh_key, info.nbytes, progress)
+        """A ranged-read file over the blob, with its footer already fetched (one request)."""
+        f = RangeFile(self._files, info.bh_key, info.nbytes, progress)
+        f.prefetch([(max(0, info.nbytes - FOOTER_GUESS), info.nbytes)])
+        return f
 
     def _check_columns(self, info: FrameVersion, columns: list[str] | None) -> list[str] | None:
         if columns is None:

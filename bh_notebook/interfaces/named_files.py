@@ -71,12 +71,8 @@ class NamedFileStore(VersionedStore[NamedFileVersion]):
             size = memoryview(data).nbytes
         else:
             raise ValueTypeError(f"named files hold bytes or a pathlib.Path, not {type(data).__name__}")
-        latest = self._latest(name)
-        if latest is not None and latest["bh_key"] == bh_key:
-            return self._to_version(latest)
         mime = mimetypes.guess_type(filename)[0] if filename else None
-        version = self._insert(name, bh_key, size, meta, {"filename": filename, "mime": mime})
-        return self.info(name, version)
+        return self._add_version(name, bh_key, size, meta, {"filename": filename, "mime": mime})
 
     def get(self, name: str, version: int | None = None, *, dest: str | os.PathLike[str] | None = None,
             progress: ProgressCallback | None = None) -> Any:

@@ -123,6 +123,15 @@ class VersionedStore(Interface, Generic[V]):
             )
         return version
 
+    def _add_version(self, name: str, bh_key: str, nbytes: int, metadata: dict[str, str],
+                     extra: dict[str, Any]) -> V:
+        """The latest version of ``name`` when it already holds ``bh_key`` (a re-put of unchanged data), else a
+        new version with these columns."""
+        latest = self._latest(name)
+        if latest is not None and latest["bh_key"] == bh_key:
+            return self._to_version(latest)
+        return self.info(name, self._insert(name, bh_key, nbytes, metadata, extra))
+
     @abstractmethod
     def _to_version(self, row: dict[str, Any]) -> V:
         """Build the public version record from a row."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..database import BucketSQLite
 from .display import human_bytes, when
-from .magics import listing
+from .magics import listing, versioned_stores
 
 KIND_FILTERS = [("all", None), ("frames", "frames"), ("arrays", "arrays"), ("files", "files"), ("kv", "kv")]
 SORT_COLUMNS = ["modified", "name", "kind", "version", "size", "shape"]
@@ -364,7 +364,7 @@ class Browser(widgets.VBox):
             self._say(f"delete {what}? press Confirm delete")
             return None
         kind, name = sel["kind"], sel["name"]
-        stores = {"frame": self.bh.frames, "array": self.bh.arrays, "file": self.bh.named_files}
+        stores = versioned_stores(self.bh)
         if kind == "kv":
             self.bh.kv.delete(name)
             removed: list[Any] = []
@@ -384,7 +384,7 @@ class Browser(widgets.VBox):
     def history(self) -> list[Any]:
         """The selected entry's versions, newest first; they are listed, and choosing one previews and loads it."""
         sel = self._require()
-        stores = {"frame": self.bh.frames, "array": self.bh.arrays, "file": self.bh.named_files}
+        stores = versioned_stores(self.bh)
         if sel["kind"] not in stores:
             self._say("kv values have no history")
             return []
@@ -401,7 +401,7 @@ class Browser(widgets.VBox):
         if sel["kind"] == "kv":
             text = f"kv key: {sel['name']}"
         else:
-            store = {"frame": self.bh.frames, "array": self.bh.arrays, "file": self.bh.named_files}[sel["kind"]]
+            store = versioned_stores(self.bh)[sel["kind"]]
             info = store.info(sel["name"], self._version)
             key = self.bh.files.object_key(info.bh_key)
             text = key

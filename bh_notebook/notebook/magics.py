@@ -54,6 +54,11 @@ def _friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def versioned_stores(bh: BucketSQLite) -> dict[str, Any]:
+    """The versioned stores by the kind names the listing shows: frame, array, file (kv has no versions)."""
+    return {"frame": bh.frames, "array": bh.arrays, "file": bh.named_files}
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -450,7 +455,7 @@ class BHMagics(Magics):
         kind = self._resolve_kind(full, args.kind)
         if kind == "kv":
             raise UsageError(f"{full!r} is a kv key; kv keeps only the latest value")
-        store = {"frames": self.bh.frames, "arrays": self.bh.arrays, "files": self.bh.named_files}[kind]
+        store = versioned_stores(self.bh)[_KIND_OF[kind]]
         rows = [{
             "version": v.version, "created": pd.Timestamp(v.created_at, unit="s").floor("s"),
             "size": human_bytes(v.nbytes), "shape": shape_text(_KIND_OF[kind], v),
@@ -477,7 +482,7 @@ class BHMagics(Magics):
             self.bh.kv.delete(full)
             print(f"removed kv {full!r}")
             return
-        store = {"frames": self.bh.frames, "arrays": self.bh.arrays, "files": self.bh.named_files}[kind]
+        store = versioned_stores(self.bh)[_KIND_OF[kind]]
         removed = store.delete(full, args.version)
         versions = ", ".join(str(v.version) for v in removed)
         print(f"removed {_KIND_OF[kind]} {full!r} version{'s' if len(removed) > 1 else ''} {versions}")
@@ -535,13 +540,12 @@ def listing(bh: BucketSQLite, pattern: str | None = None, kind: str | None = Non
     import pandas as pd
 
     rows: list[dict[str, Any]] = []
-    stores = {"frames": bh.frames, "arrays": bh.arrays, "files": bh.named_files}
-    for k, store in stores.items():
-        if kind not in (None, k):
+    for k, store in versioned_stores(bh).items():
+        if kind not in (None, k + "s"):
             continue
         for v in store.latest():
-            rows.append({"name": v.name, "kind": _KIND_OF[k], "version": v.version, "size": v.nbytes,
-                         "shape": shape_text(_KIND_OF[k], v), "modified": v.created_at,
+            rows.append({"name": v.name, "kind": k, "version": v.version, "size": v.nbytes,
+                         "shape": shape_text(k, v), "modified": v.created_at,
                          "note": v.metadata.get("note", "")})
     if kind in (None, "kv"):
         for key in bh.kv.keys(prefix):

@@ -225,29 +225,6 @@ def atomic_file(dest: Path) -> Iterator[BinaryIO]:
         raise
 
 
-class ProgressReader(io.RawIOBase):
-    """Wrap a readable stream, reporting bytes read to a progress callback."""
-
-    def __init__(self, raw: BinaryIO, progress: ProgressCallback) -> None:
-        super().__init__()
-        self._raw = raw
-        self._progress = progress
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        if data:
-            self._progress(len(data))
-        return data
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-
 class SeekableReader(io.RawIOBase):
     """Base of read-only, seekable streams of a known length: position bookkeeping only."""
 

@@ -258,9 +258,6 @@ class LocalBucket(BucketClient):
         with self.open_read(src_key) as src:
             self.put_stream(src, dst_key)
 
-    def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Path:
-        return super().download(key, path, progress=progress)
-
 
 def _is_file(st: os.stat_result) -> bool:
     import stat
