@@ -42,7 +42,15 @@ from .check import CheckReport
 from .check import check as run_check
 from .merge import MergeReport, merge_catalog
 from .storage import BucketClient, open_bucket
-from .storage.snapshot import BackupTimeout, SnapshotConfig, backup_to_file, file_sha256, restore_from_file
+from .storage.snapshot import (
+    BackupTimeout,
+    SnapshotConfig,
+    assert_no_code,
+    backup_to_file,
+    file_sha256,
+    restore_from_file,
+    vet_catalog_file,
+)
 
 log = logging.getLogger("bh_notebook")
 
@@ -116,6 +124,8 @@ class BucketSQLite:
         self._started = False
         self.restored_from: str | None = None
         self.last_merge: MergeReport | None = None
+        #: Triggers and views found in catalogs read from the bucket, which were dropped instead of run.
+        self.removed_from_bucket: list[str] = []
         self._workdir: Path | None = None  # holds base.db: the snapshot this process last synced with
         self._keep_prev_ok = True  # False after restoring from .prev: the corrupt latest must not replace it
         self.kv: KVStore
@@ -200,7 +210,10 @@ class BucketSQLite:
         hint = (f" Nothing in the bucket was changed. To start from the previous snapshot ({key + '.prev'!r}), "
                 "use BucketSQLite(config, restore_from='prev')." if source == key else
                 " Nothing in the bucket was changed.")
-        restore_from_file(path, conn, label=f"catalog snapshot {source!r} in {self.config.location}", hint=hint)
+        removed = restore_from_file(path, conn, label=f"catalog snapshot {source!r} in {self.config.location}",
+                                    hint=hint)
+        assert_no_code(conn)
+        self._report_removed(removed, source)
         # What this process now holds is the base of any later merge with another writer.
         path.replace(self._workdir / "base.db")
         self._snapshot_sha = file_sha256(self._workdir / "base.db") if source == key else None
@@ -430,10 +443,10 @@ class BucketSQLite:
             return FlushResult(False, 0, time.monotonic() - started, self._etag)
         for _ in range(self.max_merges + 1):
             if self._etag is not None and self.snapshot_config.keep_previous and self._keep_prev_ok:
-                try:
-                    self._bucket.copy(key, key + ".prev")
-                except ObjectNotFound:
-                    pass
+                try:  # only the snapshot this process synced with (and vetted) may become .prev
+                    self._bucket.copy(key, key + ".prev", if_match=self._etag)
+                except (ObjectNotFound, PreconditionFailed):
+                    pass  # it changed: the upload below loses its race and merges
             try:
                 if self._etag is None:
                     etag = self._bucket.upload(path, key, if_none_match="*")
@@ -478,18 +491,12 @@ class BucketSQLite:
                 break  # what we downloaded is the version with this etag
         else:
             raise SnapshotConflict(f"the catalog snapshot {key!r} kept changing while it was being read")
-        check = sqlite3.connect(theirs)
-        try:
-            bad = check.execute("PRAGMA integrity_check").fetchone()[0] != "ok"
-        except sqlite3.DatabaseError:
-            bad = True
-        finally:
-            check.close()
-        if bad:
-            raise SnapshotCorruptError(f"another writer's catalog snapshot {key!r} is corrupt; not merging it. "
-                                       "Your changes are still in memory.")
+        removed = vet_catalog_file(theirs, label=f"catalog snapshot {key!r} another writer committed",
+                                   hint=" Not merging it; your changes are still in memory.")
+        self._report_removed(removed, key)
         base = self._workdir / "base.db"
         report = merge_catalog(self._snap_conn, base if base.exists() else None, theirs)
+        assert_no_code(self._snap_conn)
         theirs.replace(base)  # our catalog now contains theirs: it is the base of the next merge
         self._etag = info.etag
         self.last_merge = report
@@ -499,6 +506,14 @@ class BucketSQLite:
             log.info("bh_notebook: %s", report)
         if self.on_merge is not None:
             self.on_merge(report)
+
+    def _report_removed(self, removed: list[str], key: str) -> None:
+        if not removed:
+            return
+        self.removed_from_bucket.extend(removed)
+        log.warning("bh_notebook: the catalog %r in %s held %s, which this library never creates and will not "
+                    "run; dropped from this process's catalog (the next flush writes it without them)",
+                    key, self.config.location, ", ".join(removed))
 
     # -- checks ------------------------------------------------------------------------------
 

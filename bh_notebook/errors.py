@@ -71,6 +71,10 @@ class SnapshotCorruptError(BhError):
     """The catalog snapshot in the bucket is not a valid SQLite database."""
 
 
+class UntrustedCatalog(SnapshotCorruptError):
+    """A catalog from the bucket holds schema objects that could run code here (a malformed or virtual table)."""
+
+
 class SnapshotConflict(BhError):
     """Another writer committed a snapshot that could not be merged with ours."""
 
@@ -95,6 +99,7 @@ __all__ = [
     "PreconditionFailed",
     "SnapshotConflict",
     "SnapshotCorruptError",
+    "UntrustedCatalog",
     "ValueTooLarge",
     "ValueTypeError",
 ]

@@ -19,11 +19,14 @@ The rules, one per kind of table:
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 VERSIONED = ("bh_arrays", "bh_frames", "bh_named_files")
+# The only SQL from another writer's catalog ever executed here: a plain table's definition (vetted before).
+_PLAIN_TABLE = re.compile(r"\s*CREATE\s+TABLE\s", re.IGNORECASE)
 
 
 @dataclass
@@ -70,6 +73,9 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> 
                 if table not in ours_tables:  # a table only they have: copy it whole
                     sql = conn.execute("SELECT sql FROM theirs.sqlite_master WHERE type='table' AND name=?",
                                        (table,)).fetchone()[0]
+                    if not (isinstance(sql, str) and _PLAIN_TABLE.match(sql)):
+                        report.conflicts.append(f"table {table} is not a plain table; not taken")
+                        continue
                     conn.execute(sql)
                     conn.execute(f"INSERT INTO main.{_q(table)} SELECT * FROM theirs.{_q(table)}")
                     report.taken += 1

@@ -113,8 +113,9 @@ class BucketClient(ABC):
         """
 
     @abstractmethod
-    def copy(self, src_key: str, dst_key: str) -> None:
-        """Copy an object inside the bucket."""
+    def copy(self, src_key: str, dst_key: str, *, if_match: str | None = None) -> None:
+        """Copy an object inside the bucket; with ``if_match``, only while the source still has that etag
+        (PreconditionFailed otherwise)."""
 
     # -- defaults built on the primitives ----------------------------------------------------
 

@@ -254,8 +254,11 @@ class LocalBucket(BucketClient):
                     pass
         return removed
 
-    def copy(self, src_key: str, dst_key: str) -> None:
+    def copy(self, src_key: str, dst_key: str, *, if_match: str | None = None) -> None:
         with self.open_read(src_key) as src:
+            if if_match is not None and _etag(os.fstat(src.fileno())) != if_match:
+                raise PreconditionFailed(f"{src_key!r} changed since it was read (etag {if_match} expected); "
+                                         "not copied")
             self.put_stream(src, dst_key)
 
 

@@ -429,18 +429,21 @@ class S3Bucket(BucketClient):
                 return
             kwargs["ContinuationToken"] = r["NextContinuationToken"]
 
-    def copy(self, src_key: str, dst_key: str) -> None:
+    def copy(self, src_key: str, dst_key: str, *, if_match: str | None = None) -> None:
         check_key(src_key)
         check_key(dst_key)
         info = self.head(src_key)
         if info is None:
             raise ObjectNotFound(f"no object s3://{self.name}/{src_key} to copy")
+        if if_match is not None and info.etag != if_match:
+            raise PreconditionFailed(f"s3://{self.name}/{src_key} changed since it was read; not copied")
+        cond = {} if if_match is None else {"CopySourceIfMatch": if_match}
         if info.size < 5 * 1024**3:
             self._call("copy", src_key, self._client.copy_object, Bucket=self.name, Key=dst_key,
-                       CopySource={"Bucket": self.name, "Key": src_key})
+                       CopySource={"Bucket": self.name, "Key": src_key}, **cond)
         else:  # CopyObject stops at 5 GiB; the managed copy does it in parts.
             self._call("copy", src_key, self._client.copy, CopySource={"Bucket": self.name, "Key": src_key},
-                       Bucket=self.name, Key=dst_key)
+                       Bucket=self.name, Key=dst_key, ExtraArgs=cond or None)
 
     def cleanup_incomplete(self, older_than: float = 3600.0) -> int:
         """Abort multipart uploads started more than ``older_than`` seconds ago (a killed writer's), which

@@ -7,12 +7,13 @@ caps a database at 1 GiB ("database or disk is full") and would stop a restored 
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SnapshotCorruptError
+from ..errors import SnapshotCorruptError, UntrustedCatalog
 
 
 @dataclass(frozen=True)
@@ -68,29 +69,84 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def restore_from_file(path: Path, target: sqlite3.Connection, *, label: str = "snapshot",
-                      hint: str = "") -> None:
-    """Check ``path`` with ``PRAGMA integrity_check`` and copy it into ``target``.
+_TABLE_SQL = re.compile(r"\s*CREATE\s+TABLE\s", re.IGNORECASE)
+_INDEX_SQL = re.compile(r"\s*CREATE\s+(UNIQUE\s+)?INDEX\s", re.IGNORECASE)
 
-    Raises SnapshotCorruptError, naming ``label``, when the file is not a healthy SQLite database; ``target``
-    is then left as it was.
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def vet_catalog_file(path: Path, *, label: str = "snapshot", hint: str = "") -> list[str]:
+    """Make a catalog file from the bucket safe to open here, in place, and say what was removed.
+
+    Nothing read from the bucket may run in this process: triggers and views (SQL that would execute on our own
+    writes and reads) are dropped from the file and named in the returned list; a table that is not a plain
+    ``CREATE TABLE`` (a virtual table, or a schema row whose SQL does not match its type) is refused with
+    UntrustedCatalog. A file that fails ``PRAGMA integrity_check`` or holds no tables at all (an empty or cut-off
+    upload reads as an empty database) is refused with SnapshotCorruptError, so it is never taken for a catalog in
+    which everything was deleted. ``path`` must be this process's own copy: it is modified.
     """
+    if path.stat().st_size == 0:
+        raise SnapshotCorruptError(f"the {label} is empty (0 bytes): an upload that was cut off.{hint}")
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise SnapshotCorruptError(f"cannot open the {label}: {exc}.{hint}") from exc
+    removed: list[str] = []
+    try:
+        try:
+            db.execute("PRAGMA trusted_schema = OFF")
+            rows = db.execute("PRAGMA integrity_check").fetchall()
+            problems = [str(r[0]) for r in rows if r[0] != "ok"]
+            if problems:
+                raise SnapshotCorruptError(
+                    f"the {label} failed SQLite's integrity check: {'; '.join(problems[:3])}.{hint}")
+            schema = db.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise SnapshotCorruptError(f"the {label} is not a valid SQLite database ({exc}).{hint}") from exc
+        tables = 0
+        for kind, name, sql in schema:
+            if kind in ("trigger", "view"):
+                db.execute(f"DROP {kind.upper()} IF EXISTS {_q(name)}")
+                removed.append(f"{kind} {name!r}")
+            elif kind == "table" and isinstance(sql, str) and _TABLE_SQL.match(sql):
+                tables += not name.startswith("sqlite_")
+            elif kind == "index" and (sql is None or (isinstance(sql, str) and _INDEX_SQL.match(sql))):
+                pass
+            else:
+                raise UntrustedCatalog(
+                    f"the {label} holds a schema object this library never creates ({kind} {name!r}); it was "
+                    f"not opened, so nothing in it ran.{hint}")
+        if tables == 0:
+            raise SnapshotCorruptError(f"the {label} holds no tables: an empty or cut-off upload, not a "
+                                       f"catalog.{hint}")
+    finally:
+        db.close()
+    return removed
+
+
+def restore_from_file(path: Path, target: sqlite3.Connection, *, label: str = "snapshot",
+                      hint: str = "") -> list[str]:
+    """Vet ``path`` (see vet_catalog_file) and copy it into ``target``; returns what vetting removed.
+
+    Raises SnapshotCorruptError (or UntrustedCatalog), naming ``label``, when the file is not a healthy catalog;
+    ``target`` is then left as it was.
+    """
+    removed = vet_catalog_file(path, label=label, hint=hint)
     try:
         src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise SnapshotCorruptError(f"cannot open the {label}: {exc}.{hint}") from exc
     try:
-        try:
-            rows = src.execute("PRAGMA integrity_check").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise SnapshotCorruptError(f"the {label} is not a valid SQLite database ({exc}).{hint}") from exc
-        problems = [str(r[0]) for r in rows if r[0] != "ok"]
-        if problems:
-            raise SnapshotCorruptError(
-                f"the {label} failed SQLite's integrity check: {'; '.join(problems[:3])}.{hint}"
-            )
         src.backup(target)
     finally:
         src.close()
+    return removed
 
 
+def assert_no_code(conn: sqlite3.Connection) -> None:
+    """Raise UntrustedCatalog when the catalog behind ``conn`` holds a trigger or a view (it never should)."""
+    found = conn.execute("SELECT type, name FROM main.sqlite_master WHERE type IN ('trigger', 'view')").fetchall()
+    if found:
+        raise UntrustedCatalog(f"the catalog holds {found[0][0]} {found[0][1]!r}, which this library never creates")

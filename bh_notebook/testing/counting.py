@@ -102,9 +102,9 @@ class CountingBucket(BucketClient):
         self._count("list_info")
         return self.inner.list_info(prefix)
 
-    def copy(self, src_key: str, dst_key: str) -> None:
+    def copy(self, src_key: str, dst_key: str, *, if_match: str | None = None) -> None:
         self._count("copy")
-        self.inner.copy(src_key, dst_key)
+        self.inner.copy(src_key, dst_key, if_match=if_match)
 
     def cleanup_incomplete(self, older_than: float = 3600.0) -> int:
         self._count("cleanup_incomplete")

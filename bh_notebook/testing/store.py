@@ -184,6 +184,15 @@ class BucketClientTests:
         with pytest.raises(ObjectNotFound):
             bucket.copy("missing", "dst/other")
 
+    def test_copy_if_match(self, bucket: BucketClient) -> None:
+        etag = bucket.put_bytes(b"known", "src")
+        bucket.copy("src", "dst/known", if_match=etag)
+        assert bucket.get_bytes("dst/known") == b"known"
+        bucket.put_bytes(b"changed since", "src")
+        with pytest.raises(PreconditionFailed):
+            bucket.copy("src", "dst/known", if_match=etag)
+        assert bucket.get_bytes("dst/known") == b"known"
+
     # -- conditional writes -----------------------------------------------------------------
 
     def test_if_none_match(self, bucket: BucketClient) -> None:
