@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import BucketConfig
+from .connection import connect_catalog
 from .errors import (
     BhError,
     NotStarted,
@@ -144,7 +145,7 @@ class BucketSQLite:
         check = getattr(bucket, "check_bucket", None)
         if check is not None:
             check()  # a missing bucket or bad credentials: a named error now, not at the first flush
-        conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+        conn = connect_catalog(self._uri, check_same_thread=False)
         try:
             self._restore(bucket, conn)
         except BaseException:
@@ -155,7 +156,7 @@ class BucketSQLite:
             raise
         self._bucket = bucket
         self._conn = conn
-        self._snap_conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+        self._snap_conn = connect_catalog(self._uri, check_same_thread=False)
         self._vended = [conn]
         self._build_interfaces()
         self._flushed_fingerprint = self._fingerprint()
@@ -294,7 +295,7 @@ class BucketSQLite:
         self._require_started()
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self._uri, uri=True)
+            conn = connect_catalog(self._uri)
             self._local.conn = conn
             with self._vended_lock:
                 self._vended.append(conn)
@@ -495,8 +496,14 @@ class BucketSQLite:
                                    hint=" Not merging it; your changes are still in memory.")
         self._report_removed(removed, key)
         base = self._workdir / "base.db"
-        report = merge_catalog(self._snap_conn, base if base.exists() else None, theirs)
-        assert_no_code(self._snap_conn)
+        # A connection of the merge's own: its ATTACH/DETACH never meet the notebook thread's statements, and a
+        # merge that fails leaves nothing attached anywhere (closing drops the attachments).
+        merge_conn = connect_catalog(self._uri)
+        try:
+            report = merge_catalog(merge_conn, base if base.exists() else None, theirs)
+            assert_no_code(merge_conn)
+        finally:
+            merge_conn.close()
         theirs.replace(base)  # our catalog now contains theirs: it is the base of the next merge
         self._etag = info.etag
         self.last_merge = report

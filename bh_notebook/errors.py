@@ -79,6 +79,10 @@ class SnapshotConflict(BhError):
     """Another writer committed a snapshot that could not be merged with ours."""
 
 
+class CatalogBusy(BhError, TimeoutError):
+    """Another thread of this process held the catalog locked for too long; try again."""
+
+
 class NotStarted(BhError, RuntimeError):
     """The BucketSQLite is not started (or already stopped)."""
 
@@ -88,6 +92,7 @@ __all__ = [
     "BackendError",
     "BhError",
     "BucketNotFound",
+    "CatalogBusy",
     "ConfigError",
     "EndpointUnreachable",
     "IntegrityError",

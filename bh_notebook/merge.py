@@ -60,12 +60,15 @@ def _q(name: str) -> str:
 
 
 def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> MergeReport:
-    """Merge ``theirs`` into the catalog behind ``conn`` (ours), relative to ``base`` (None: nothing in common)."""
+    """Merge ``theirs`` into the catalog behind ``conn`` (ours), relative to ``base`` (None: nothing in common).
+
+    ``conn`` should be a connection of the merge's own (see ``connection.connect_catalog``): it attaches ``theirs``
+    and ``base`` for the duration, and no other thread may use it meanwhile."""
     report = MergeReport()
     conn.execute("ATTACH DATABASE ? AS theirs", (str(theirs),))
     conn.execute("ATTACH DATABASE ? AS base", (str(base) if base is not None else ":memory:",))
     try:
-        _begin_immediate(conn)
+        conn.execute("BEGIN IMMEDIATE")  # a CatalogConnection waits for other connections' transactions
         try:
             ours_tables = set(_tables(conn, "main"))
             base_tables = set(_tables(conn, "base"))
@@ -102,21 +105,6 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> 
         conn.execute("DETACH DATABASE theirs")
         conn.execute("DETACH DATABASE base")
     return report
-
-
-def _begin_immediate(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
-    """Take the write lock, waiting for other connections' transactions (shared cache answers 'locked' at once)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
 
 
 def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], report: MergeReport) -> None:
