@@ -11,9 +11,10 @@ The rules, one per kind of table:
   follow the highest. A version either side deleted is deleted.
 - ``filestore``: the union of both sides' blobs, less rows either side deleted (a blob is in the bucket before its
   row is anywhere, so a merged row never points at a missing object).
-- ``bh_kv``: a key changed on one side takes that side's value. Changed on both sides to different values is a
-  conflict: **the later write (by ``updated_at``) wins, and a write wins over a delete**, so no value is lost
-  silently; every conflict is reported.
+- ``bh_kv``: a key changed on one side takes that side's value. Changed on both sides to different values (or
+  set on one and deleted on the other) is a conflict, settled by **commit order: the later commit wins** (the
+  merging writer's, since the other one committed first). No clock is compared; every conflict is reported.
+- ``bh_retired_versions``: the highest version number each name ever had; the larger of the two sides.
 - Other (user) tables: the side that changed one wins; changed on both sides, ours is kept and it is reported.
 """
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 VERSIONED = ("bh_arrays", "bh_frames", "bh_named_files")
+RETIRED_TABLE = "bh_retired_versions"  # see interfaces/versioned.py
 # The only SQL from another writer's catalog ever executed here: a plain table's definition (vetted before).
 _PLAIN_TABLE = re.compile(r"\s*CREATE\s+TABLE\s", re.IGNORECASE)
 
@@ -42,7 +44,8 @@ class MergeReport:
         if self.renumbered:
             parts.append(f"our versions renumbered: {', '.join(self.renumbered)}")
         if self.conflicts:
-            parts.append(f"{len(self.conflicts)} conflicts settled (later write wins): {'; '.join(self.conflicts)}")
+            parts.append(f"{len(self.conflicts)} conflicts settled (the later commit wins): "
+                         f"{'; '.join(self.conflicts)}")
         return "; ".join(parts)
 
 
@@ -72,7 +75,8 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> 
         try:
             ours_tables = set(_tables(conn, "main"))
             base_tables = set(_tables(conn, "base"))
-            for table in _tables(conn, "theirs"):
+            # The retired-number table first: renumbering our versions must see both sides' highest numbers.
+            for table in sorted(_tables(conn, "theirs"), key=lambda name: name != RETIRED_TABLE):
                 if table not in ours_tables:  # a table only they have: copy it whole
                     sql = conn.execute("SELECT sql FROM theirs.sqlite_master WHERE type='table' AND name=?",
                                        (table,)).fetchone()[0]
@@ -89,7 +93,13 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> 
                     continue
                 if table not in base_tables:
                     conn.execute(f"CREATE TABLE base.{_q(table)} AS SELECT * FROM main.{_q(table)} WHERE 0")
-                if table in VERSIONED:
+                if table == RETIRED_TABLE:  # the highest number ever given out: the larger of the two
+                    cur = conn.execute(
+                        f"INSERT INTO main.{RETIRED_TABLE} (tbl, name, last) SELECT tbl, name, last FROM "
+                        f"theirs.{RETIRED_TABLE} WHERE true ON CONFLICT (tbl, name) DO UPDATE SET "
+                        "last = max(last, excluded.last) WHERE excluded.last > last")
+                    report.taken += max(cur.rowcount, 0)
+                elif table in VERSIONED:
                     _merge_versioned(conn, table, cols, report)
                 elif table == "filestore":
                     _merge_keyed(conn, table, ["bh_key"], report)
@@ -111,12 +121,14 @@ def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], repo
     t = _q(table)
     col_list = ", ".join(_q(c) for c in cols)
     same = "x.name = y.name AND x.version = y.version AND x.bh_key = y.bh_key AND x.created_at = y.created_at"
-    # Theirs' deletions of versions we still have unchanged since base.
+    # Theirs' deletions of versions in base: only that very row goes (same number, blob and time), never a
+    # different row that happens to carry the number.
     deleted = conn.execute(
-        f"SELECT b.name, b.version FROM base.{t} b WHERE NOT EXISTS (SELECT 1 FROM theirs.{t} y "
-        f"WHERE y.name = b.name AND y.version = b.version)").fetchall()
-    for name, version in deleted:
-        cur = conn.execute(f"DELETE FROM main.{t} WHERE name = ? AND version = ?", (name, version))
+        f"SELECT b.name, b.version, b.bh_key, b.created_at FROM base.{t} b WHERE NOT EXISTS "
+        f"(SELECT 1 FROM theirs.{t} y WHERE y.name = b.name AND y.version = b.version)").fetchall()
+    for name, version, bh_key, created_at in deleted:
+        cur = conn.execute(f"DELETE FROM main.{t} WHERE name = ? AND version = ? AND bh_key = ? AND created_at = ?",
+                           (name, version, bh_key, created_at))
         report.taken += cur.rowcount
     added = conn.execute(
         f"SELECT {col_list} FROM theirs.{t} x WHERE NOT EXISTS (SELECT 1 FROM base.{t} y WHERE {same})").fetchall()
@@ -130,8 +142,9 @@ def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], repo
             # Both sides made version N: theirs committed first and keeps it; ours moves past both sides' last.
             top = conn.execute(
                 f"SELECT max(v) FROM (SELECT max(version) AS v FROM main.{t} WHERE name = ? "
-                f"UNION ALL SELECT max(version) FROM theirs.{t} WHERE name = ?)",
-                (values["name"], values["name"])).fetchone()[0]
+                f"UNION ALL SELECT max(version) FROM theirs.{t} WHERE name = ? "
+                f"UNION ALL SELECT last FROM main.{RETIRED_TABLE} WHERE tbl = ? AND name = ?)",
+                (values["name"], values["name"], table, values["name"])).fetchone()[0]
             conn.execute(f"UPDATE main.{t} SET version = ? WHERE name = ? AND version = ?",
                          (int(top) + 1, values["name"], values["version"]))
             report.renumbered.append(f"{values['name']}@{values['version']}->{int(top) + 1}")
@@ -172,18 +185,12 @@ def _merge_kv(conn: sqlite3.Connection, report: MergeReport) -> None:
             continue
         if m_val == t_val:
             continue  # both wrote the same value
-        # A real conflict: the later write wins; a write wins over a delete.
-        if t_val is None:
-            winner = "ours (theirs deleted it)"
-        elif m_val is None:
-            _set_kv(conn, key, t_val, t_at)
-            winner = "theirs (ours deleted it)"
-        elif float(t_at) > float(m_at):
-            _set_kv(conn, key, t_val, t_at)
-            winner = "theirs (written later)"
-        else:
-            winner = "ours (written later)"
-        report.conflicts.append(f"kv {key!r}: kept {winner}")
+        # A real conflict, settled by commit order: theirs is committed already and ours commits after it, so
+        # ours wins, a delete as much as a write. No clock is compared: a writer whose clock is an hour fast
+        # wins nothing by it.
+        ours = "ours (deleted it)" if m_val is None else "ours"
+        theirs = "their delete" if t_val is None else "their value"
+        report.conflicts.append(f"kv {key!r}: kept {ours} over {theirs} (committed later)")
 
 
 def _set_kv(conn: sqlite3.Connection, key: str, value: bytes | None, at: float | None) -> None:

@@ -165,12 +165,11 @@ def test_second_writer_merges_instead_of_overwriting(config: BucketConfig) -> No
         a.kv["who"] = "a"
         a.force_flush()
         b.kv["from_b"] = "2"
-        time.sleep(0.01)
-        b.kv["who"] = "b"  # written after a's: the later write wins the conflict
+        b.kv["who"] = "b"  # committed after a's: the later commit wins the conflict
         result = b.force_flush()
         assert result.uploaded
         report = b.last_merge
-        assert report is not None and report.conflicts == ["kv 'who': kept ours (written later)"]
+        assert report is not None and report.conflicts == ["kv 'who': kept ours over their value (committed later)"]
         assert b.kv["from_a"] == "1"  # b now holds a's entries too
     finally:
         a.stop()

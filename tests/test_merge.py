@@ -56,7 +56,7 @@ def test_deletions_and_kv_rules(config: BucketConfig) -> None:
         b.kv["k3"] = "b"
         b.force_flush()
         assert b.last_merge is not None
-        assert b.last_merge.conflicts == ["kv 'k3': kept ours (theirs deleted it)"]
+        assert b.last_merge.conflicts == ["kv 'k3': kept ours over their delete (committed later)"]
     finally:
         a.stop()
         b.stop()
@@ -200,3 +200,89 @@ def test_check_reports_and_fixes_only_when_asked(config: BucketConfig) -> None:
         assert again.orphan_blobs == [] and again.unregistered_blobs == [] and again.dangling_rows == [dangling]
         np.testing.assert_array_equal(bh.arrays.get("lost_row"), np.arange(30))
         assert bh.files.metadata(kept) is not None
+
+
+def test_a_fast_clock_wins_no_conflict(config: BucketConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = BucketSQLite(config, NO_TIMER).start()
+    b = BucketSQLite(config, NO_TIMER).start()
+    real_time = time.time
+    try:
+        with monkeypatch.context() as m:  # b's machine runs an hour fast
+            m.setattr(time, "time", lambda: real_time() + 3600)
+            b.kv["threshold"] = "from b"
+            b.force_flush()
+        a.kv["threshold"] = "from a"  # set and committed after b's: the later commit
+        a.force_flush()
+        assert a.last_merge is not None
+        assert a.last_merge.conflicts == ["kv 'threshold': kept ours over their value (committed later)"]
+    finally:
+        a.stop()
+        b.stop()
+    with BucketSQLite(config, NO_TIMER) as r:
+        assert r.kv["threshold"] == "from a"
+
+
+def test_version_numbers_are_never_given_out_twice(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as bh:
+        bh.arrays.put("x", np.arange(1))
+        bh.arrays.put("x", np.arange(2))
+        bh.arrays.delete("x", 2)
+        assert bh.arrays.put("x", np.arange(3)).version == 3  # x@2 stays retired
+        bh.arrays.delete("x")
+        assert bh.arrays.put("x", np.arange(4)).version == 4
+        assert [v.version for v in bh.arrays.history("x")] == [4]
+    with BucketSQLite(config, NO_TIMER) as bh:  # and after a restart
+        bh.frames.put("x", pd.DataFrame({"a": [1]}))
+        bh.frames.delete("x")
+        assert bh.frames.put("x", pd.DataFrame({"a": [2]})).version == 2
+        assert bh.arrays.put("x", np.arange(5)).version == 5
+
+
+def test_delete_then_put_is_neither_lost_nor_resurrected(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as seed:
+        seed.arrays.put("x", np.zeros(3))
+        seed.arrays.put("y", np.zeros(3))
+    a = BucketSQLite(config, NO_TIMER).start()
+    b = BucketSQLite(config, NO_TIMER).start()
+    try:
+        a.arrays.delete("x")  # a replaces x: the old data must not come back
+        a.arrays.put("x", np.ones(3))
+        a.force_flush()
+        b.arrays.delete("y")  # b replaces y: its new put must survive a's commit, which still lists y@1
+        b.arrays.put("y", np.full(3, 7.0))
+        b.force_flush()
+    finally:
+        a.stop()
+        b.stop()
+    with BucketSQLite(config, NO_TIMER) as r:
+        for name, value in (("x", 1.0), ("y", 7.0)):
+            history = r.arrays.history(name)
+            assert [v.version for v in history] == [2], (name, history)
+            np.testing.assert_array_equal(r.arrays.get(name), np.full(3, value))
+        assert r.check().ok
+
+
+def test_numbers_stay_unique_when_both_writers_delete_and_put(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as seed:
+        seed.arrays.put("s", np.arange(1))
+    a = BucketSQLite(config, NO_TIMER).start()
+    b = BucketSQLite(config, NO_TIMER).start()
+    try:
+        a.arrays.put("s", np.arange(2))  # a: s@2
+        a.arrays.delete("s", 2)
+        a.force_flush()
+        b.arrays.put("s", np.arange(3))  # b: its own s@2, then retired, then s@3
+        b.arrays.delete("s", 2)
+        b.arrays.put("s", np.arange(4))
+        b.force_flush()
+        a.arrays.put("s", np.arange(5))
+        a.force_flush()
+        numbers = [v.version for v in a.arrays.history("s")]
+    finally:
+        a.stop()
+        b.stop()
+    assert len(numbers) == len(set(numbers))
+    with BucketSQLite(config, NO_TIMER) as r:
+        sizes = {v.version: r.arrays.get("s", v.version).size for v in r.arrays.history("s")}
+        assert sizes[1] == 1 and sorted(sizes.values()) == [1, 4, 5]
+        assert sizes[max(sizes)] == 5

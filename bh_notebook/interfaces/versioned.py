@@ -22,6 +22,10 @@ V = TypeVar("V")
 #: Columns every versioned table has, in this order, before the subclass's own.
 COMMON_COLUMNS = ("name", "version", "bh_key", "nbytes", "created_at", "metadata")
 
+#: The highest version number each name ever had, per table, kept when versions are deleted: a number is never
+#: given out twice, so ``x@2`` always means the same data (and a merge never mistakes a new put for a deleted one).
+RETIRED_TABLE = "bh_retired_versions"
+
 
 def check_metadata(metadata: object) -> dict[str, str]:
     """Entry metadata: a dict of str to str (notes, tags)."""
@@ -60,6 +64,8 @@ class VersionedStore(Interface, Generic[V]):
             f" created_at REAL NOT NULL, metadata TEXT{extra}, PRIMARY KEY (name, version))"
         )
         self._conn.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_bh_key ON {self.table} (bh_key)")
+        self._conn.execute(f"CREATE TABLE IF NOT EXISTS {RETIRED_TABLE} (tbl TEXT NOT NULL, name TEXT NOT NULL, "
+                           "last INTEGER NOT NULL, PRIMARY KEY (tbl, name))")
         self._conn.commit()
 
     @property
@@ -112,7 +118,10 @@ class VersionedStore(Interface, Generic[V]):
         """Add the next version of ``name``; return its number."""
         cols = self._columns
         with self._conn:
-            row = self._conn.execute(f"SELECT max(version) FROM {self.table} WHERE name = ?", (name,)).fetchone()
+            row = self._conn.execute(
+                f"SELECT max(v) FROM (SELECT max(version) AS v FROM {self.table} WHERE name = ? "
+                f"UNION ALL SELECT last FROM {RETIRED_TABLE} WHERE tbl = ? AND name = ?)",
+                (name, self.table, name)).fetchone()
             version = int(row[0] or 0) + 1
             values = {"name": name, "version": version, "bh_key": bh_key, "nbytes": nbytes,
                       "created_at": time.time(), "metadata": json.dumps(metadata, sort_keys=True) if metadata else None,
@@ -196,6 +205,10 @@ class VersionedStore(Interface, Generic[V]):
         if not rows:
             raise NotFound(self._not_found(name, version))
         with self._conn:
+            self._conn.execute(
+                f"INSERT INTO {RETIRED_TABLE} (tbl, name, last) VALUES (?, ?, ?) ON CONFLICT (tbl, name) "
+                "DO UPDATE SET last = max(last, excluded.last)",
+                (self.table, name, max(int(r["version"]) for r in rows)))
             if version is None:
                 self._conn.execute(f"DELETE FROM {self.table} WHERE name = ?", (name,))
             else:
