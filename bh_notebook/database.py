@@ -14,7 +14,6 @@ import atexit
 import logging
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import BucketConfig
+from . import spool
 from .connection import connect_catalog
 from .errors import (
     BhError,
@@ -80,6 +80,8 @@ class BucketSQLite:
     max_merges: int = 10
     #: Called with a MergeReport after each merge of another writer's catalog.
     on_merge: Callable[[MergeReport], Any] | None = None
+    #: Pull other writers' commits on the timer while idle (one HEAD request per ``interval_seconds``).
+    auto_pull: bool = False
     #: How long a snapshot waits for another connection's open write transaction before it is put off.
     snapshot_wait_seconds: float = 10.0
 
@@ -125,6 +127,9 @@ class BucketSQLite:
         self._started = False
         self.restored_from: str | None = None
         self.last_merge: MergeReport | None = None
+        self._resumed: spool.SpooledCatalog | None = None  # unsaved work this process resumed, until pushed
+        #: Where this process kept its catalog when its final flush failed (None: it did not).
+        self.unsaved_at: Path | None = None
         #: Triggers and views found in catalogs read from the bucket, which were dropped instead of run.
         self.removed_from_bucket: list[str] = []
         self._workdir: Path | None = None  # holds base.db: the snapshot this process last synced with
@@ -159,7 +164,7 @@ class BucketSQLite:
         self._snap_conn = connect_catalog(self._uri, check_same_thread=False)
         self._vended = [conn]
         self._build_interfaces()
-        self._flushed_fingerprint = self._fingerprint()
+        self._flushed_fingerprint = self._fingerprint() if self._resumed is None else None
         self._started = True
         self._stopping.clear()
         if self.snapshot_config.interval_seconds and self.snapshot_config.interval_seconds > 0:
@@ -177,6 +182,12 @@ class BucketSQLite:
 
         self._atexit = _at_exit
         atexit.register(_at_exit)
+        if self._resumed is not None:
+            try:
+                self.force_flush()  # push the resumed work now; on failure it stays kept and dirty
+            except BhError as exc:
+                log.warning("bh_notebook: the resumed work could not be pushed yet (%s); the next flush tries "
+                            "again", exc)
         return self
 
     def _build_interfaces(self) -> None:
@@ -192,7 +203,10 @@ class BucketSQLite:
 
     def _restore(self, bucket: BucketClient, conn: sqlite3.Connection) -> None:
         key = self.config.key
-        self._workdir = Path(tempfile.mkdtemp(prefix="bh-catalog-"))
+        spool.clean_stale_workdirs()
+        self._workdir = spool.make_workdir()
+        if self.restore_from_which == "latest" and self._resume_unsaved(conn):
+            return
         info = bucket.head(key)
         source = key + ".prev" if self.restore_from_which == "prev" else key
         if self.restore_from_which == "prev" and bucket.head(source) is None:
@@ -222,8 +236,59 @@ class BucketSQLite:
         self.restored_from = source
         self._keep_prev_ok = source == key
 
+    def _resume_unsaved(self, conn: sqlite3.Connection) -> bool:
+        """Resume from a catalog a stopped process could not save to this bucket, if there is one: it becomes
+        the catalog in memory, with the snapshot and etag that process last synced with, so the first flush merges
+        whatever was committed since, as a running writer's would."""
+        for found in spool.pending(location=self.config.location, key=self.config.key):
+            claimed = spool.claim(found)
+            if claimed is None:
+                continue  # another process took it
+            assert self._workdir is not None
+            try:
+                removed = restore_from_file(claimed.catalog, conn, label=f"unsaved catalog at {found.path}")
+                assert_no_code(conn)
+            except BhError as exc:
+                log.error("bh_notebook: the unsaved catalog at %s cannot be read (%s); left there", found.path, exc)
+                spool.release(claimed, pushed=False)
+                continue
+            self._report_removed(removed, str(found.path))
+            if claimed.base is not None:
+                shutil.copyfile(claimed.base, self._workdir / "base.db")
+            self._etag = claimed.etag
+            self._snapshot_sha = None
+            self._resumed = claimed
+            self.restored_from = f"unsaved work saved at {found.path}"
+            log.warning("bh_notebook: resuming work a stopped process could not save to %s (kept at %s until it "
+                        "is pushed)", self.config.location, found.path)
+            return True
+        return False
+
+    def _spool_unsaved(self, exc: BaseException) -> None:
+        """Keep the catalog on local disk when the final flush failed; the next start() pushes it."""
+        assert self._snap_conn is not None and self._workdir is not None
+        try:
+            saved = spool.save(self._snap_conn, self._workdir / "base.db", location=self.config.location,
+                               key=self.config.key, etag=self._etag)
+        except Exception as spool_exc:  # noqa: BLE001 - the flush error is the one to raise
+            log.error("bh_notebook: the catalog could not be saved to %s nor kept on local disk (%s)",
+                      self.config.location, spool_exc)
+            return
+        if self._resumed is not None:  # what we resumed from is now inside the new spool folder
+            spool.release(self._resumed, pushed=True)
+            self._resumed = None
+        message = (f"the catalog could not be saved to {self.config.location}; it is kept at {saved.path} and "
+                   "pushed by the next start on this bucket")
+        self.unsaved_at = saved.path
+        log.error("bh_notebook: %s", message)
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"bh_notebook: {message}")
+
     def stop(self) -> None:
-        """Flush a last time and close. Safe to call twice."""
+        """Flush a last time and close. Safe to call twice.
+
+        When that last flush fails (the endpoint is down), the catalog is kept on local disk (``unsaved_at``) and
+        the next ``start()`` on the same bucket resumes from it; the error is still raised."""
         if not self._started:
             return
         self._stopping.set()
@@ -232,7 +297,12 @@ class BucketSQLite:
             self._thread.join(timeout=60)
         self._thread = None
         try:
-            self.force_flush()
+            try:
+                self.force_flush()
+            except BaseException as exc:
+                if self.dirty or self._resumed is not None:
+                    self._spool_unsaved(exc)
+                raise
         finally:
             self._started = False
             if self._atexit is not None:
@@ -397,8 +467,10 @@ class BucketSQLite:
                     self._flush(force=False)
                 else:
                     self._flush_pending = False
-            except BaseException:  # noqa: BLE001 - reported through on_flush_error and last_error
-                pass
+                    if due and self.auto_pull:
+                        self.pull()  # one HEAD a period while idle
+            except BaseException as exc:  # noqa: BLE001 - reported through on_flush_error and last_error
+                self._last_error = exc
 
     def _flush(self, *, force: bool) -> FlushResult:
         started = time.monotonic()
@@ -467,11 +539,37 @@ class BucketSQLite:
             )
         size = path.stat().st_size
         path.replace(self._workdir / "base.db")
+        if self._resumed is not None:  # the work a stopped process could not save is in the bucket now
+            spool.release(self._resumed, pushed=True)
+            self._resumed = None
         self._keep_prev_ok = True
         self._etag = etag
         self._snapshot_sha = sha
         self._flushed_fingerprint = fingerprint
         return FlushResult(True, size, time.monotonic() - started, etag)
+
+    def pull(self) -> MergeReport | None:
+        """Take in what other writers committed since this process last synced with the bucket.
+
+        One HEAD request when nothing is new (then None is returned); otherwise their catalog is downloaded,
+        vetted and merged into this one by the same rules as a flush that lost a race, and the MergeReport is
+        returned (also in ``last_merge`` and to ``on_merge``). Local changes not yet flushed are kept.
+        """
+        self._require_started()
+        assert self._bucket is not None
+        with self._flush_lock:
+            info = self._bucket.head(self.config.key)
+            if info is None or info.etag == self._etag:
+                return None
+            before = self._fingerprint()
+            was_clean = before == self._flushed_fingerprint
+            self.last_merge = None
+            self._merge_remote()
+            after = self._fingerprint()
+            if was_clean and after[0] == before[0]:
+                # Nothing of ours was waiting and nobody wrote meanwhile: we now hold exactly their catalog.
+                self._flushed_fingerprint = after
+            return self.last_merge
 
     def _merge_remote(self) -> None:
         """Download the snapshot another writer committed and merge it into the catalog in memory."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -332,3 +335,22 @@ def test_restored_catalog_grows_past_1_gib(tmp_path: Path) -> None:
         page_count = bh.connection.execute("PRAGMA page_count").fetchone()[0]
         page_size = bh.connection.execute("PRAGMA page_size").fetchone()[0]
         assert page_count * page_size > 1024**3
+
+
+def test_temp_folders_of_killed_processes_are_cleaned(config: BucketConfig) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    tmp = Path(tempfile.gettempdir())
+    left_by_dead = tmp / f"bh-catalog-{int(dead.stdout)}-leftover"
+    left_by_dead.mkdir()
+    (left_by_dead / "snap.db").write_bytes(b"x" * 100)
+    ours_alive = tmp / f"bh-catalog-{os.getpid()}-inuse"
+    ours_alive.mkdir()
+    try:
+        with BucketSQLite(config, NO_TIMER) as bh:
+            bh.kv["k"] = "v"
+        assert not left_by_dead.exists()
+        assert ours_alive.exists()  # a live process's folder is never touched
+    finally:
+        shutil.rmtree(left_by_dead, ignore_errors=True)
+        shutil.rmtree(ours_alive, ignore_errors=True)

@@ -106,3 +106,48 @@ def test_slow_endpoint_times_out_clearly(through, proxy: FaultProxy) -> None:  #
         bh.arrays.get("a")
     proxy.set("pass")
     np.testing.assert_array_equal(bh.arrays.get("a"), np.arange(10))
+
+
+def test_endpoint_down_at_stop_keeps_the_work_for_the_next_start(proxy: FaultProxy, moto_server) -> None:  # type: ignore[no-untyped-def]
+    bucket = moto_server.new_bucket()
+    client = S3Bucket(bucket, endpoint_url=proxy.endpoint_url, region="us-east-1", access_key_id=ACCESS_KEY,
+                      secret_access_key=SECRET_KEY, max_attempts=2, connect_timeout=1, read_timeout=1)
+    direct = moto_server.config(bucket)
+    bh = BucketSQLite(direct, NO_TIMER, bucket_client=client).start()
+    bh.kv["saved"] = "before"
+    bh.force_flush()
+    with BucketSQLite(direct, NO_TIMER) as other:  # another writer commits meanwhile
+        other.kv["other"] = "theirs"
+    bh.arrays.put("late", np.arange(7))  # its blob is uploaded now; the catalog row is not
+    bh.kv["late"] = "unsaved"
+    proxy.set("refuse")
+    with pytest.raises(EndpointUnreachable):
+        bh.stop()  # the final flush cannot reach the endpoint
+    assert bh.unsaved_at is not None and (bh.unsaved_at / "catalog.db").exists()
+    proxy.set("pass")
+    with BucketSQLite(direct, NO_TIMER) as resumed:  # the next start on this bucket pushes it, merged
+        assert resumed.restored_from is not None and "unsaved" in resumed.restored_from
+        assert not resumed.dirty
+        assert not bh.unsaved_at.exists()
+    with BucketSQLite(direct, NO_TIMER) as reader:
+        assert (reader.kv["saved"], reader.kv["late"], reader.kv["other"]) == ("before", "unsaved", "theirs")
+        np.testing.assert_array_equal(reader.arrays.get("late"), np.arange(7))
+        assert reader.check().ok
+        assert reader.restored_from == direct.key  # nothing left over to resume
+
+
+def test_unsaved_work_of_a_never_synced_store_is_kept_too(proxy: FaultProxy, moto_server) -> None:  # type: ignore[no-untyped-def]
+    bucket = moto_server.new_bucket()
+    client = S3Bucket(bucket, endpoint_url=proxy.endpoint_url, region="us-east-1", access_key_id=ACCESS_KEY,
+                      secret_access_key=SECRET_KEY, max_attempts=2, connect_timeout=1, read_timeout=1)
+    direct = moto_server.config(bucket)
+    bh = BucketSQLite(direct, NO_TIMER, bucket_client=client).start()
+    bh.kv["first"] = "never flushed"
+    proxy.set("refuse")
+    with pytest.raises(EndpointUnreachable):
+        bh.stop()
+    proxy.set("pass")
+    with BucketSQLite(direct, NO_TIMER) as resumed:  # this machine's next start resumes it
+        assert resumed.kv["first"] == "never flushed"
+    with BucketSQLite(direct, NO_TIMER) as reader:
+        assert reader.kv["first"] == "never flushed"

@@ -12,6 +12,7 @@ import pytest
 
 from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig
 from bh_notebook.storage import open_bucket
+from bh_notebook.testing.counting import CountingBucket
 
 NO_TIMER = SnapshotConfig(interval_seconds=0)
 
@@ -286,3 +287,30 @@ def test_numbers_stay_unique_when_both_writers_delete_and_put(config: BucketConf
         sizes = {v.version: r.arrays.get("s", v.version).size for v in r.arrays.history("s")}
         assert sizes[1] == 1 and sorted(sizes.values()) == [1, 4, 5]
         assert sizes[max(sizes)] == 5
+
+
+def test_pull_takes_in_a_teammates_commits(config: BucketConfig) -> None:
+    counting = CountingBucket(open_bucket(config))
+    a = BucketSQLite(config, NO_TIMER, bucket_client=counting).start()
+    b = BucketSQLite(config, NO_TIMER).start()
+    try:
+        a.kv["mine"] = "unsaved"  # a local change not flushed yet survives the pull
+        b.arrays.put("teammate_result", np.arange(4))
+        b.kv["shared"] = "from b"
+        b.force_flush()
+        assert "teammate_result" not in a.arrays
+        report = a.pull()
+        assert report is not None and report.taken >= 2
+        np.testing.assert_array_equal(a.arrays.get("teammate_result"), np.arange(4))
+        assert (a.kv["shared"], a.kv["mine"]) == ("from b", "unsaved")
+        assert a.dirty  # a's own change still waits for its flush
+        a.force_flush()
+        counting.reset()
+        assert a.pull() is None  # nothing new: one HEAD, nothing downloaded
+        assert counting.calls == {"head": 1} and counting.bytes_in == 0
+        b.kv["again"] = "2"
+        b.force_flush()
+        assert a.pull() is not None and not a.dirty  # a had nothing waiting: it now holds b's catalog exactly
+    finally:
+        a.stop()
+        b.stop()
