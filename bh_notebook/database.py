@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import random
 import shutil
 import sqlite3
 import threading
@@ -66,6 +67,25 @@ class FlushResult:
     etag: str | None
 
 
+class _Race:
+    """Losing races to other writers: the first loss retries at once, later ones wait a random, growing while
+    (so writers stop colliding), and after ``patience`` seconds of losing ``give_up()`` is raised."""
+
+    def __init__(self, patience: float, give_up: Callable[[], BaseException]) -> None:
+        self._patience = patience
+        self._give_up = give_up
+        self._losses = 0
+        self._since = time.monotonic()
+
+    def lost(self) -> None:
+        self._losses += 1
+        if self._losses == 1:
+            return
+        if time.monotonic() - self._since > self._patience:
+            raise self._give_up()
+        time.sleep(random.uniform(0, min(2.0, 0.02 * 2 ** min(self._losses, 10))))
+
+
 class BucketSQLite:
     """The catalog of one bucket, kept in memory and snapshotted to ``config.key`` in the bucket.
 
@@ -76,8 +96,9 @@ class BucketSQLite:
     #: Makes progress bars for long transfers: ``factory(label, total_bytes)`` returning a callable taking byte
     #: counts, with ``close()``. The package sets a notebook/terminal bar (shown after ~1 s); None turns it off.
     progress_factory: Callable[[str, int | None], Any] | None = None
-    #: How many times one flush merges another writer's snapshot before it gives up (and tries again later).
-    max_merges: int = 10
+    #: How long one flush keeps merging and retrying while other writers keep committing first, before it gives
+    #: up (the work stays in memory, and the next flush tries again). Retries back off with random jitter.
+    commit_patience_seconds: float = 300.0
     #: Called with a MergeReport after each merge of another writer's catalog.
     on_merge: Callable[[MergeReport], Any] | None = None
     #: Pull other writers' commits on the timer while idle (one HEAD request per ``interval_seconds``).
@@ -514,7 +535,8 @@ class BucketSQLite:
         if sha == self._snapshot_sha and self._etag is not None:
             self._flushed_fingerprint = fingerprint
             return FlushResult(False, 0, time.monotonic() - started, self._etag)
-        for _ in range(self.max_merges + 1):
+        race = self._race("commit")
+        while True:
             if self._etag is not None and self.snapshot_config.keep_previous and self._keep_prev_ok:
                 try:  # only the snapshot this process synced with (and vetted) may become .prev
                     self._bucket.copy(key, key + ".prev", if_match=self._etag)
@@ -528,15 +550,10 @@ class BucketSQLite:
                 break
             except PreconditionFailed:
                 # Another writer committed since we synced: merge theirs into ours and try again.
+                race.lost()
                 self._merge_remote()
                 backup_to_file(self._snap_conn, path, timeout=self.snapshot_wait_seconds)
                 sha = file_sha256(path)
-        else:
-            raise SnapshotConflict(
-                f"the catalog snapshot {key!r} in {self.config.location} kept changing under this process "
-                f"({self.max_merges} merges in a row). Nothing was overwritten; your changes are still in memory "
-                "and the next flush tries again."
-            )
         size = path.stat().st_size
         path.replace(self._workdir / "base.db")
         if self._resumed is not None:  # the work a stopped process could not save is in the bucket now
@@ -547,6 +564,12 @@ class BucketSQLite:
         self._snapshot_sha = sha
         self._flushed_fingerprint = fingerprint
         return FlushResult(True, size, time.monotonic() - started, etag)
+
+    def _race(self, what: str) -> _Race:
+        return _Race(self.commit_patience_seconds, lambda: SnapshotConflict(
+            f"the catalog snapshot {self.config.key!r} in {self.config.location} kept changing for "
+            f"{self.commit_patience_seconds:.0f} s while this process tried to {what} it. Nothing was "
+            "overwritten; your changes are still in memory and the next flush tries again."))
 
     def pull(self) -> MergeReport | None:
         """Take in what other writers committed since this process last synced with the bucket.
@@ -576,20 +599,17 @@ class BucketSQLite:
         assert self._snap_conn is not None and self._bucket is not None and self._workdir is not None
         key = self.config.key
         theirs = self._workdir / "theirs.db"
-        for _ in range(5):
+        race = self._race("read")
+        while True:
             info = self._bucket.head(key)
             if info is None:  # it was deleted: the next attempt creates it
                 self._etag = None
                 return
             try:
-                self._bucket.download(key, theirs)
-            except ObjectNotFound:
-                continue
-            after = self._bucket.head(key)
-            if after is not None and after.etag == info.etag:
-                break  # what we downloaded is the version with this etag
-        else:
-            raise SnapshotConflict(f"the catalog snapshot {key!r} kept changing while it was being read")
+                self._bucket.download(key, theirs, if_match=info.etag)  # exactly the version with this etag
+                break
+            except (ObjectNotFound, PreconditionFailed):
+                race.lost()  # another writer committed again meanwhile
         removed = vet_catalog_file(theirs, label=f"catalog snapshot {key!r} another writer committed",
                                    hint=" Not merging it; your changes are still in memory.")
         self._report_removed(removed, key)

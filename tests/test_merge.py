@@ -314,3 +314,75 @@ def test_pull_takes_in_a_teammates_commits(config: BucketConfig) -> None:
     finally:
         a.stop()
         b.stop()
+
+
+def _flushing_writer(config: BucketConfig, n: int, ops: int, queue: "multiprocessing.Queue[str]",
+                     barrier: object) -> None:
+    """Mixed operations, each followed by force_flush(); reports what it stored and deleted."""
+    try:
+        rng = np.random.default_rng(100 + n)
+        bh = BucketSQLite(config, SnapshotConfig(interval_seconds=0)).start()
+        barrier.wait(120)  # type: ignore[attr-defined]
+        merges = 0
+        for i in range(ops):
+            name = f"w{n}/e{i}"
+            kind = i % 6
+            if kind == 0:
+                bh.frames.put(name, pd.DataFrame({"n": [n], "i": [i]}))
+            elif kind == 1:
+                bh.arrays.put(name, np.full(3, n * 1000 + i))
+            elif kind == 2:
+                bh.kv[name] = f"{n}/{i}"
+            elif kind == 3:
+                bh.named_files.put(name, f"file {n}/{i}".encode())
+            elif kind == 4:
+                bh.arrays.put("shared", np.full(2, n * 1000 + i))  # everyone versions one name
+            else:
+                victim = f"w{n}/e{i - 4}"  # delete this writer's array from four steps back
+                bh.arrays.delete(victim)
+            bh.force_flush()
+            merges += bh.last_merge is not None
+            bh.last_merge = None
+            if rng.random() < 0.1:
+                bh.pull()
+        bh.stop()
+        queue.put(f"ok {n} {merges}")
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        queue.put(f"error {n}: {traceback.format_exc()}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["moto", "seaweedfs"], indirect=True)
+def test_writers_flushing_after_every_operation_never_give_up(config: BucketConfig) -> None:
+    writers, ops = 6, 36
+    ctx = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue[str] = ctx.Queue()
+    barrier = ctx.Barrier(writers)
+    procs = [ctx.Process(target=_flushing_writer, args=(config, n, ops, queue, barrier)) for n in range(writers)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert all(r.startswith("ok") for r in results), results
+    assert sum(int(r.split()[2]) for r in results) > 0  # they raced
+    with BucketSQLite(config, NO_TIMER) as r:
+        for n in range(writers):
+            for i in range(ops):
+                name = f"w{n}/e{i}"
+                kind = i % 6
+                if kind == 0:
+                    assert r.frames.get(name)["i"].tolist() == [i]
+                elif kind == 1:
+                    deleted = i + 4 < ops and (i + 4) % 6 == 5
+                    assert (name in r.arrays) != deleted, name
+                    if not deleted:
+                        np.testing.assert_array_equal(r.arrays.get(name), np.full(3, n * 1000 + i))
+                elif kind == 2:
+                    assert r.kv[name] == f"{n}/{i}"
+                elif kind == 3:
+                    assert r.named_files.get(name) == f"file {n}/{i}".encode()
+        history = r.arrays.history("shared")
+        numbers = [v.version for v in history]
+        assert len(numbers) == len(set(numbers)) == writers * (ops // 6)
+        assert r.check().ok

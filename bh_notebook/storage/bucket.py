@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import IntegrityError, InvalidKey, KeyTypeError
+from ..errors import IntegrityError, InvalidKey, KeyTypeError, ObjectNotFound, PreconditionFailed
 
 #: Streaming uploads switch to multipart above this many bytes.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -158,14 +158,30 @@ class BucketClient(ABC):
             return self.put_stream(f, key, size=os.fstat(f.fileno()).st_size, progress=progress,
                                    if_none_match=if_none_match, if_match=if_match)
 
-    def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Path:
-        """Stream ``key`` into a local file, atomically (a temp file beside it, then a rename)."""
+    def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None,
+                 if_match: str | None = None) -> Path:
+        """Stream ``key`` into a local file, atomically (a temp file beside it, then a rename).
+
+        With ``if_match``, only the object with that etag is downloaded: PreconditionFailed when it changed (or
+        changes during the download), never a file that mixes two versions.
+        """
         dest = Path(path)
+        if if_match is not None:
+            info = self.head(key)
+            if info is None:
+                raise ObjectNotFound(f"no object {key!r} to download")
+            if info.etag != if_match:
+                raise PreconditionFailed(f"{key!r} changed since it was read; not downloaded")
         with atomic_file(dest) as out, self.open_read(key) as src:
             while chunk := src.read(CHUNK_SIZE):
                 out.write(chunk)
                 if progress is not None:
                     progress(len(chunk))
+        if if_match is not None:
+            after = self.head(key)
+            if after is None or after.etag != if_match:
+                dest.unlink(missing_ok=True)
+                raise PreconditionFailed(f"{key!r} changed while it was downloaded")
         return dest
 
     def get_into(self, key: str, buffer: memoryview | bytearray, start: int = 0,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import BackendError, IntegrityError, InvalidKey, ObjectNotFound, PreconditionFailed
-from .bucket import CHUNK_SIZE, BucketClient, ObjectInfo, ProgressCallback, Sink, check_key
+from .bucket import CHUNK_SIZE, BucketClient, ObjectInfo, ProgressCallback, Sink, atomic_file, check_key
 
 #: Names starting with this are ours (temp files, the lock); they are hidden from listings and refused as keys.
 RESERVED_PREFIX = ".bh-"
@@ -253,6 +253,20 @@ class LocalBucket(BucketClient):
                 except FileNotFoundError:
                     pass
         return removed
+
+    def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None,
+                 if_match: str | None = None) -> Path:
+        dest = Path(path)
+        with self.open_read(key) as src:  # an open file keeps its version: writes replace files, never edit them
+            if if_match is not None and _etag(os.fstat(src.fileno())) != if_match:
+                raise PreconditionFailed(f"{key!r} changed since it was read (etag {if_match} expected); "
+                                         "not downloaded")
+            with atomic_file(dest) as out:
+                while chunk := src.read(CHUNK_SIZE):
+                    out.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+        return dest
 
     def copy(self, src_key: str, dst_key: str, *, if_match: str | None = None) -> None:
         with self.open_read(src_key) as src:

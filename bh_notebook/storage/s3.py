@@ -198,7 +198,11 @@ class S3Bucket(BucketClient):
                           last_modified=r["LastModified"].timestamp())
 
     def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
+        return self._get_range(key, start, end)
+
+    def _get_range(self, key: str, start: int, end: int | None = None, *, if_match: str | None = None) -> bytes:
         check_key(key)
+        cond = {} if if_match is None else {"IfMatch": if_match}
         if start < 0 or (end is not None and end < 0):
             info = self.head(key)
             if info is None:
@@ -212,7 +216,8 @@ class S3Bucket(BucketClient):
             with attempt:
                 rng = f"bytes={pos}-" if end is None else f"bytes={pos}-{end - 1}"
                 try:
-                    r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key, Range=rng)
+                    r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key, Range=rng,
+                                   **cond)
                 except BackendError as exc:
                     if "invalid byte range" in str(exc):
                         break
@@ -240,15 +245,21 @@ class S3Bucket(BucketClient):
         r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key)
         return _BodyReader(r["Body"])
 
-    def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Path:
-        """Stream ``key`` to a file in ranged GETs, each retried from where it broke off; atomic (temp + rename)."""
+    def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None,
+                 if_match: str | None = None) -> Path:
+        """Stream ``key`` to a file in ranged GETs, each retried from where it broke off; atomic (temp + rename).
+
+        Every range asks for the etag the first HEAD saw (If-Match), so an object replaced meanwhile raises
+        PreconditionFailed instead of giving a file made of two versions."""
         info = self.head(key)
         if info is None:
             raise ObjectNotFound(f"no object s3://{self.name}/{key}")
+        if if_match is not None and info.etag != if_match:
+            raise PreconditionFailed(f"s3://{self.name}/{key} changed since it was read; not downloaded")
         dest = Path(path)
         with atomic_file(dest) as out:
             for lo in range(0, info.size, self.part_size):
-                data = self.get_range(key, lo, min(info.size, lo + self.part_size))
+                data = self._get_range(key, lo, min(info.size, lo + self.part_size), if_match=info.etag)
                 if len(data) != min(self.part_size, info.size - lo):
                     raise IntegrityError(f"s3://{self.name}/{key} changed or ended early while downloading")
                 out.write(data)

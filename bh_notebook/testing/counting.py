@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..storage.bucket import BucketClient, ObjectInfo, ProgressCallback, Sink
@@ -101,6 +103,15 @@ class CountingBucket(BucketClient):
     def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
         self._count("list_info")
         return self.inner.list_info(prefix)
+
+    def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None,
+                 if_match: str | None = None) -> Path:
+        if if_match is None:
+            return super().download(key, path, progress=progress)  # counted through open_read
+        self._count("download")
+        dest = self.inner.download(key, path, progress=progress, if_match=if_match)
+        self._add("bytes_in", dest.stat().st_size)
+        return dest
 
     def copy(self, src_key: str, dst_key: str, *, if_match: str | None = None) -> None:
         self._count("copy")

@@ -184,6 +184,14 @@ class BucketClientTests:
         with pytest.raises(ObjectNotFound):
             bucket.copy("missing", "dst/other")
 
+    def test_download_if_match(self, bucket: BucketClient, tmp_path: Path) -> None:
+        etag = bucket.put_bytes(b"version one", "dl")
+        assert bucket.download("dl", tmp_path / "one", if_match=etag).read_bytes() == b"version one"
+        bucket.put_bytes(b"version two", "dl")
+        with pytest.raises(PreconditionFailed):
+            bucket.download("dl", tmp_path / "stale", if_match=etag)
+        assert not (tmp_path / "stale").exists()
+
     def test_copy_if_match(self, bucket: BucketClient) -> None:
         etag = bucket.put_bytes(b"known", "src")
         bucket.copy("src", "dst/known", if_match=etag)
