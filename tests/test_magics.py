@@ -354,5 +354,5 @@ def test_a_merge_with_another_writer_is_reported(ip: InteractiveShell, capsys: p
     capsys.readouterr()
     ip.run_line_magic("bh_flush", "")
     out = capsys.readouterr().out
-    assert "merged another writer's catalog" in out and "kv 'owner': kept ours (written later)" in out
+    assert "merged another writer's catalog" in out and "kv 'owner': kept ours over their value (committed later)" in out
     assert ip.run_line_magic("bh_kv", "theirs") == "1"

@@ -234,6 +234,19 @@ class FileStore(Interface):
         self._store.delete(row["object_key"] if row else self._prefix + bh_key)
         return row is not None
 
+    def release(self, bh_key: str) -> bool:
+        """Drop the catalog's row of a blob no entry uses any more, leaving the object to ``gc()``.
+
+        What entry deletes call: the object must outlive every catalog that still points at it, and the catalog
+        already committed to the bucket does until the next flush (a writer killed in between would otherwise
+        leave it pointing at nothing). ``gc()`` removes the object once it is an orphan past its grace period.
+        Returns whether the row existed.
+        """
+        check_bh_key(bh_key)
+        with self._conn:
+            cur = self._conn.execute("DELETE FROM filestore WHERE bh_key = ?", (bh_key,))
+        return cur.rowcount > 0
+
     # -- reads ------------------------------------------------------------------------------
 
     def _has_row(self, bh_key: str) -> bool:

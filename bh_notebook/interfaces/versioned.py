@@ -194,7 +194,10 @@ class VersionedStore(Interface, Generic[V]):
     def delete(self, name: str, version: int | None = None) -> list[V]:
         """Remove one version, or every version of ``name`` when ``version`` is None; return what was removed.
 
-        A blob is deleted from the bucket once no remaining version (of any name) points at it.
+        Rows only: a blob no remaining version of this store points at loses its file row and becomes an orphan,
+        which ``bh.files.gc()`` / ``%bh_gc`` removes from the bucket after its grace period. Nothing is deleted
+        from the bucket here, so a writer killed before its next flush never leaves a committed catalog pointing
+        at a deleted blob.
         """
         check_name(name, f"{self.kind} name")
         version = check_version(version)
@@ -216,5 +219,5 @@ class VersionedStore(Interface, Generic[V]):
         for key in {r["bh_key"] for r in rows}:
             still_used = self._conn.execute(f"SELECT 1 FROM {self.table} WHERE bh_key = ? LIMIT 1", (key,)).fetchone()
             if still_used is None:
-                self._files.delete(key)
+                self._files.release(key)  # the row goes; the object waits for gc (see FileStore.release)
         return [self._to_version(r) for r in rows]
