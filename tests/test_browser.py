@@ -6,11 +6,16 @@ import logging
 import struct
 import zlib
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import ipywidgets as widgets
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig
 from bh_notebook.notebook.browser import Browser, array_picture
@@ -227,3 +232,119 @@ def test_progress_shown_for_long_api_transfers(tmp_path: Path, capsys: pytest.Ca
         bh.arrays.get("a")
     err = capsys.readouterr().err
     assert "put a.npy: 7.6 MiB in" in err and "get a.npy: 7.6 MiB in" in err
+
+
+# -- hostile names: everything that reaches HTML is escaped ---------------------------------------------------
+
+HOSTILE = ["<img src=x onerror=\"window.__pwned=1\">", "<script>window.__pwned=1</script>", "a&b \"q\" 'q'",
+           "<b onmouseover='x'>bold"]
+
+
+class _Tags(HTMLParser):
+    """Collects the tags and attributes a piece of markup would create in a page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+SAFE_TAGS = {"span", "b", "i", "br", "pre", "code", "table", "thead", "tbody", "tr", "th", "td", "style", "div"}
+
+
+def _html_values(w: Any) -> list[str]:
+    found = [w.value] if isinstance(w, widgets.HTML) else []
+    for child in getattr(w, "children", ()):
+        found += _html_values(child)
+    return found
+
+
+def _assert_inert(b: Browser) -> str:
+    """Every HTML widget of the browser creates only harmless tags, no event handler; returns the visible text."""
+    text = []
+    for markup in _html_values(b):
+        parser = _Tags()
+        parser.feed(markup)
+        for tag, attrs in parser.tags:
+            assert tag in SAFE_TAGS, (tag, markup)
+            assert all(not name.startswith("on") and name != "src" for name, _ in attrs), (attrs, markup)
+        text.append("".join(parser.text))
+    return "\n".join(text)
+
+
+def _hostile_store(root: Path, name: str) -> BucketSQLite:
+    bh = BucketSQLite(BucketConfig.for_local(root), SnapshotConfig(interval_seconds=0)).start()
+    meta = {"note": name, name: name}
+    bh.frames.put(name, pd.DataFrame({name: [name, "x"], "n": [1, 2]}), metadata=meta)
+    bh.frames.put(name, pd.DataFrame({name: [name], "n": [3]}), metadata=meta)
+    bh.arrays.put(name, np.zeros(3, dtype=[(name, "f8")]), metadata=meta)
+    bh.named_files.put(name, name.encode(), metadata=meta)
+    bh.kv[name] = name
+    return bh
+
+
+def _drive_every_view(b: Browser, name: str) -> str:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    seen = [_assert_inert(b)]
+    for kind in ("frame", "array", "file", "kv"):
+        b.select(name, kind)
+        seen.append(_assert_inert(b))
+        b.history()
+        b.copy_key()
+        b.delete()  # asks first: the status line names the entry
+        seen.append(_assert_inert(b))
+        b.load(var=name)  # not a variable name: the status line says so
+        seen.append(_assert_inert(b))
+        b.load(var="ok")
+        seen.append(_assert_inert(b))
+    b.shell = InteractiveShell.instance()
+    try:
+        b.select(name, "frame")
+        b.load(var="ok")
+        seen.append(_assert_inert(b))
+        b._preview_cache.clear()
+        b.bh.frames.delete(name)  # the preview of a vanished entry shows the error text
+        b._show_preview()
+        seen.append(_assert_inert(b))
+    finally:
+        InteractiveShell.clear_instance()
+    return "\n".join(seen)
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_names_show_as_text(tmp_path: Path, name: str) -> None:
+    bh = _hostile_store(tmp_path / "s", name)
+    try:
+        b = Browser(bh, shell=None)
+        text = _drive_every_view(b, name)
+        assert name in text  # shown literally, as text
+        assert name in b.message or name.replace("\"", "'") in b.message or "loaded" in b.message
+    finally:
+        bh.stop()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(alphabet=st.sampled_from("<>&\"'=/ abxs"), min_size=1, max_size=30).filter(
+    lambda s: s == s.strip() and not s.startswith("/") and not s.endswith("/")
+    and all(p not in ("", ".", "..") for p in s.split("/"))))
+def test_any_name_reaches_html_escaped(tmp_path: Path, name: str) -> None:
+    import uuid
+
+    bh = BucketSQLite(BucketConfig.for_local(tmp_path / uuid.uuid4().hex), SnapshotConfig(interval_seconds=0)).start()
+    try:
+        bh.arrays.put(name, np.arange(3.0), metadata={"note": name})
+        bh.kv[name] = name
+        b = Browser(bh)
+        for kind in ("array", "kv"):
+            b.select(name, kind)
+            b.delete()
+            assert name in _assert_inert(b)
+    finally:
+        bh.stop()

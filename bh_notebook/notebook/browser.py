@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import html
+import re
 import struct
 import zlib
 from typing import Any
@@ -275,12 +276,13 @@ class Browser(widgets.VBox):
                 data = bh.arrays.get(name, version, rows=slice(0, n))
                 scope = f" (first {n:,} rows)"
             elif info.nbytes > PREVIEW_BYTES:
-                return widgets.HTML(f"<b>{html.escape(name)}</b> v{info.version}: shape {info.shape}, "
-                                    f"{info.dtype}, {human_bytes(info.nbytes)}")
+                return widgets.HTML(f"<b>{html.escape(name)}</b> v{info.version}: shape {tuple(info.shape)}, "
+                                    f"{html.escape(str(info.dtype))}, {human_bytes(info.nbytes)}")
             else:
                 data = bh.arrays.get(name, version)
                 scope = ""
-            text = (f"<b>{html.escape(name)}</b> v{info.version}: shape {tuple(info.shape)}, {info.dtype}, "
+            text = (f"<b>{html.escape(name)}</b> v{info.version}: shape {tuple(info.shape)}, "
+                    f"{html.escape(str(info.dtype))}, "
                     f"{human_bytes(info.nbytes)}{_note(info.metadata)}")
             children: list[widgets.Widget] = []
             if data.dtype.kind in "biuf" and data.size:
@@ -298,7 +300,7 @@ class Browser(widgets.VBox):
         if kind == "file":
             info = bh.named_files.info(name, version)
             text = (f"<b>{html.escape(name)}</b> v{info.version}: {html.escape(info.filename or 'bytes')}, "
-                    f"{info.mime or 'unknown type'}, {human_bytes(info.nbytes)}, {when(info.created_at)}"
+                    f"{html.escape(info.mime or 'unknown type')}, {human_bytes(info.nbytes)}, {when(info.created_at)}"
                     f"{_note(info.metadata)}")
             body: list[widgets.Widget] = [widgets.HTML(text)]
             if info.mime in IMAGE_TYPES and info.nbytes <= PREVIEW_BYTES:
@@ -348,7 +350,8 @@ class Browser(widgets.VBox):
                 self._say(f"{target!r} is not a valid variable name", error=True)
                 return value
             shell.user_ns[target] = value
-            self._say(f"loaded {name}{'' if version is None else f'@{version}'} into <code>{target}</code>")
+            what = name if version is None else f"{name}@{version}"
+            self._say_html(f"loaded {html.escape(what)} into <code>{html.escape(target)}</code>")
         else:
             self._say(f"loaded {name}")
         self.last_loaded = value
@@ -413,9 +416,14 @@ class Browser(widgets.VBox):
         return text
 
     def _say(self, message: str, error: bool = False) -> None:
-        self.message = message
+        """Show a plain-text message in the status line (escaped: names come from every writer of the bucket)."""
+        self._say_html(html.escape(message), error)
+
+    def _say_html(self, markup: str, error: bool = False) -> None:
+        """Show markup built by the caller, every string in it already escaped."""
+        self.message = _plain(markup)
         color = "#b00" if error else "#070"
-        self.status.value = f"<span style='color:{color}'>{message}</span>"
+        self.status.value = f"<span style='color:{color}'>{markup}</span>"
         self._draw_state()
 
 
@@ -449,6 +457,11 @@ def _variable_name(name: str) -> str:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _plain(markup: str) -> str:
+    """The text a reader sees in escaped markup (tags dropped, entities decoded)."""
+    return html.unescape(re.sub(r"<[^>]*>", "", markup))
 
 
 def _note(metadata: dict[str, str]) -> str:
