@@ -79,6 +79,9 @@ class Browser(widgets.VBox):
                                              layout=widgets.Layout(display="none"))
         self.cancel_button = widgets.Button(description="Cancel", layout=widgets.Layout(display="none"))
         self.history_button = widgets.Button(description="History", icon="history")
+        for button, css in [(self.delete_button, "bh-delete"), (self.confirm_button, "bh-confirm"),
+                            (self.cancel_button, "bh-cancel"), (self.history_button, "bh-history")]:
+            button.add_class(css)
         self.copy_button = widgets.Button(description="Copy key", icon="copy")
         self.versions = widgets.Select(options=[], rows=5, layout=widgets.Layout(display="none", width="100%"))
         self.key_box = widgets.Textarea(layout=widgets.Layout(display="none", width="100%", height="60px"))
