@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -356,3 +359,79 @@ def test_a_merge_with_another_writer_is_reported(ip: InteractiveShell, capsys: p
     out = capsys.readouterr().out
     assert "merged another writer's catalog" in out and "kv 'owner': kept ours (written later)" in out
     assert ip.run_line_magic("bh_kv", "theirs") == "1"
+
+
+def test_assignment_binds_only_its_target(ip: InteractiveShell) -> None:
+    stored = pd.DataFrame({"x": [1, 2, 3], "y": [4, 5, 6]})
+    ip.user_ns["df"] = stored
+    ip.run_line_magic("bh_put", "df")
+    live = pd.DataFrame({"x": [99]})  # unsaved work under the same name
+    ip.user_ns["df"] = live
+    for cell, target in [("x = %bh_get df@1", "x"), ("cols = %bh_get df --columns y", "cols"),
+                         ("rows = %bh_get df --rows -2:", "rows"), ("if True:\n    inner = %bh_get df", "inner"),
+                         ("d = {}\nd['k'] = %bh_get df", None)]:
+        result = ip.run_cell(cell)
+        assert result.success, (cell, result.error_in_exec)
+        assert ip.user_ns["df"] is live, cell  # the live frame is untouched
+        if target:
+            assert target in ip.user_ns
+    pd.testing.assert_frame_equal(ip.user_ns["cols"], stored[["y"]])
+    pd.testing.assert_frame_equal(ip.user_ns["rows"], stored.iloc[-2:])
+    assert ip.run_cell("x = %bh_get df --as also").success  # an explicit --as is bound too
+    pd.testing.assert_frame_equal(ip.user_ns["also"], stored)
+    assert ip.user_ns["df"] is live
+    assert ip.run_cell("%bh_get df").success  # the statement form binds the entry's name
+    pd.testing.assert_frame_equal(ip.user_ns["df"], stored)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab '\"\\#-=\t"), max_size=25))
+def test_magic_lines_split_like_a_shell(line: str) -> None:
+    from bh_notebook.notebook.magics import _unquote, _words
+
+    try:
+        expected = shlex.split(line)
+    except ValueError:
+        with pytest.raises(UsageError):
+            [_unquote(w) for w in _words(line)]
+        return
+    assert [_unquote(w) for w in _words(line)] == expected
+
+
+def test_quotes_follow_shell_rules(ip: InteractiveShell, tmp_path: Path) -> None:
+    df = pd.DataFrame({"c": ["x y", "z"], "n": [1, 2]})
+    ip.user_ns["df"] = df
+    ip.run_line_magic("bh_put", "df --as 'my frame' --note \"first rows\" --tag owner='a b' --tag stage=raw")
+    bh = magics(ip).bh
+    assert bh.frames.info("my frame").metadata == {"note": "first rows", "owner": "a b", "stage": "raw"}
+    ip.run_line_magic("bh_put", "df[df.c == \"x y\"] --as sub")  # an expression keeps its quotes
+    assert bh.frames.info("sub").n_rows == 1
+    pd.testing.assert_frame_equal(ip.run_line_magic("bh_get", "'my frame' --as 'back'"), df)
+    assert "back" in ip.user_ns
+    with pytest.raises(UsageError, match="unclosed"):
+        ip.run_line_magic("bh_get", "'my frame")
+    with pytest.raises(UsageError, match="--branch needs a name"):
+        ip.run_line_magic("bh_connect", "--branch ''")
+    spaced = tmp_path / "x y"
+    ip.run_line_magic("bh_connect", f"'{spaced}'")
+    assert magics(ip).bh.config.local_path == spaced
+    assert not (tmp_path / f"'{spaced}'").exists() and not Path(f"'{spaced}'").exists()
+
+
+def test_negative_row_slices(ip: InteractiveShell) -> None:
+    arr = np.arange(50).reshape(10, 5)
+    df = pd.DataFrame({"a": range(10)})
+    ip.user_ns.update(arr=arr, df=df)
+    ip.run_line_magic("bh_put", "arr df")
+    for spec, sl in [("-3:", slice(-3, None)), ("-3:-1", slice(-3, -1)), (":-8", slice(None, -8)),
+                     ("2:-2", slice(2, -2))]:
+        np.testing.assert_array_equal(ip.run_line_magic("bh_get", f"arr --rows {spec} --as part"), arr[sl])
+        pd.testing.assert_frame_equal(ip.run_line_magic("bh_get", f"df --rows {spec} --as part"), df.iloc[sl])
+
+
+def test_kv_cell_comments_and_quotes(ip: InteractiveShell) -> None:
+    ip.run_cell_magic("bh_kv", "", "lr = 0.01  # tuned by hand\nname = \"a # b\"  # quoted\n"
+                                   "url = http://h/#top\ntitle = 'my run'\nempty = ''\nraw = it's\n")
+    kv = magics(ip).bh.kv
+    assert {k: kv[k] for k in kv.keys()} == {"lr": "0.01", "name": "a # b", "url": "http://h/#top",
+                                             "title": "my run", "empty": "", "raw": "it's"}

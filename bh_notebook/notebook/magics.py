@@ -7,11 +7,15 @@ after each cell that changed it.
 
 from __future__ import annotations
 
+import argparse
+import dis
 import fnmatch
 import functools
 import keyword
 import os
 import re
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from difflib import get_close_matches
@@ -20,7 +24,7 @@ from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Unicode
 
 from ..config import BucketConfig
@@ -63,11 +67,86 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _unquote(text: str) -> str:
-    """IPython's argument splitter keeps quotes: --note "first rows" arrives as '"first rows"'."""
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    return text
+def _words(line: str) -> list[str]:
+    """Split a magic's line at whitespace outside quotes, like a shell, keeping each word's quotes.
+
+    ``_unquote`` then gives a word's value with shell semantics; expressions (``%bh_put df[df.c == "x"] --as s``)
+    keep their quotes.
+    """
+    words: list[str] = []
+    word: list[str] = []
+    quote = ""
+    started = False
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if quote:
+            word.append(ch)
+            if ch == "\\" and quote == '"' and i + 1 < len(line):
+                word.append(line[i + 1])
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch.isspace():
+            if started:
+                words.append("".join(word))
+                word, started = [], False
+        else:
+            word.append(ch)
+            started = True
+            if ch in "'\"":
+                quote = ch
+            elif ch == "\\" and i + 1 < len(line):
+                word.append(line[i + 1])
+                i += 1
+        i += 1
+    if quote:
+        raise UsageError(f"{line.strip()!r} has an unclosed {quote}; close the quote")
+    if started:
+        words.append("".join(word))
+    return words
+
+
+def _unquote(word: str) -> str:
+    """A word's value with shell semantics: quotes removed, backslash escapes applied ('' is the empty string)."""
+    if not any(ch in word for ch in "'\"\\"):
+        return word
+    try:
+        return "".join(shlex.split(word))
+    except ValueError as exc:  # a trailing backslash
+        raise UsageError(f"{word!r}: {exc}; quote the word or escape the backslash (\\\\)") from None
+
+
+#: Options whose value may start with '-' (``--rows -3:``); argparse would take it for an option.
+_DASH_VALUES = ("--rows",)
+
+
+def _parse(magic: Any, line: str, raw: tuple[str, ...] = ()) -> Any:
+    """Parse a magic's line with its @magic_arguments parser, with shell quoting; ``raw`` names keep their quotes."""
+    words = _words(line)
+    merged: list[str] = []
+    for word in words:
+        if merged and merged[-1] in _DASH_VALUES and word.startswith("-"):
+            merged[-1] = f"{merged[-1]}={word}"
+        else:
+            merged.append(word)
+    args = magic.parser.parse_args(merged)
+    for name, value in vars(args).items():
+        if name in raw:
+            continue
+        if isinstance(value, str):
+            setattr(args, name, _unquote(value))
+        elif isinstance(value, list):
+            setattr(args, name, [_unquote(v) if isinstance(v, str) else v for v in value])
+    return args
+
+
+def _kind_arg(text: str) -> str:
+    """``--kind``: a kind as the listing shows it (frame, array, file, kv), or its plural."""
+    plural = {"frame": "frames", "array": "arrays", "file": "files"}.get(text, text)
+    if plural not in KINDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a kind; use frame, array, file or kv")
+    return plural
 
 
 def _split_version(spec: str) -> tuple[str, int | None]:
@@ -172,14 +251,16 @@ class BHMagics(Magics):
     @_friendly
     def bh_connect(self, line: str) -> BucketSQLite:
         """Choose the bucket the other magics use, and connect to it."""
-        args = parse_argstring(self.bh_connect, line)
+        args = _parse(self.bh_connect, line)
         if args.url:
             config = BucketConfig.from_url(args.url)
         elif self.default_url:
             config = BucketConfig.from_url(self.default_url)
         else:
             config = BucketConfig.from_env()
-        if args.branch:
+        if args.branch is not None:
+            if not args.branch.strip():
+                raise UsageError("--branch needs a name, like --branch experiment; leave it out for the main catalog")
             from ..interfaces.base import check_name
 
             branch = check_name(args.branch, "branch name")
@@ -236,7 +317,7 @@ class BHMagics(Magics):
     @_friendly
     def bh_gc(self, line: str = "") -> None:
         """Delete blobs in the bucket that no catalog row points at (older than the grace period)."""
-        args = parse_argstring(self.bh_gc, line)
+        args = _parse(self.bh_gc, line)
         r = self.bh.files.gc(args.grace, dry_run=args.dry_run)
         verb = "would delete" if args.dry_run else "deleted"
         print(f"{r.orphans_found} unreferenced blobs: {verb} {r.orphans_deleted}, kept {r.orphans_skipped_grace} "
@@ -268,15 +349,15 @@ class BHMagics(Magics):
             %bh_put df arr settings_text
             %bh_put df.head(100) --as sample --note "first rows" --tag stage=raw
         """
-        args = parse_argstring(self.bh_put, line)
+        args = _parse(self.bh_put, line, raw=("items",))
         metadata: dict[str, str] = {}
         if args.note:
-            metadata["note"] = _unquote(args.note)
+            metadata["note"] = args.note
         for tag in args.tag:
-            key, sep, value = _unquote(tag).partition("=")
+            key, sep, value = tag.partition("=")
             if not sep or not key:
                 raise UsageError(f"--tag {tag!r}: use KEY=VALUE, like --tag stage=raw")
-            metadata[key] = _unquote(value)
+            metadata[key] = value
         items = [i for i in args.items]
         if args.as_name:
             expr = " ".join(items)
@@ -354,19 +435,22 @@ class BHMagics(Magics):
     @argument("--as", dest="as_name", metavar="VAR", help="the variable to bind (default: the name)")
     @argument("--columns", help="frames: only these columns, comma-separated")
     @argument("--rows", help="arrays and frames: only rows START:STOP")
-    @argument("--kind", choices=KINDS, help="which kind to look in, when a name is in several")
+    @argument("--kind", type=_kind_arg, help="frame, array, file or kv: which kind to look in, when a name is in several")
     @line_magic
     @_friendly
     def bh_get(self, line: str) -> Any:
-        """Load a stored entry into a variable (named after it, or --as VAR), and return it.
+        """Load a stored entry and return it; the statement form also binds it to a variable.
 
-        Examples::
+        ``%bh_get NAME`` binds the variable named after the entry (or ``--as VAR``). In the assignment form,
+        ``x = %bh_get NAME``, only ``x`` is bound (and ``--as VAR`` if given): a live variable of the entry's
+        name is never replaced behind your back. Examples::
 
             %bh_get df
             %bh_get df@2 --as df_v2
             sample = %bh_get df --columns price,qty --rows 0:1000
+            last_rows = %bh_get arr --rows -3:
         """
-        args = parse_argstring(self.bh_get, line)
+        args = _parse(self.bh_get, line)
         name, version = _split_version(args.name)
         full = self._name(name)
         kind = self._resolve_kind(full, args.kind)
@@ -392,7 +476,8 @@ class BHMagics(Magics):
             if version is not None or rows is not None:
                 raise UsageError("kv values have no versions or rows")
             value = bh.kv[full]
-        self.shell.user_ns[var] = value
+        if args.as_name or not _result_is_assigned(self.shell):
+            self.shell.user_ns[var] = value
         return value
 
     def _kinds_holding(self, full: str) -> list[str]:
@@ -433,24 +518,24 @@ class BHMagics(Magics):
 
     @magic_arguments()
     @argument("pattern", nargs="?", help="a glob (sales_*) or a substring of names and notes")
-    @argument("--kind", choices=KINDS, help="only this kind")
+    @argument("--kind", type=_kind_arg, help="only this kind: frame, array, file or kv")
     @line_magic
     @_friendly
     def bh_ls(self, line: str = "") -> Any:
         """List what is stored, newest first, as a DataFrame (served from the catalog: no download)."""
-        args = parse_argstring(self.bh_ls, line)
+        args = _parse(self.bh_ls, line)
         return listing(self.bh, args.pattern, args.kind, self.name_prefix)
 
     @magic_arguments()
     @argument("name", help="the entry whose versions to list")
-    @argument("--kind", choices=KINDS[:3], help="which kind, when the name is in several")
+    @argument("--kind", type=_kind_arg, help="frame, array or file: which kind, when the name is in several")
     @line_magic
     @_friendly
     def bh_history(self, line: str) -> Any:
         """Every version of an entry, newest first, as a DataFrame."""
         import pandas as pd
 
-        args = parse_argstring(self.bh_history, line)
+        args = _parse(self.bh_history, line)
         full = self._name(args.name)
         kind = self._resolve_kind(full, args.kind)
         if kind == "kv":
@@ -468,12 +553,12 @@ class BHMagics(Magics):
     @magic_arguments()
     @argument("name", help="the entry to remove")
     @argument("--version", type=int, help="remove only this version")
-    @argument("--kind", choices=KINDS, help="which kind, when the name is in several")
+    @argument("--kind", type=_kind_arg, help="frame, array, file or kv: which kind, when the name is in several")
     @line_magic
     @_friendly
     def bh_rm(self, line: str) -> None:
         """Remove an entry (every version) or one version of it; blobs no version uses are deleted."""
-        args = parse_argstring(self.bh_rm, line)
+        args = _parse(self.bh_rm, line)
         full = self._name(args.name)
         kind = self._resolve_kind(full, args.kind)
         if kind == "kv":
@@ -495,8 +580,12 @@ class BHMagics(Magics):
         """Small settings as text.
 
         ``%bh_kv`` lists the keys; ``%bh_kv KEY`` shows one value. As a cell magic, ``%%bh_kv`` sets every
-        ``key = value`` line of the cell in one transaction (blank lines and # comments allowed; a malformed line
-        stores nothing), and ``%%bh_kv KEY`` stores the whole cell text as KEY's value.
+        ``key = value`` line of the cell in one transaction (a malformed line stores nothing), and
+        ``%%bh_kv KEY`` stores the whole cell text as KEY's value, untouched.
+
+        In ``key = value`` lines, blank lines and lines starting with ``#`` are skipped; a ``#`` after whitespace
+        outside quotes starts a comment (``lr = 0.01  # tuned``); a value wholly in matching quotes loses them
+        (``name = "a # b"`` stores ``a # b``); a ``#`` inside a word stays (``url = http://h/#top``).
         """
         key = line.strip()
         kv = self.bh.kv
@@ -523,12 +612,53 @@ class BHMagics(Magics):
             m = _KV_LINE.match(text)
             if not m or not m.group(1).strip():
                 raise UsageError(f"line {number}: {stripped!r} is not 'key = value'; nothing was stored")
-            pairs.append((self._name(m.group(1).strip()), m.group(2)))
+            pairs.append((self._name(m.group(1).strip()), _kv_value(m.group(2))))
         if not pairs:
             raise UsageError("the cell has no 'key = value' lines; nothing was stored")
         kv.update(pairs)
         print(f"{len(pairs)} kv key{'s' if len(pairs) != 1 else ''} saved: {', '.join(k for k, _ in pairs)}")
         return None
+
+
+def _kv_value(text: str) -> str:
+    """The value of a ``key = value`` line: an inline ``  # comment`` dropped, then surrounding quotes."""
+    quote = ""
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or text[i - 1].isspace()):
+            text = text[:i]
+            break
+    value = text.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    return value
+
+
+def _result_is_assigned(shell: Any) -> bool:
+    """True when the cell calling this magic assigns its result, as in ``x = %bh_get df``.
+
+    IPython runs that line as ``x = get_ipython().run_line_magic(...)`` inside code it compiled from the cell; the
+    instructions after that call in the cell's bytecode store the result (an assignment) or discard or display it
+    (the statement form). Calls from anywhere but a cell count as the statement form.
+    """
+    cells = getattr(getattr(shell, "compile", None), "_filename_map", None) or {}
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename not in cells:
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return False
+    for op in dis.get_instructions(frame.f_code):
+        if op.offset <= frame.f_lasti:
+            continue
+        if op.opname.startswith(("STORE_", "UNPACK_")):  # x = ..., d[k] = ... (the target is loaded first)
+            return True
+        if op.opname in ("POP_TOP", "PRINT_EXPR", "RETURN_VALUE", "RETURN_CONST"):
+            return False
+    return False
 
 
 def _article(kind: str) -> str:
