@@ -435,3 +435,37 @@ def test_kv_cell_comments_and_quotes(ip: InteractiveShell) -> None:
     kv = magics(ip).bh.kv
     assert {k: kv[k] for k in kv.keys()} == {"lr": "0.01", "name": "a # b", "url": "http://h/#top",
                                              "title": "my run", "empty": "", "raw": "it's"}
+
+
+def test_store_handle_never_reconnects(ip: InteractiveShell, moto_server, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                       monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import bh_notebook
+
+    chosen = tmp_path / "chosen"
+    ip.run_line_magic("bh_connect", str(chosen))
+    live = magics(ip).bh
+    assert ip.run_cell("bh = %bh_connect").success
+    assert ip.user_ns["bh"] is live and live.started and live.config.local_path == chosen
+    assert bh_notebook.current() is live
+    ip.user_ns["arr"] = np.arange(3)
+    ip.run_line_magic("bh_put", "arr")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    missing = f"s3://no-such-bucket-here?endpoint_url={moto_server.endpoint_url}&region=us-east-1"
+    with pytest.raises(UsageError, match=f"could not connect to .*no-such-bucket-here.*still connected to {chosen}"):
+        ip.run_line_magic("bh_connect", missing)
+    assert magics(ip).bh is live and live.started  # the working connection was kept
+    np.testing.assert_array_equal(ip.run_line_magic("bh_get", "arr --as again"), np.arange(3))
+    assert ip.run_line_magic("bh_connect", "--branch exp") is not live  # a branch of the chosen bucket
+    assert magics(ip).bh.config.local_path == chosen and not live.started
+
+
+def test_current_outside_a_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bh_notebook
+
+    monkeypatch.setattr(bh_notebook, "_current", None)
+    first = bh_notebook.current()
+    try:
+        assert bh_notebook.current() is first and first.started
+    finally:
+        first.stop()

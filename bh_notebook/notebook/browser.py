@@ -434,11 +434,9 @@ def browse(bh: BucketSQLite | None = None, **kwargs: Any) -> Browser:
     """A Browser over ``bh``, or over the store the magics use (connecting to it if needed)."""
     shell = _current_shell()
     if bh is None:
-        magics = getattr(shell, "_bh_magics", None) if shell is not None else None
-        if magics is not None:
-            bh = magics.bh
-        else:
-            bh = BucketSQLite().start()
+        from .. import current
+
+        bh = current()
     return Browser(bh, shell=shell, **kwargs)
 
 

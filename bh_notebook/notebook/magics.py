@@ -182,6 +182,7 @@ class BHMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._bh: BucketSQLite | None = None
         self._config: BucketConfig | None = None
+        self._base: BucketConfig | None = None  # the bucket %bh_connect URL chose, before any --branch
         self._merge_reports: list[Any] = []
         if shell is not None:
             shell.events.register("post_run_cell", self._post_run_cell)
@@ -245,19 +246,30 @@ class BHMagics(Magics):
 
     @magic_arguments()
     @argument("url", nargs="?", help="file:///path, s3://bucket?endpoint_url=..., or r2://<account_id>/<bucket>; "
-                                     "without it, the environment's bucket (BUCKETHEAD_*) or the local store")
+                                     "without it, the store in use (else the environment's bucket, BUCKETHEAD_*, "
+                                     "or the local store)")
     @argument("--branch", help="a separate catalog in the same bucket, e.g. for an experiment")
     @line_magic
     @_friendly
     def bh_connect(self, line: str) -> BucketSQLite:
-        """Choose the bucket the other magics use, and connect to it."""
+        """Choose the bucket the other magics use, connect to it, and return the store.
+
+        ``bh = %bh_connect`` with no URL returns the store in use, as it is (no reconnect); the first time it
+        connects to the environment's bucket or the local store. A connection that fails keeps the previous one.
+        """
         args = _parse(self.bh_connect, line)
+        if not args.url and args.branch is None:
+            if self._bh is not None and self._bh.started:
+                print(self._where(self._bh))
+                return self._bh
+            return self.bh
         if args.url:
-            config = BucketConfig.from_url(args.url)
-        elif self.default_url:
-            config = BucketConfig.from_url(self.default_url)
+            base = BucketConfig.from_url(args.url)
+        elif self._base is not None:
+            base = self._base
         else:
-            config = BucketConfig.from_env()
+            base = BucketConfig.from_url(self.default_url) if self.default_url else BucketConfig.from_env()
+        config = base
         if args.branch is not None:
             if not args.branch.strip():
                 raise UsageError("--branch needs a name, like --branch experiment; leave it out for the main catalog")
@@ -268,16 +280,26 @@ class BHMagics(Magics):
                 raise UsageError("branch names cannot contain '/'")
             import dataclasses
 
-            config = dataclasses.replace(config, key=f"bucketsqlite/branches/{branch}/snap.db",
+            config = dataclasses.replace(base, key=f"bucketsqlite/branches/{branch}/snap.db",
                                          files_prefix=f"branches/{branch}/files/")
-        if self._bh is not None and self._bh.started:
-            if self._bh.config == config:  # already connected there: nothing to do
-                print(self._where(self._bh))
-                return self._bh
-            self._bh.stop()
+        old = self._bh if self._bh is not None and self._bh.started else None
+        if old is not None and old.config == config:  # already connected there: nothing to do
+            print(self._where(old))
+            return old
+        try:
+            new = BucketSQLite(config).start()  # connect first: a failure leaves the working store in place
+        except BhError as exc:
+            still = (f"still connected to {old.config.location}" if old is not None
+                     else "not connected; the other magics use the default store")
+            raise UsageError(f"could not connect to {config.location}: {_one_line(str(exc))} ({still})") from None
+        if old is not None:
+            old.stop()
+        new.on_merge = self._merged
+        self._base = base
         self._config = config
-        self._bh = None
-        return self.bh
+        self._bh = new
+        print(self._where(new))
+        return new
 
     @line_magic
     @_friendly
