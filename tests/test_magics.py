@@ -356,8 +356,10 @@ def test_a_merge_with_another_writer_is_reported(ip: InteractiveShell, capsys: p
     ip.run_cell_magic("bh_kv", "", "owner = me again\n")
     capsys.readouterr()
     ip.run_line_magic("bh_flush", "")
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "merged another writer's catalog" in out and "kv 'owner': kept ours (written later)" in out
+    assert (out + captured.err).count("merged another writer's catalog") == 1  # once, not also as a log line
     assert ip.run_line_magic("bh_kv", "theirs") == "1"
 
 
@@ -469,3 +471,34 @@ def test_current_outside_a_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert bh_notebook.current() is first and first.started
     finally:
         first.stop()
+
+
+MERGE_SCRIPT = '''
+import time
+from IPython.core.interactiveshell import InteractiveShell
+from bh_notebook import BucketSQLite, SnapshotConfig
+ip = InteractiveShell.instance()
+ip.run_cell("%load_ext bh_notebook")
+ip.run_cell("%config BHMagics.autoflush = False")
+ip.run_cell("%%bh_kv\\nowner = me\\n")
+ip.run_cell("%bh_flush")
+with BucketSQLite(ip._bh_magics.bh.config, SnapshotConfig(interval_seconds=0)) as other:
+    other.kv["owner"] = "them"
+time.sleep(0.01)
+ip.run_cell("%%bh_kv\\nowner = me again\\n")
+print("--- the cell that merges")
+ip.run_cell("%bh_flush")
+'''
+
+
+def test_a_merge_is_reported_once_per_cell(tmp_path: Path) -> None:
+    """In a kernel, nothing catches the store's log records: the report must not also come out as a log line."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, BH_NOTEBOOK_HOME=str(tmp_path / "home"), IPYTHONDIR=str(tmp_path / "ipython"))
+    done = subprocess.run([sys.executable, "-c", MERGE_SCRIPT], env=env, capture_output=True, text=True, timeout=120,
+                          check=True)
+    cell = (done.stdout + done.stderr).split("--- the cell that merges", 1)[1]
+    assert cell.count("merged another writer's catalog") == 1, cell

@@ -12,6 +12,7 @@ import dis
 import fnmatch
 import functools
 import keyword
+import logging
 import os
 import re
 import shlex
@@ -186,6 +187,9 @@ class BHMagics(Magics):
         self._merge_reports: list[Any] = []
         if shell is not None:
             shell.events.register("post_run_cell", self._post_run_cell)
+        # The magics print merge reports in the cell that caused them; the same report logged as a warning
+        # would reach the cell's stderr too (Python's last-resort handler), so the store's logger drops it.
+        logging.getLogger("bh_notebook").addFilter(self._not_a_merge_report)
 
     # -- connection -------------------------------------------------------------------------
 
@@ -214,11 +218,18 @@ class BHMagics(Magics):
         if self._bh is not None and self._bh.started:
             self._bh.stop()
         self._bh = None
+        logging.getLogger("bh_notebook").removeFilter(self._not_a_merge_report)
         if self.shell is not None:
             try:
                 self.shell.events.unregister("post_run_cell", self._post_run_cell)
             except ValueError:
                 pass
+
+    @staticmethod
+    def _not_a_merge_report(record: logging.LogRecord) -> bool:
+        from ..merge import MergeReport
+
+        return not (isinstance(record.args, tuple) and record.args and isinstance(record.args[0], MergeReport))
 
     def _merged(self, report: Any) -> None:
         """Called (maybe from the flush thread) when another writer's catalog was merged into ours."""
