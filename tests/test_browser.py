@@ -220,8 +220,17 @@ def test_progress_text_bar_after_a_second(capsys: pytest.CaptureFixture[str]) ->
     slow(500)
     slow.close()
     text = out.getvalue()
-    assert "put big [" in text and "(100%)" in text or "1000 B" in text
-    assert text.rstrip().splitlines()[-1].startswith("put big: 1000 B in")
+    assert text.rstrip().splitlines()[-1].split("\r")[-1].startswith("put big: 100%|")
+    assert "0.98kB/0.98kB" in text  # tqdm's units, 1024 to the k
+
+
+def test_progress_in_a_kernel_is_tqdms_notebook_bar() -> None:
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    bar = Progress("get y", 10, widget=True, show_after=0.0)
+    bar(10)
+    bar.close()
+    assert isinstance(bar._bar, notebook_tqdm) and bar._bar.container.children[1].value == 10
 
 
 def test_progress_shown_for_long_api_transfers(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -231,7 +240,7 @@ def test_progress_shown_for_long_api_transfers(tmp_path: Path, capsys: pytest.Ca
         bh.arrays.put("a", np.zeros(1_000_000))
         bh.arrays.get("a")
     err = capsys.readouterr().err
-    assert "put a.npy: 7.6 MiB in" in err and "get a.npy: 7.6 MiB in" in err
+    assert "put a.npy: 100%" in err and "get a.npy: 100%" in err and "7.63MB/7.63MB" in err
 
 
 # -- hostile names: everything that reaches HTML is escaped ---------------------------------------------------

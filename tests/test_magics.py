@@ -502,3 +502,93 @@ def test_a_merge_is_reported_once_per_cell(tmp_path: Path) -> None:
                           check=True)
     cell = (done.stdout + done.stderr).split("--- the cell that merges", 1)[1]
     assert cell.count("merged another writer's catalog") == 1, cell
+
+
+def test_put_shows_progress_like_get(ip: InteractiveShell, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from bh_notebook.notebook.progress import Progress
+
+    monkeypatch.setattr(Progress.__init__, "__kwdefaults__", {"show_after": 0.0, "widget": False, "stream": None})
+    ip.user_ns["big"] = np.zeros(1_000_000)
+    ip.run_line_magic("bh_put", "big")
+    captured = capsys.readouterr()
+    assert "put big.npy: 100%" in captured.err  # the same bar %bh_get shows
+    assert "big  array  v1  (1000000,) float64 (7.6 MiB)  7.6 MiB uploaded" in captured.out
+    seen: list[tuple[str, int | None, int]] = []
+
+    class Recorder:  # any progress_factory is honoured, as for the API's own transfers
+        def __init__(self, label: str, total: int | None) -> None:
+            self.label, self.total, self.n = label, total, 0
+
+        def __call__(self, n: int) -> None:
+            self.n += n
+
+        def close(self) -> None:
+            seen.append((self.label, self.total, self.n))
+
+    magics(ip).bh.files.progress_factory = Recorder
+    ip.user_ns["df"] = pd.DataFrame({"a": np.arange(100_000)})
+    ip.run_line_magic("bh_put", "df")
+    assert len(seen) == 1 and seen[0][0].startswith("put ") and seen[0][2] > 0
+    assert f"{seen[0][2] / 1024:.1f} KiB uploaded" in capsys.readouterr().out
+    assert magics(ip).bh.files.progress_factory is Recorder  # put back after the put
+
+
+def test_times_are_local_with_their_zone(ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from bh_notebook.notebook.browser import Browser
+    from bh_notebook.notebook.display import when
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        ip.user_ns["df"] = pd.DataFrame({"a": [1]})
+        ip.run_line_magic("bh_put", "df")
+        ip.run_line_magic("bh_flush", "")
+        bh = magics(ip).bh
+        created = bh.frames.info("df").created_at
+        modified = ip.run_line_magic("bh_ls", "")["modified"][0]
+        stamp = ip.run_line_magic("bh_history", "df")["created"][0]
+        assert modified == stamp and modified.timestamp() == int(created)
+        assert modified.utcoffset() == pd.Timedelta(hours=-5)  # November in New York
+        assert when(created).endswith(" EST") and when(created)[11:19] == modified.strftime("%H:%M:%S")
+        capsys.readouterr()
+        ip.run_line_magic("bh_status", "")
+        assert "EST" in capsys.readouterr().out.split("flushed:")[1].splitlines()[0]
+        b = Browser(bh)
+        label = b.entries.options[0][0]
+        assert label.endswith(modified.strftime("%Y-%m-%d %H:%M EST")) and "local time" in b.header.value
+        b.select("df")
+        assert when(created) in b.preview_text()
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_wording(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = pd.DataFrame({"x": [1]}), pd.DataFrame({"x": [2]})
+    for frame in (a, b, a, a):
+        ip.user_ns["df"] = frame
+        ip.run_line_magic("bh_put", "df")
+    lines = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert " v2 " in lines[0] and "uploaded" in lines[0]
+    assert " v3 " in lines[1] and "new version, nothing uploaded (its bytes were already stored)" in lines[1]
+    assert " v3 " in lines[2] and lines[2].split("  ")[4] == "unchanged"
+    ls = ip.run_line_magic("bh_ls", "")
+    hist = ip.run_line_magic("bh_history", "df")
+    assert ls["size"][0] == hist["size"][0] and ls["size"][0].endswith(("B", "KiB"))  # the same units
+    for kind in ("frame", "frames"):
+        assert list(ip.run_line_magic("bh_ls", f"--kind {kind}")["name"]) == ["df"]
+        assert len(ip.run_line_magic("bh_history", f"df --kind {kind}")) == 3
+    with pytest.raises(UsageError, match="'tables' is not a kind; use frame, array, file or kv"):
+        ip.run_line_magic("bh_ls", "--kind tables")
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic("bh_get", "df --kind array")
+    assert "did you mean 'df'" not in str(info.value) and "'df' is a frame" in str(info.value)
+
+
+def test_polars_frames_are_refused_clearly(ip: InteractiveShell) -> None:
+    polars = pytest.importorskip("polars")
+    ip.user_ns["pldf"] = polars.DataFrame({"a": [1, 2]})
+    with pytest.raises(UsageError, match=r"'pldf' is a polars DataFrame.*pldf.to_pandas\(\) --as pldf"):
+        ip.run_line_magic("bh_put", "pldf")

@@ -170,11 +170,12 @@ class Browser(widgets.VBox):
 
     def _draw_page(self) -> None:
         self.header.value = ("<pre style='margin:0'>" + html.escape(
-            f"{'name':<28} {'kind':<6} {'ver':>4} {'size':>10}  {'shape':<22} modified") + "</pre>")
+            f"{'name':<28} {'kind':<6} {'ver':>4} {'size':>10}  {'shape':<22} modified (local time)") + "</pre>")
         options = []
         for r in self.visible:
             version = "-" if r["version"] is None or r["version"] != r["version"] else str(r["version"])
-            modified = r["modified"].strftime("%Y-%m-%d %H:%M") if r["modified"] is not None else "-"
+            modified = "-" if r["modified"] is None or r["modified"] != r["modified"] else \
+                r["modified"].strftime("%Y-%m-%d %H:%M %Z")
             label = (f"{_clip(r['name'], 28):<28} {r['kind']:<6} {version:>4} {human_bytes(r['size']):>10}  "
                      f"{_clip(r['shape'], 22):<22} {modified}")
             options.append((label, (r["kind"], r["name"])))

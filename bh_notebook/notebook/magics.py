@@ -8,6 +8,7 @@ after each cell that changed it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dis
 import fnmatch
 import functools
@@ -18,7 +19,7 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +32,7 @@ from traitlets import Bool, Unicode
 from ..config import BucketConfig
 from ..database import BucketSQLite
 from ..errors import BhError
-from .display import human_bytes, human_seconds, shape_text, when
+from .display import human_bytes, human_seconds, shape_text, timestamps, when
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -427,39 +428,45 @@ class BHMagics(Magics):
 
         full = self._name(name)
         bh = self.bh
-        moved = [0]
-
-        def progress(n: int) -> None:
-            moved[0] += n
-
         started = time.perf_counter()
+        store: Any
         if isinstance(value, pd.DataFrame):
-            v: Any = bh.frames.put(full, value, metadata=metadata, progress=progress)
-            kind, version, size = "frame", f"v{v.version}", f"{shape_text('frame', v)} ({human_bytes(v.nbytes)})"
+            store, kind = bh.frames, "frame"
         elif isinstance(value, (np.ndarray, np.generic)):
-            v = bh.arrays.put(full, value, metadata=metadata, progress=progress)
-            kind, version, size = "array", f"v{v.version}", f"{shape_text('array', v)} ({human_bytes(v.nbytes)})"
+            store, kind = bh.arrays, "array"
         elif isinstance(value, (bytes, bytearray, memoryview, os.PathLike)):
             if isinstance(value, os.PathLike) and not Path(value).is_file():
                 raise UsageError(f"{os.fspath(value)!r} is not a file; give the path of an existing file")
-            v = bh.named_files.put(full, value, metadata=metadata, progress=progress)
-            label = f"{v.filename}, " if v.filename else ""
-            kind, version, size = "file", f"v{v.version}", f"{label}{human_bytes(v.nbytes)}"
+            store, kind = bh.named_files, "file"
         elif isinstance(value, str):
             unchanged = bh.kv.get(full) == value
             if not unchanged:
                 bh.kv.set(full, value)
-                moved[0] = len(value.encode())  # kept inline in the catalog
-            kind, version, size = "kv", "-", f"{len(value):,} chars"
+            outcome = "unchanged" if unchanged else f"{human_bytes(len(value.encode()))} saved"  # inline in the catalog
+            print(f"{full}  kv  -  {len(value):,} chars  {outcome}  {human_seconds(time.perf_counter() - started)}")
+            return
         elif isinstance(value, pd.Series):
             raise UsageError(f"{name!r} is a Series; store it as a frame: %bh_put {name}.to_frame() --as {name}")
+        elif type(value).__module__.split(".")[0] == "polars":
+            raise UsageError(f"{name!r} is a polars {type(value).__name__}, which %bh_put does not store yet; "
+                             f"store a pandas copy: %bh_put {name}.to_pandas() --as {name}")
         else:
-            raise UsageError(f"cannot store {name!r}, a {type(value).__name__}: %bh_put takes a DataFrame, an "
-                             "ndarray, bytes, a pathlib.Path or a str")
-        took = time.perf_counter() - started
-        moved_text = "unchanged" if moved[0] == 0 else (
-            f"{human_bytes(moved[0])} {'saved' if kind == 'kv' else 'uploaded'}")
-        print(f"{full}  {kind}  {version}  {size}  {moved_text}  {human_seconds(took)}")
+            raise UsageError(f"cannot store {name!r}, a {type(value).__name__}: %bh_put takes a pandas DataFrame, a "
+                             "NumPy ndarray, bytes, a pathlib.Path or a str")
+        before = store.info(full).version if full in store else None
+        with _counting_transfers(bh) as moved:  # the store's own progress bars show, and we learn the bytes sent
+            v = store.put(full, value, metadata=metadata)
+        if kind == "file":
+            size = f"{v.filename + ', ' if v.filename else ''}{human_bytes(v.nbytes)}"
+        else:
+            size = f"{shape_text(kind, v)} ({human_bytes(v.nbytes)})"
+        if v.version == before:
+            outcome = "unchanged"
+        elif moved[0]:
+            outcome = f"{human_bytes(moved[0])} uploaded"
+        else:
+            outcome = "new version, nothing uploaded (its bytes were already stored)"
+        print(f"{full}  {kind}  v{v.version}  {size}  {outcome}  {human_seconds(time.perf_counter() - started)}")
 
     # -- %bh_get ------------------------------------------------------------------------------
 
@@ -534,6 +541,9 @@ class BHMagics(Magics):
         found = self._kinds_holding(full)
         if kind is not None:
             if kind not in found:
+                if found:  # stored, but as another kind: say which, no "did you mean" it
+                    raise UsageError(f"{full!r} is {_article(found[0])}, not {_article(kind)}; use --kind "
+                                     f"{_KIND_OF[found[0]]} or leave --kind out")
                 raise UsageError(self._unknown(full, f" among {kind}"))
             return kind
         if not found:
@@ -543,7 +553,7 @@ class BHMagics(Magics):
         return found[0]
 
     def _unknown(self, full: str, where: str) -> str:
-        close = get_close_matches(full, self._all_names(), n=3)
+        close = get_close_matches(full, [n for n in self._all_names() if n != full], n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; %bh_ls lists what is stored"
         return f"nothing named {full!r}{where}{hint}"
 
@@ -555,9 +565,14 @@ class BHMagics(Magics):
     @line_magic
     @_friendly
     def bh_ls(self, line: str = "") -> Any:
-        """List what is stored, newest first, as a DataFrame (served from the catalog: no download)."""
+        """List what is stored, newest first, as a DataFrame (served from the catalog: no download).
+
+        Sizes are in human units (KiB, MiB); times are local, with their zone.
+        """
         args = _parse(self.bh_ls, line)
-        return listing(self.bh, args.pattern, args.kind, self.name_prefix)
+        frame = listing(self.bh, args.pattern, args.kind, self.name_prefix)
+        frame["size"] = frame["size"].map(human_bytes).astype(object)  # the units %bh_history shows
+        return frame
 
     @magic_arguments()
     @argument("name", help="the entry whose versions to list")
@@ -575,13 +590,15 @@ class BHMagics(Magics):
             raise UsageError(f"{full!r} is a kv key; kv keeps only the latest value")
         store = versioned_stores(self.bh)[_KIND_OF[kind]]
         rows = [{
-            "version": v.version, "created": pd.Timestamp(v.created_at, unit="s").floor("s"),
+            "version": v.version, "created": v.created_at,
             "size": human_bytes(v.nbytes), "shape": shape_text(_KIND_OF[kind], v),
             "note": v.metadata.get("note", ""),
             "tags": ", ".join(f"{k}={val}" for k, val in v.metadata.items() if k != "note"),
             "key": v.bh_key[:12],
         } for v in store.history(full)]
-        return pd.DataFrame(rows)
+        frame = pd.DataFrame(rows, columns=["version", "created", "size", "shape", "note", "tags", "key"])
+        frame["created"] = timestamps(frame["created"].astype("float64"))
+        return frame
 
     @magic_arguments()
     @argument("name", help="the entry to remove")
@@ -651,6 +668,41 @@ class BHMagics(Magics):
         kv.update(pairs)
         print(f"{len(pairs)} kv key{'s' if len(pairs) != 1 else ''} saved: {', '.join(k for k, _ in pairs)}")
         return None
+
+
+@contextlib.contextmanager
+def _counting_transfers(bh: BucketSQLite) -> Iterator[list[int]]:
+    """Count the bytes the store uploads, while its usual progress bars (``progress_factory``) still show."""
+    moved = [0]
+    files = bh.files
+    factory = files.progress_factory
+
+    def counting(label: str, total: int | None) -> Any:
+        bar = factory(label, total) if factory is not None else None
+        return _Counted(bar, moved)
+
+    files.progress_factory = counting
+    try:
+        yield moved
+    finally:
+        files.progress_factory = factory
+
+
+class _Counted:
+    """A progress callback that adds the bytes to a counter and passes them on to a bar."""
+
+    def __init__(self, bar: Any, moved: list[int]) -> None:
+        self.bar = bar
+        self.moved = moved
+
+    def __call__(self, n: int) -> None:
+        self.moved[0] += n
+        if self.bar is not None:
+            self.bar(n)
+
+    def close(self) -> None:
+        if self.bar is not None and hasattr(self.bar, "close"):
+            self.bar.close()
 
 
 def _kv_value(text: str) -> str:
@@ -724,5 +776,5 @@ def listing(bh: BucketSQLite, pattern: str | None = None, kind: str | None = Non
     df = pd.DataFrame(rows, columns=["name", "kind", "version", "size", "shape", "modified", "note"])
     df["version"] = df["version"].astype("Int64")
     df = df.sort_values("modified", ascending=False, kind="stable").reset_index(drop=True)  # exact times first
-    df["modified"] = pd.to_datetime(df["modified"], unit="s").dt.floor("s")  # then shown to the second
+    df["modified"] = timestamps(df["modified"])  # then shown to the second, in local time with its zone
     return df
