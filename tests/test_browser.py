@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import sys
 import zlib
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -195,16 +196,38 @@ def test_actions_need_a_selection(store) -> None:  # type: ignore[no-untyped-def
         b.select("nothing-like-this")
 
 
-def test_pictures_are_valid_png() -> None:
-    for data in [np.arange(50.0), np.random.default_rng(1).normal(size=10_000), np.arange(100).reshape(10, 10),
-                 np.array([np.nan, 1.0, 2.0])]:
+PICTURED = [np.arange(50.0), np.random.default_rng(1).normal(size=200_000), np.arange(100).reshape(10, 10),
+            np.array([np.nan, 1.0, 2.0]), np.sin(np.linspace(0, 10, 5000))]
+
+
+def test_pictures_without_matplotlib_are_valid_png(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
+    for data in PICTURED:
         png = array_picture(data)
         assert png is not None and png.startswith(b"\x89PNG\r\n\x1a\n")
         width, height = struct.unpack(">II", png[16:24])
-        assert width > 0 and height > 0
+        assert 0 < width <= 320 and 0 < height <= 120
         idat = png[png.index(b"IDAT") + 4:png.index(b"IEND") - 8]
         assert len(zlib.decompress(idat)) == height * (width * 3 + 1)
     assert array_picture(np.array(["a"])) is None and array_picture(np.zeros((2, 2, 2))) is None
+
+
+def test_pictures_are_drawn_by_matplotlib_when_installed() -> None:
+    pytest.importorskip("matplotlib")
+    for data in PICTURED:
+        png = array_picture(data)
+        assert png is not None and png.startswith(b"\x89PNG\r\n\x1a\n")
+        assert struct.unpack(">II", png[16:24]) == (640, 240)  # drawn at twice the size shown, with axes
+    assert array_picture(np.array(["a"])) is None and array_picture(np.zeros((2, 2, 2))) is None
+
+
+def test_matplotlib_is_imported_only_to_draw() -> None:
+    import subprocess
+
+    code = ("import sys, bh_notebook.notebook.browser, bh_notebook.notebook.magics; "
+            "print('matplotlib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip() == "False"
 
 
 def test_progress_text_bar_after_a_second(capsys: pytest.CaptureFixture[str]) -> None:

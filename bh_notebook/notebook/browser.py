@@ -489,13 +489,13 @@ def _looks_textual(mime: str | None, filename: str | None) -> bool:
                                                                            "py", "sql", "log", "toml", "ini"}
 
 
-# -- tiny PNG pictures, no plotting library needed -------------------------------------------------
+# -- pictures: drawn by matplotlib when it is installed, else tiny PNGs from numpy and zlib ------------------------
 
 
 def array_picture(data: np.ndarray, width: int = 320, height: int = 120) -> bytes | None:
     """A small PNG of a 1-D (a line; a histogram past 100k values) or 2-D (heatmap) numeric array; else None."""
     a = np.asarray(data)
-    if a.dtype.kind not in "biuf" or a.size == 0:
+    if a.dtype.kind not in "biuf" or a.size == 0 or a.ndim not in (1, 2):
         return None
     a = a.astype(np.float64)
     if a.ndim == 1:
@@ -503,13 +503,38 @@ def array_picture(data: np.ndarray, width: int = 320, height: int = 120) -> byte
         if finite.size == 0:
             return None
         if a.size > 100_000:  # a large sample: its distribution says more than its trace
-            return _png(_histogram(finite, width, height))
+            return _plot("hist", finite, width, height) or _png(_histogram(finite, width, height))
+        index = np.arange(a.size)
         if a.size > 2 * width:  # a signal: its trace, at two points per pixel
-            a = a[np.linspace(0, a.size - 1, num=2 * width).astype(int)]
-        return _png(_line(a, width, height))
-    if a.ndim == 2:
-        return _png(_heatmap(a, width, height))
-    return None
+            index = np.linspace(0, a.size - 1, num=2 * width).astype(int)
+            a = a[index]
+        return _plot("line", a, width, height, index) or _png(_line(a, width, height))
+    rows = np.linspace(0, a.shape[0] - 1, num=min(height, a.shape[0])).astype(int)
+    cols = np.linspace(0, a.shape[1] - 1, num=min(width, a.shape[1])).astype(int)
+    sample = a[np.ix_(rows, cols)]  # at most one value a pixel
+    return _plot("heatmap", sample, width, height) or _png(_heatmap(sample, width, height))
+
+
+def _plot(kind: str, a: np.ndarray, width: int, height: int, index: np.ndarray | None = None) -> bytes | None:
+    """The picture drawn by matplotlib (its Agg canvas, no pyplot state), or None when matplotlib is missing."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:  # optional: pip install matplotlib for axes and ticks
+        return None
+    import io
+
+    fig = Figure(figsize=(width / 50, height / 50), dpi=100, layout="tight")  # twice the pixels shown: sharp
+    ax = fig.add_subplot()
+    if kind == "hist":
+        ax.hist(a, bins=64, color="#1f77b4")
+    elif kind == "line":
+        ax.plot(index, a, color="#1f77b4", linewidth=1)
+    else:
+        ax.imshow(a, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.tick_params(labelsize=14)
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
 
 
 def _line(a: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -544,10 +569,7 @@ def _histogram(a: np.ndarray, width: int, height: int, bins: int = 64) -> np.nda
     return img
 
 
-def _heatmap(a: np.ndarray, width: int, height: int) -> np.ndarray:
-    rows = np.linspace(0, a.shape[0] - 1, num=min(height, a.shape[0])).astype(int)
-    cols = np.linspace(0, a.shape[1] - 1, num=min(width, a.shape[1])).astype(int)
-    sample = a[np.ix_(rows, cols)]
+def _heatmap(sample: np.ndarray, width: int, height: int) -> np.ndarray:
     finite = np.isfinite(sample)
     lo = float(sample[finite].min()) if finite.any() else 0.0
     hi = float(sample[finite].max()) if finite.any() else 1.0
