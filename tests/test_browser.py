@@ -131,25 +131,19 @@ def test_select_previews_fetch_little_and_are_cached(store) -> None:  # type: ig
     assert "shape (40, 30)" in b.preview_text()
 
 
-def test_load_returns_and_binds(store) -> None:  # type: ignore[no-untyped-def]
-    from IPython.core.interactiveshell import InteractiveShell
-
+def test_load_returns_and_binds(store, shell) -> None:  # type: ignore[no-untyped-def]
     bh = store[0]
     b = Browser(bh)
     b.select("weights")
     assert b.var_name.value == "weights"
     value = b.load()  # no shell: returned only
     np.testing.assert_array_equal(value, bh.arrays.get("weights"))
-    shell = InteractiveShell.instance()
-    try:
-        b2 = Browser(bh, shell=shell)
-        b2.select("sales")
-        b2.var_name.value = "my_sales"
-        b2.load_button.click()
-        pd.testing.assert_frame_equal(shell.user_ns["my_sales"], bh.frames.get("sales"))
-        assert "my_sales" in b2.status.value
-    finally:
-        InteractiveShell.clear_instance()
+    b2 = Browser(bh, shell=shell)
+    b2.select("sales")
+    b2.var_name.value = "my_sales"
+    b2.load_button.click()
+    pd.testing.assert_frame_equal(shell.user_ns["my_sales"], bh.frames.get("sales"))
+    assert "my_sales" in b2.status.value
 
 
 def test_history_then_load_an_old_version(store) -> None:  # type: ignore[no-untyped-def]
@@ -321,9 +315,7 @@ def _hostile_store(root: Path, name: str) -> BucketSQLite:
     return bh
 
 
-def _drive_every_view(b: Browser, name: str) -> str:
-    from IPython.core.interactiveshell import InteractiveShell
-
+def _drive_every_view(b: Browser, name: str, shell: Any) -> str:
     seen = [_assert_inert(b)]
     for kind in ("frame", "array", "file", "kv"):
         b.select(name, kind)
@@ -336,26 +328,23 @@ def _drive_every_view(b: Browser, name: str) -> str:
         seen.append(_assert_inert(b))
         b.load(var="ok")
         seen.append(_assert_inert(b))
-    b.shell = InteractiveShell.instance()
-    try:
-        b.select(name, "frame")
-        b.load(var="ok")
-        seen.append(_assert_inert(b))
-        b._preview_cache.clear()
-        b.bh.frames.delete(name)  # the preview of a vanished entry shows the error text
-        b._show_preview()
-        seen.append(_assert_inert(b))
-    finally:
-        InteractiveShell.clear_instance()
+    b.shell = shell
+    b.select(name, "frame")
+    b.load(var="ok")
+    seen.append(_assert_inert(b))
+    b._preview_cache.clear()
+    b.bh.frames.delete(name)  # the preview of a vanished entry shows the error text
+    b._show_preview()
+    seen.append(_assert_inert(b))
     return "\n".join(seen)
 
 
 @pytest.mark.parametrize("name", HOSTILE)
-def test_hostile_names_show_as_text(tmp_path: Path, name: str) -> None:
+def test_hostile_names_show_as_text(tmp_path: Path, name: str, shell: Any) -> None:
     bh = _hostile_store(tmp_path / "s", name)
     try:
         b = Browser(bh, shell=None)
-        text = _drive_every_view(b, name)
+        text = _drive_every_view(b, name, shell)
         assert name in text  # shown literally, as text
         assert name in b.message or name.replace("\"", "'") in b.message or "loaded" in b.message
     finally:

@@ -23,14 +23,11 @@ from .conftest import set_bucket_env
 
 
 @pytest.fixture
-def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+def ip(shell: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
     monkeypatch.chdir(tmp_path)
-    shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "bh_notebook")
     yield shell
     shell.run_line_magic("unload_ext", "bh_notebook")
-    InteractiveShell.clear_instance()
 
 
 def magics(ip: InteractiveShell) -> Any:
@@ -309,18 +306,13 @@ def test_interrupted_put_leaves_store_consistent(ip: InteractiveShell) -> None:
     assert report.dangling_rows_found == 0
 
 
-def test_unload_flushes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    shell = InteractiveShell.instance()
-    try:
-        shell.run_line_magic("load_ext", "bh_notebook")
-        shell.run_line_magic("config", "BHMagics.autoflush = False")
-        shell.user_ns["s"] = "kept"
-        shell.run_line_magic("bh_put", "s")
-        config = shell._bh_magics.bh.config  # type: ignore[attr-defined]
-        shell.run_line_magic("unload_ext", "bh_notebook")
-    finally:
-        InteractiveShell.clear_instance()
+def test_unload_flushes(shell: InteractiveShell) -> None:
+    shell.run_line_magic("load_ext", "bh_notebook")
+    shell.run_line_magic("config", "BHMagics.autoflush = False")
+    shell.user_ns["s"] = "kept"
+    shell.run_line_magic("bh_put", "s")
+    config = shell._bh_magics.bh.config  # type: ignore[attr-defined]
+    shell.run_line_magic("unload_ext", "bh_notebook")
     with BucketSQLite(config) as bh:
         assert bh.kv["s"] == "kept"
 
@@ -592,3 +584,27 @@ def test_polars_frames_are_refused_clearly(ip: InteractiveShell) -> None:
     ip.user_ns["pldf"] = polars.DataFrame({"a": [1, 2]})
     with pytest.raises(UsageError, match=r"'pldf' is a polars DataFrame.*pldf.to_pandas\(\) --as pldf"):
         ip.run_line_magic("bh_put", "pldf")
+
+
+SHELLS_SCRIPT = '''
+import shutil, sys, tempfile
+from pathlib import Path
+from tests.conftest import close_shell, open_shell
+for _ in range(3):
+    home = Path(tempfile.mkdtemp())
+    shell = open_shell(home / "ipython")
+    shell.run_cell("1 + 1")
+    close_shell(shell)
+    shutil.rmtree(home)  # a test's temporary directory, pruned before the interpreter exits
+'''
+
+
+def test_test_shells_leave_nothing_for_exit() -> None:
+    """The shells tests use end at teardown: no exit hook writes to a history file that may be gone by then."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", SHELLS_SCRIPT], cwd=root, capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert "Traceback" not in done.stderr and "atexit" not in done.stderr, done.stderr
