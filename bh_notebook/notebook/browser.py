@@ -528,7 +528,7 @@ def _plot(kind: str, a: np.ndarray, width: int, height: int, index: np.ndarray |
     if kind == "hist":
         ax.hist(a, bins=64, color="#1f77b4")
     elif kind == "line":
-        ax.plot(index, a, color="#1f77b4", linewidth=1)
+        ax.plot(np.arange(a.size) if index is None else index, a, color="#1f77b4", linewidth=1)
     else:
         ax.imshow(a, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.tick_params(labelsize=14)
