@@ -429,6 +429,10 @@ def test_kv_cell_comments_and_quotes(ip: InteractiveShell) -> None:
     kv = magics(ip).bh.kv
     assert {k: kv[k] for k in kv.keys()} == {"lr": "0.01", "name": "a # b", "url": "http://h/#top",
                                              "title": "my run", "empty": "", "raw": "it's"}
+    ip.run_cell_magic("bh_kv", "'my query'", "SELECT 1  # kept: a whole-cell value is stored as it is\n")
+    assert ip.run_line_magic("bh_kv", "\"my query\"") == "SELECT 1  # kept: a whole-cell value is stored as it is\n"
+    with pytest.raises(UsageError, match="takes one KEY"):
+        ip.run_cell_magic("bh_kv", "my query", "x")
 
 
 def test_store_handle_never_reconnects(ip: InteractiveShell, moto_server, tmp_path: Path,  # type: ignore[no-untyped-def]

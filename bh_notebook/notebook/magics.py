@@ -637,7 +637,10 @@ class BHMagics(Magics):
         outside quotes starts a comment (``lr = 0.01  # tuned``); a value wholly in matching quotes loses them
         (``name = "a # b"`` stores ``a # b``); a ``#`` inside a word stays (``url = http://h/#top``).
         """
-        key = line.strip()
+        words = [_unquote(w) for w in _words(line)]
+        if len(words) > 1:
+            raise UsageError(f"%bh_kv takes one KEY (got {line.strip()!r}); quote a key that holds spaces")
+        key = words[0] if words else ""
         kv = self.bh.kv
         if cell is None:
             if not key:
@@ -649,8 +652,6 @@ class BHMagics(Magics):
                 return None
             return kv[self._name(key)]
         if key:
-            if " " in key:
-                raise UsageError(f"%%bh_kv takes one KEY (got {key!r}); the cell's text becomes its value")
             kv.set(self._name(key), cell)
             print(f"{self._name(key)}  kv  {len(cell):,} chars saved")
             return None
