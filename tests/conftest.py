@@ -124,6 +124,7 @@ def close_shell(shell: Any) -> None:
 
     atexit.unregister(shell.atexit_operations)
     shell.atexit_operations()
+    shell.cleanup()  # gives sys.modules["__main__"] back (the shell had put its own namespace there)
     InteractiveShell.clear_instance()
 
 

@@ -594,12 +594,14 @@ SHELLS_SCRIPT = '''
 import shutil, sys, tempfile
 from pathlib import Path
 from tests.conftest import close_shell, open_shell
+main = sys.modules["__main__"]
 for _ in range(3):
     home = Path(tempfile.mkdtemp())
     shell = open_shell(home / "ipython")
     shell.run_cell("1 + 1")
     close_shell(shell)
     shutil.rmtree(home)  # a test's temporary directory, pruned before the interpreter exits
+    assert sys.modules["__main__"] is main and hasattr(main, "__spec__")  # multiprocessing needs it back
 '''
 
 
