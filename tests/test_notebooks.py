@@ -148,3 +148,20 @@ def test_readme_first_command_prints_the_quickstart(tmp_path: Path) -> None:
                   "price was 2.0 and is now 2.2", "(5, 8)", "backend:   local"]:
         assert shown in out, shown
     assert not (home / ".bh_notebook").exists()  # a throwaway store, not the user's
+
+
+def test_assignment_form_in_a_real_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ipykernel compiles cells its own way: x = %bh_get df still binds only x there."""
+    monkeypatch.setenv("BH_NOTEBOOK_HOME", str(tmp_path / "store"))
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in [
+        "%load_ext bh_notebook\nimport pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3]})\n%bh_put df",
+        "live = df = pd.DataFrame({'a': [99]})\nx = %bh_get df\ntail = %bh_get df --rows -1:",
+        "print('live kept:', df is live, list(x['a']), list(tail['a']))",
+        "%bh_get df\nprint('statement binds:', list(df['a']))",
+    ]]
+    path = tmp_path / "assign.ipynb"
+    nbformat.write(nb, path)
+    text = all_text(run_notebook(path, tmp_path))
+    assert "live kept: True [1, 2, 3] [3]" in text and "statement binds: [1, 2, 3]" in text
