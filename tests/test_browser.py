@@ -369,3 +369,17 @@ def test_any_name_reaches_html_escaped(tmp_path: Path, name: str) -> None:
             assert name in _assert_inert(b)
     finally:
         bh.stop()
+
+
+def test_progress_labels_are_escaped_in_the_notebook_bar() -> None:
+    bar = Progress(HOSTILE[0], 10, widget=True, show_after=0.0)
+    bar(5)
+    values = [w.value for w in bar._bar.container.children if isinstance(w, widgets.HTML)]
+    bar(5)
+    bar.close()
+    values += [w.value for w in bar._bar.container.children if isinstance(w, widgets.HTML)]
+    assert any("&lt;img" in v for v in values)
+    for markup in values:
+        parser = _Tags()
+        parser.feed(markup)
+        assert parser.tags == [], markup

@@ -34,7 +34,8 @@ class Progress:
 
     def __init__(self, label: str, total: int | None, *, show_after: float = SHOW_AFTER,
                  widget: bool | None = None, stream: Any = None) -> None:
-        if widget if widget is not None else in_notebook():
+        notebook = widget if widget is not None else in_notebook()
+        if notebook:
             from tqdm.notebook import tqdm as bar_class
         else:
             from tqdm import tqdm as bar_class
@@ -46,9 +47,13 @@ class Progress:
         self._lock = threading.Lock()  # transfers report from several threads
         shape = ("{l_bar}{bar}| {n_fmt}B/{total_fmt}B [{elapsed}<{remaining}, {rate_fmt}]" if total
                  else "{desc}: {n_fmt}B [{elapsed}, {rate_fmt}]")
-        self._bar = bar_class(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
+        # tqdm's notebook bar puts a desc given to its constructor into an HTML widget as it is; set later, it is
+        # escaped like the rest of the line (labels hold file names, which come from anyone writing the bucket).
+        self._bar = bar_class(total=total, desc=None if notebook else label, unit="B", unit_scale=True,
+                              unit_divisor=1024,
                               bar_format=shape, delay=show_after, mininterval=0.1, leave=True, dynamic_ncols=True,
                               file=stream if stream is not None else sys.stderr)
+        self._bar.desc = label
 
     def __call__(self, n: int) -> None:
         with self._lock:
