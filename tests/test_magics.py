@@ -363,7 +363,7 @@ def test_assignment_binds_only_its_target(ip: InteractiveShell) -> None:
     ip.user_ns["df"] = live
     for cell, target in [("x = %bh_get df@1", "x"), ("cols = %bh_get df --columns y", "cols"),
                          ("rows = %bh_get df --rows -2:", "rows"), ("if True:\n    inner = %bh_get df", "inner"),
-                         ("d = {}\nd['k'] = %bh_get df", None)]:
+                         ("d = {}\nd['k'] = %bh_get df", None), ("%time timed = %bh_get df", "timed")]:
         result = ip.run_cell(cell)
         assert result.success, (cell, result.error_in_exec)
         assert ip.user_ns["df"] is live, cell  # the live frame is untouched

@@ -725,20 +725,26 @@ def _kv_value(text: str) -> str:
 
 
 def _result_is_assigned(shell: Any) -> bool:
-    """True when the cell calling this magic assigns its result, as in ``x = %bh_get df``.
+    """True when the code running this magic assigns its result, as in ``x = %bh_get df``.
 
-    IPython runs that line as ``x = get_ipython().run_line_magic(...)`` inside code it compiled from the cell; the
-    instructions after that call in the cell's bytecode store the result (an assignment) or discard or display it
-    (the statement form). Calls from anywhere but a cell count as the statement form.
+    IPython runs that line as ``x = get_ipython().run_line_magic(...)`` inside code it compiled from the cell (or,
+    under ``%time``, from the magic's line). In that code's bytecode the instructions after the call either store
+    the result (an assignment) or discard or display it (the statement form). Calls of ``run_line_magic`` from
+    ordinary Python code count as the statement form.
     """
     cells = getattr(getattr(shell, "compile", None), "_filename_map", None) or {}
     frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename not in cells:
+    while frame is not None and not (frame.f_code.co_name == "run_line_magic"
+                                     and "IPython" in frame.f_code.co_filename):
         frame = frame.f_back  # type: ignore[assignment]
-    if frame is None:
+    caller = frame.f_back if frame is not None else None
+    if caller is None:
         return False
-    for op in dis.get_instructions(frame.f_code):
-        if op.offset <= frame.f_lasti:
+    source = caller.f_code.co_filename
+    if source not in cells and not (source.startswith("<") and not source.startswith("<decorator")):
+        return False  # a module or a test calling run_line_magic
+    for op in dis.get_instructions(caller.f_code):
+        if op.offset <= caller.f_lasti:
             continue
         if op.opname.startswith(("STORE_", "UNPACK_")):  # x = ..., d[k] = ... (the target is loaded first)
             return True
