@@ -47,6 +47,7 @@ __all__ = [
     "KVStore",
     "SnapshotConfig",
     "browse",
+    "current",
     "errors",
 ]
 
@@ -56,6 +57,27 @@ def browse(bh: BucketSQLite | None = None, **kwargs: object) -> object:
     from .notebook.browser import browse as _browse
 
     return _browse(bh, **kwargs)  # type: ignore[arg-type]
+
+
+_current: BucketSQLite | None = None
+
+
+def current() -> BucketSQLite:
+    """The live store: the one the magics use in this kernel (never reconnected), else one started once from the
+    environment (``BUCKETHEAD_*``, else the local store) and reused."""
+    global _current
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        shell = None
+    else:
+        shell = get_ipython()
+    magics = getattr(shell, "_bh_magics", None)
+    if magics is not None:
+        return magics.bh  # type: ignore[no-any-return]
+    if _current is None or not _current.started:
+        _current = BucketSQLite().start()
+    return _current
 
 
 def load_ipython_extension(ipython: object) -> None:

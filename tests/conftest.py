@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +100,40 @@ def set_bucket_env(monkeypatch: pytest.MonkeyPatch, server: S3Server, bucket: st
     monkeypatch.setenv("BUCKETHEAD_BUCKET__REGION", "us-east-1")
     monkeypatch.setenv("BUCKETHEAD_BUCKET__ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("BUCKETHEAD_BUCKET__SECRET_ACCESS_KEY", SECRET_KEY)
+
+
+def open_shell(ipython_dir: Path) -> Any:
+    """The IPython InteractiveShell singleton for a test: its own IPYTHONDIR, command history kept in memory.
+
+    IPython saves history to a SQLite file and registers an exit hook that writes to it; a file in a test's
+    temporary directory may be gone by then (temporary directories are pruned), which printed a traceback per
+    shell when the interpreter exited. ``close_shell`` ends it at teardown instead.
+    """
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    os.environ["IPYTHONDIR"] = str(ipython_dir)
+    config = Config()
+    config.HistoryManager.enabled = False
+    return InteractiveShell.instance(config=config)
+
+
+def close_shell(shell: Any) -> None:
+    """End a shell from ``open_shell`` now, as interpreter exit would, and forget it."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    atexit.unregister(shell.atexit_operations)
+    shell.atexit_operations()
+    shell.cleanup()  # gives sys.modules["__main__"] back (the shell had put its own namespace there)
+    InteractiveShell.clear_instance()
+
+
+@pytest.fixture
+def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A real InteractiveShell (history in memory), ended at teardown."""
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    sh = open_shell(tmp_path / "ipython")
+    try:
+        yield sh
+    finally:
+        close_shell(sh)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import logging
 import struct
+import sys
 import zlib
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import ipywidgets as widgets
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig
 from bh_notebook.notebook.browser import Browser, array_picture
@@ -125,25 +131,19 @@ def test_select_previews_fetch_little_and_are_cached(store) -> None:  # type: ig
     assert "shape (40, 30)" in b.preview_text()
 
 
-def test_load_returns_and_binds(store) -> None:  # type: ignore[no-untyped-def]
-    from IPython.core.interactiveshell import InteractiveShell
-
+def test_load_returns_and_binds(store, shell) -> None:  # type: ignore[no-untyped-def]
     bh = store[0]
     b = Browser(bh)
     b.select("weights")
     assert b.var_name.value == "weights"
     value = b.load()  # no shell: returned only
     np.testing.assert_array_equal(value, bh.arrays.get("weights"))
-    shell = InteractiveShell.instance()
-    try:
-        b2 = Browser(bh, shell=shell)
-        b2.select("sales")
-        b2.var_name.value = "my_sales"
-        b2.load_button.click()
-        pd.testing.assert_frame_equal(shell.user_ns["my_sales"], bh.frames.get("sales"))
-        assert "my_sales" in b2.status.value
-    finally:
-        InteractiveShell.clear_instance()
+    b2 = Browser(bh, shell=shell)
+    b2.select("sales")
+    b2.var_name.value = "my_sales"
+    b2.load_button.click()
+    pd.testing.assert_frame_equal(shell.user_ns["my_sales"], bh.frames.get("sales"))
+    assert "my_sales" in b2.status.value
 
 
 def test_history_then_load_an_old_version(store) -> None:  # type: ignore[no-untyped-def]
@@ -190,16 +190,38 @@ def test_actions_need_a_selection(store) -> None:  # type: ignore[no-untyped-def
         b.select("nothing-like-this")
 
 
-def test_pictures_are_valid_png() -> None:
-    for data in [np.arange(50.0), np.random.default_rng(1).normal(size=10_000), np.arange(100).reshape(10, 10),
-                 np.array([np.nan, 1.0, 2.0])]:
+PICTURED = [np.arange(50.0), np.random.default_rng(1).normal(size=200_000), np.arange(100).reshape(10, 10),
+            np.array([np.nan, 1.0, 2.0]), np.sin(np.linspace(0, 10, 5000))]
+
+
+def test_pictures_without_matplotlib_are_valid_png(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
+    for data in PICTURED:
         png = array_picture(data)
         assert png is not None and png.startswith(b"\x89PNG\r\n\x1a\n")
         width, height = struct.unpack(">II", png[16:24])
-        assert width > 0 and height > 0
+        assert 0 < width <= 320 and 0 < height <= 120
         idat = png[png.index(b"IDAT") + 4:png.index(b"IEND") - 8]
         assert len(zlib.decompress(idat)) == height * (width * 3 + 1)
     assert array_picture(np.array(["a"])) is None and array_picture(np.zeros((2, 2, 2))) is None
+
+
+def test_pictures_are_drawn_by_matplotlib_when_installed() -> None:
+    pytest.importorskip("matplotlib")
+    for data in PICTURED:
+        png = array_picture(data)
+        assert png is not None and png.startswith(b"\x89PNG\r\n\x1a\n")
+        assert struct.unpack(">II", png[16:24]) == (640, 240)  # drawn at twice the size shown, with axes
+    assert array_picture(np.array(["a"])) is None and array_picture(np.zeros((2, 2, 2))) is None
+
+
+def test_matplotlib_is_imported_only_to_draw() -> None:
+    import subprocess
+
+    code = ("import sys, bh_notebook.notebook.browser, bh_notebook.notebook.magics; "
+            "print('matplotlib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip() == "False"
 
 
 def test_progress_text_bar_after_a_second(capsys: pytest.CaptureFixture[str]) -> None:
@@ -215,8 +237,17 @@ def test_progress_text_bar_after_a_second(capsys: pytest.CaptureFixture[str]) ->
     slow(500)
     slow.close()
     text = out.getvalue()
-    assert "put big [" in text and "(100%)" in text or "1000 B" in text
-    assert text.rstrip().splitlines()[-1].startswith("put big: 1000 B in")
+    assert text.rstrip().splitlines()[-1].split("\r")[-1].startswith("put big: 100%|")
+    assert "0.98kB/0.98kB" in text  # tqdm's units, 1024 to the k
+
+
+def test_progress_in_a_kernel_is_tqdms_notebook_bar() -> None:
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    bar = Progress("get y", 10, widget=True, show_after=0.0)
+    bar(10)
+    bar.close()
+    assert isinstance(bar._bar, notebook_tqdm) and bar._bar.container.children[1].value == 10
 
 
 def test_progress_shown_for_long_api_transfers(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -226,4 +257,129 @@ def test_progress_shown_for_long_api_transfers(tmp_path: Path, capsys: pytest.Ca
         bh.arrays.put("a", np.zeros(1_000_000))
         bh.arrays.get("a")
     err = capsys.readouterr().err
-    assert "put a.npy: 7.6 MiB in" in err and "get a.npy: 7.6 MiB in" in err
+    assert "put a.npy: 100%" in err and "get a.npy: 100%" in err and "7.63MB/7.63MB" in err
+
+
+# -- hostile names: everything that reaches HTML is escaped ---------------------------------------------------
+
+HOSTILE = ["<img src=x onerror=\"window.__pwned=1\">", "<script>window.__pwned=1</script>", "a&b \"q\" 'q'",
+           "<b onmouseover='x'>bold"]
+
+
+class _Tags(HTMLParser):
+    """Collects the tags and attributes a piece of markup would create in a page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+SAFE_TAGS = {"span", "b", "i", "br", "pre", "code", "table", "thead", "tbody", "tr", "th", "td", "style", "div"}
+
+
+def _html_values(w: Any) -> list[str]:
+    found = [w.value] if isinstance(w, widgets.HTML) else []
+    for child in getattr(w, "children", ()):
+        found += _html_values(child)
+    return found
+
+
+def _assert_inert(b: Browser) -> str:
+    """Every HTML widget of the browser creates only harmless tags, no event handler; returns the visible text."""
+    text = []
+    for markup in _html_values(b):
+        parser = _Tags()
+        parser.feed(markup)
+        for tag, attrs in parser.tags:
+            assert tag in SAFE_TAGS, (tag, markup)
+            assert all(not name.startswith("on") and name != "src" for name, _ in attrs), (attrs, markup)
+        text.append("".join(parser.text))
+    return "\n".join(text)
+
+
+def _hostile_store(root: Path, name: str) -> BucketSQLite:
+    bh = BucketSQLite(BucketConfig.for_local(root), SnapshotConfig(interval_seconds=0)).start()
+    meta = {"note": name, name: name}
+    bh.frames.put(name, pd.DataFrame({name: [name, "x"], "n": [1, 2]}), metadata=meta)
+    bh.frames.put(name, pd.DataFrame({name: [name], "n": [3]}), metadata=meta)
+    bh.arrays.put(name, np.zeros(3, dtype=[(name, "f8")]), metadata=meta)
+    bh.named_files.put(name, name.encode(), metadata=meta)
+    bh.kv[name] = name
+    return bh
+
+
+def _drive_every_view(b: Browser, name: str, shell: Any) -> str:
+    seen = [_assert_inert(b)]
+    for kind in ("frame", "array", "file", "kv"):
+        b.select(name, kind)
+        seen.append(_assert_inert(b))
+        b.history()
+        b.copy_key()
+        b.delete()  # asks first: the status line names the entry
+        seen.append(_assert_inert(b))
+        b.load(var=name)  # not a variable name: the status line says so
+        seen.append(_assert_inert(b))
+        b.load(var="ok")
+        seen.append(_assert_inert(b))
+    b.shell = shell
+    b.select(name, "frame")
+    b.load(var="ok")
+    seen.append(_assert_inert(b))
+    b._preview_cache.clear()
+    b.bh.frames.delete(name)  # the preview of a vanished entry shows the error text
+    b._show_preview()
+    seen.append(_assert_inert(b))
+    return "\n".join(seen)
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_names_show_as_text(tmp_path: Path, name: str, shell: Any) -> None:
+    bh = _hostile_store(tmp_path / "s", name)
+    try:
+        b = Browser(bh, shell=None)
+        text = _drive_every_view(b, name, shell)
+        assert name in text  # shown literally, as text
+        assert name in b.message or name.replace("\"", "'") in b.message or "loaded" in b.message
+    finally:
+        bh.stop()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(alphabet=st.sampled_from("<>&\"'=/ abxs"), min_size=1, max_size=30).filter(
+    lambda s: s == s.strip() and not s.startswith("/") and not s.endswith("/")
+    and all(p not in ("", ".", "..") for p in s.split("/"))))
+def test_any_name_reaches_html_escaped(tmp_path: Path, name: str) -> None:
+    import uuid
+
+    bh = BucketSQLite(BucketConfig.for_local(tmp_path / uuid.uuid4().hex), SnapshotConfig(interval_seconds=0)).start()
+    try:
+        bh.arrays.put(name, np.arange(3.0), metadata={"note": name})
+        bh.kv[name] = name
+        b = Browser(bh)
+        for kind in ("array", "kv"):
+            b.select(name, kind)
+            b.delete()
+            assert name in _assert_inert(b)
+    finally:
+        bh.stop()
+
+
+def test_progress_labels_are_escaped_in_the_notebook_bar() -> None:
+    bar = Progress(HOSTILE[0], 10, widget=True, show_after=0.0)
+    bar(5)
+    values = [w.value for w in bar._bar.container.children if isinstance(w, widgets.HTML)]
+    bar(5)
+    bar.close()
+    values += [w.value for w in bar._bar.container.children if isinstance(w, widgets.HTML)]
+    assert any("&lt;img" in v for v in values)
+    for markup in values:
+        parser = _Tags()
+        parser.feed(markup)
+        assert parser.tags == [], markup

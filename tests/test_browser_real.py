@@ -141,3 +141,74 @@ def test_browse_notebook_in_a_real_browser(lab: tuple[str, Path]) -> None:
             browser.close()
     assert kernel_value(runtime, "type(from_the_browser).__name__ + str(from_the_browser.shape)") == \
         "'ndarray(1025,)'"
+
+
+HOSTILE_NAME = '<img src=x onerror="window.__pwned=1;document.title=\'pwned\'">'
+
+
+def test_hostile_names_stay_text_in_a_real_browser(lab: tuple[str, Path], tmp_path: Path) -> None:
+    """An entry named like markup, from another writer of the bucket, shows as text and runs no script."""
+    import nbformat
+    from playwright.sync_api import sync_playwright
+
+    from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig
+
+    url, runtime = lab
+    with BucketSQLite(BucketConfig.for_local(tmp_path / "store"), SnapshotConfig(interval_seconds=0)) as bh:
+        import pandas as pd
+
+        bh.frames.put(HOSTILE_NAME, pd.DataFrame({"<img src=y onerror=\"window.__pwned=2\">": [1, 2]}),
+                      metadata={"note": "<script>window.__pwned=3</script>", "<b>": "<img src=z onerror=alert(1)>"})
+        bh.kv["<img src=k onerror=\"window.__pwned=4\">"] = "<img src=v onerror=\"window.__pwned=5\">"
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell("%load_ext bh_notebook\nbrowser = %bh_browse\nbrowser")]
+    nbformat.write(nb, tmp_path / "root" / "hostile.ipynb")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{url}/lab/tree/hostile.ipynb")
+            page.wait_for_function(
+                "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
+                " return k && k.status === 'idle' && k.connectionStatus === 'connected'; }", timeout=60_000)
+            title = page.title()
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            entries = page.locator(".bh-entries select")
+            entries.wait_for(timeout=60_000)
+            page.wait_for_function(
+                "() => document.querySelectorAll('.bh-entries select option').length >= 2", timeout=30_000)
+            browser_box = page.locator(".bh-browser").first
+            status = browser_box.locator(".bh-status").first
+            for listed in ("<img src=k", "<img src=x"):  # the kv entry, then the frame (left selected)
+                option = page.locator(".bh-entries select option", has_text=listed)
+                entries.select_option(value=option.get_attribute("value"))
+                browser_box.locator(".bh-preview").first.get_by_text(listed, exact=False).first.wait_for(
+                    timeout=30_000)
+                browser_box.locator(".bh-history").first.click()
+                browser_box.locator(".bh-delete").first.click()  # asks first, naming it
+                status.get_by_text(f"delete {listed}", exact=False).wait_for(timeout=30_000)
+                browser_box.locator(".bh-cancel").first.click()
+            var = browser_box.locator(".bh-var input").first
+            var.fill("hostile")
+            var.press("Enter")
+            browser_box.locator(".bh-load").first.click()
+            status.get_by_text(f"loaded {HOSTILE_NAME} into", exact=False).wait_for(timeout=30_000)
+            no_news = page.get_by_role("button", name="No")
+            if no_news.count():
+                no_news.first.click()
+            status.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "browser-hostile.png"), full_page=True)
+            assert page.evaluate("() => window.__pwned") is None
+            assert page.title() == title != "pwned"
+            # Literal text in the page, not elements: no <img> or <script> came from a stored string.
+            assert page.evaluate("() => document.querySelectorAll('.bh-browser img, .bh-browser script').length") == 0
+            assert HOSTILE_NAME in status.inner_text()
+            preview_text = browser_box.locator(".bh-preview").first.inner_text()
+            assert "<script>window.__pwned=3</script>" in preview_text
+            assert '<img src=y onerror="window.__pwned=2">' in preview_text
+        finally:
+            browser.close()
+    assert kernel_value(runtime, "hostile.columns[0]") == repr('<img src=y onerror="window.__pwned=2">')

@@ -118,3 +118,50 @@ def test_browse_notebook_saves_widget_state(tmp_path: Path, monkeypatch: pytest.
     assert any(label.startswith("measurements") for label in labels) and any("spectrum" in x for x in labels)
     previews = [m["state"]["value"] for m in state.values() if m["model_name"] == "HTMLModel"]
     assert any("<b>measurements</b> v1: 60 rows x 2 columns" in v for v in previews)
+
+
+def test_readme_first_command_prints_the_quickstart(tmp_path: Path) -> None:
+    """The README's "Try it" command (after its pip line) shows the cells' outputs and leaves ~/.bh_notebook alone."""
+    import os
+    import re
+    import shutil
+    import subprocess
+
+    readme = (NOTEBOOKS.parent / "README.md").read_text()
+    section = readme.split("## Try it", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block is not None
+    commands = block.group(1).replace("\\\n", " ").strip().splitlines()
+    assert commands[0].startswith("pip install -e .")
+    assert "Python 3.10" in section
+    shutil.copytree(NOTEBOOKS, tmp_path / "notebooks")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+               IPYTHONDIR=str(tmp_path / "ipython"))
+    env.pop("BH_NOTEBOOK_HOME", None)
+    done = subprocess.run(["bash", "-c", "\n".join(commands[1:])], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for shown in ["sales  frame  v1  3,000 x 3", "epochs = 20", "first results look promising",
+                  "price was 2.0 and is now 2.2", "(5, 8)", "backend:   local"]:
+        assert shown in out, shown
+    assert not (home / ".bh_notebook").exists()  # a throwaway store, not the user's
+
+
+def test_assignment_form_in_a_real_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ipykernel compiles cells its own way: x = %bh_get df still binds only x there."""
+    monkeypatch.setenv("BH_NOTEBOOK_HOME", str(tmp_path / "store"))
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in [
+        "%load_ext bh_notebook\nimport pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3]})\n%bh_put df",
+        "live = df = pd.DataFrame({'a': [99]})\nx = %bh_get df\ntail = %bh_get df --rows -1:",
+        "print('live kept:', df is live, list(x['a']), list(tail['a']))",
+        "%bh_get df\nprint('statement binds:', list(df['a']))",
+    ]]
+    path = tmp_path / "assign.ipynb"
+    nbformat.write(nb, path)
+    text = all_text(run_notebook(path, tmp_path))
+    assert "live kept: True [1, 2, 3] [3]" in text and "statement binds: [1, 2, 3]" in text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import html
+import re
 import struct
 import zlib
 from typing import Any
@@ -78,6 +79,9 @@ class Browser(widgets.VBox):
                                              layout=widgets.Layout(display="none"))
         self.cancel_button = widgets.Button(description="Cancel", layout=widgets.Layout(display="none"))
         self.history_button = widgets.Button(description="History", icon="history")
+        for button, css in [(self.delete_button, "bh-delete"), (self.confirm_button, "bh-confirm"),
+                            (self.cancel_button, "bh-cancel"), (self.history_button, "bh-history")]:
+            button.add_class(css)
         self.copy_button = widgets.Button(description="Copy key", icon="copy")
         self.versions = widgets.Select(options=[], rows=5, layout=widgets.Layout(display="none", width="100%"))
         self.key_box = widgets.Textarea(layout=widgets.Layout(display="none", width="100%", height="60px"))
@@ -166,11 +170,12 @@ class Browser(widgets.VBox):
 
     def _draw_page(self) -> None:
         self.header.value = ("<pre style='margin:0'>" + html.escape(
-            f"{'name':<28} {'kind':<6} {'ver':>4} {'size':>10}  {'shape':<22} modified") + "</pre>")
+            f"{'name':<28} {'kind':<6} {'ver':>4} {'size':>10}  {'shape':<22} modified (local time)") + "</pre>")
         options = []
         for r in self.visible:
             version = "-" if r["version"] is None or r["version"] != r["version"] else str(r["version"])
-            modified = r["modified"].strftime("%Y-%m-%d %H:%M") if r["modified"] is not None else "-"
+            modified = "-" if r["modified"] is None or r["modified"] != r["modified"] else \
+                r["modified"].strftime("%Y-%m-%d %H:%M %Z")
             label = (f"{_clip(r['name'], 28):<28} {r['kind']:<6} {version:>4} {human_bytes(r['size']):>10}  "
                      f"{_clip(r['shape'], 22):<22} {modified}")
             options.append((label, (r["kind"], r["name"])))
@@ -275,12 +280,13 @@ class Browser(widgets.VBox):
                 data = bh.arrays.get(name, version, rows=slice(0, n))
                 scope = f" (first {n:,} rows)"
             elif info.nbytes > PREVIEW_BYTES:
-                return widgets.HTML(f"<b>{html.escape(name)}</b> v{info.version}: shape {info.shape}, "
-                                    f"{info.dtype}, {human_bytes(info.nbytes)}")
+                return widgets.HTML(f"<b>{html.escape(name)}</b> v{info.version}: shape {tuple(info.shape)}, "
+                                    f"{html.escape(str(info.dtype))}, {human_bytes(info.nbytes)}")
             else:
                 data = bh.arrays.get(name, version)
                 scope = ""
-            text = (f"<b>{html.escape(name)}</b> v{info.version}: shape {tuple(info.shape)}, {info.dtype}, "
+            text = (f"<b>{html.escape(name)}</b> v{info.version}: shape {tuple(info.shape)}, "
+                    f"{html.escape(str(info.dtype))}, "
                     f"{human_bytes(info.nbytes)}{_note(info.metadata)}")
             children: list[widgets.Widget] = []
             if data.dtype.kind in "biuf" and data.size:
@@ -298,7 +304,7 @@ class Browser(widgets.VBox):
         if kind == "file":
             info = bh.named_files.info(name, version)
             text = (f"<b>{html.escape(name)}</b> v{info.version}: {html.escape(info.filename or 'bytes')}, "
-                    f"{info.mime or 'unknown type'}, {human_bytes(info.nbytes)}, {when(info.created_at)}"
+                    f"{html.escape(info.mime or 'unknown type')}, {human_bytes(info.nbytes)}, {when(info.created_at)}"
                     f"{_note(info.metadata)}")
             body: list[widgets.Widget] = [widgets.HTML(text)]
             if info.mime in IMAGE_TYPES and info.nbytes <= PREVIEW_BYTES:
@@ -348,7 +354,8 @@ class Browser(widgets.VBox):
                 self._say(f"{target!r} is not a valid variable name", error=True)
                 return value
             shell.user_ns[target] = value
-            self._say(f"loaded {name}{'' if version is None else f'@{version}'} into <code>{target}</code>")
+            what = name if version is None else f"{name}@{version}"
+            self._say_html(f"loaded {html.escape(what)} into <code>{html.escape(target)}</code>")
         else:
             self._say(f"loaded {name}")
         self.last_loaded = value
@@ -413,9 +420,14 @@ class Browser(widgets.VBox):
         return text
 
     def _say(self, message: str, error: bool = False) -> None:
-        self.message = message
+        """Show a plain-text message in the status line (escaped: names come from every writer of the bucket)."""
+        self._say_html(html.escape(message), error)
+
+    def _say_html(self, markup: str, error: bool = False) -> None:
+        """Show markup built by the caller, every string in it already escaped."""
+        self.message = _plain(markup)
         color = "#b00" if error else "#070"
-        self.status.value = f"<span style='color:{color}'>{message}</span>"
+        self.status.value = f"<span style='color:{color}'>{markup}</span>"
         self._draw_state()
 
 
@@ -423,11 +435,9 @@ def browse(bh: BucketSQLite | None = None, **kwargs: Any) -> Browser:
     """A Browser over ``bh``, or over the store the magics use (connecting to it if needed)."""
     shell = _current_shell()
     if bh is None:
-        magics = getattr(shell, "_bh_magics", None) if shell is not None else None
-        if magics is not None:
-            bh = magics.bh
-        else:
-            bh = BucketSQLite().start()
+        from .. import current
+
+        bh = current()
     return Browser(bh, shell=shell, **kwargs)
 
 
@@ -449,6 +459,11 @@ def _variable_name(name: str) -> str:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _plain(markup: str) -> str:
+    """The text a reader sees in escaped markup (tags dropped, entities decoded)."""
+    return html.unescape(re.sub(r"<[^>]*>", "", markup))
 
 
 def _note(metadata: dict[str, str]) -> str:
@@ -474,13 +489,13 @@ def _looks_textual(mime: str | None, filename: str | None) -> bool:
                                                                            "py", "sql", "log", "toml", "ini"}
 
 
-# -- tiny PNG pictures, no plotting library needed -------------------------------------------------
+# -- pictures: drawn by matplotlib when it is installed, else tiny PNGs from numpy and zlib ------------------------
 
 
 def array_picture(data: np.ndarray, width: int = 320, height: int = 120) -> bytes | None:
     """A small PNG of a 1-D (a line; a histogram past 100k values) or 2-D (heatmap) numeric array; else None."""
     a = np.asarray(data)
-    if a.dtype.kind not in "biuf" or a.size == 0:
+    if a.dtype.kind not in "biuf" or a.size == 0 or a.ndim not in (1, 2):
         return None
     a = a.astype(np.float64)
     if a.ndim == 1:
@@ -488,13 +503,38 @@ def array_picture(data: np.ndarray, width: int = 320, height: int = 120) -> byte
         if finite.size == 0:
             return None
         if a.size > 100_000:  # a large sample: its distribution says more than its trace
-            return _png(_histogram(finite, width, height))
+            return _plot("hist", finite, width, height) or _png(_histogram(finite, width, height))
+        index = np.arange(a.size)
         if a.size > 2 * width:  # a signal: its trace, at two points per pixel
-            a = a[np.linspace(0, a.size - 1, num=2 * width).astype(int)]
-        return _png(_line(a, width, height))
-    if a.ndim == 2:
-        return _png(_heatmap(a, width, height))
-    return None
+            index = np.linspace(0, a.size - 1, num=2 * width).astype(int)
+            a = a[index]
+        return _plot("line", a, width, height, index) or _png(_line(a, width, height))
+    rows = np.linspace(0, a.shape[0] - 1, num=min(height, a.shape[0])).astype(int)
+    cols = np.linspace(0, a.shape[1] - 1, num=min(width, a.shape[1])).astype(int)
+    sample = a[np.ix_(rows, cols)]  # at most one value a pixel
+    return _plot("heatmap", sample, width, height) or _png(_heatmap(sample, width, height))
+
+
+def _plot(kind: str, a: np.ndarray, width: int, height: int, index: np.ndarray | None = None) -> bytes | None:
+    """The picture drawn by matplotlib (its Agg canvas, no pyplot state), or None when matplotlib is missing."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:  # optional: pip install matplotlib for axes and ticks
+        return None
+    import io
+
+    fig = Figure(figsize=(width / 50, height / 50), dpi=100, layout="tight")  # twice the pixels shown: sharp
+    ax = fig.add_subplot()
+    if kind == "hist":
+        ax.hist(a, bins=64, color="#1f77b4")
+    elif kind == "line":
+        ax.plot(np.arange(a.size) if index is None else index, a, color="#1f77b4", linewidth=1)
+    else:
+        ax.imshow(a, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.tick_params(labelsize=14)
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
 
 
 def _line(a: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -529,10 +569,7 @@ def _histogram(a: np.ndarray, width: int, height: int, bins: int = 64) -> np.nda
     return img
 
 
-def _heatmap(a: np.ndarray, width: int, height: int) -> np.ndarray:
-    rows = np.linspace(0, a.shape[0] - 1, num=min(height, a.shape[0])).astype(int)
-    cols = np.linspace(0, a.shape[1] - 1, num=min(width, a.shape[1])).astype(int)
-    sample = a[np.ix_(rows, cols)]
+def _heatmap(sample: np.ndarray, width: int, height: int) -> np.ndarray:
     finite = np.isfinite(sample)
     lo = float(sample[finite].min()) if finite.any() else 0.0
     hi = float(sample[finite].max()) if finite.any() else 1.0

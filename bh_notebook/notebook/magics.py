@@ -7,26 +7,32 @@ after each cell that changed it.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dis
 import fnmatch
 import functools
 import keyword
+import logging
 import os
 import re
+import shlex
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Unicode
 
 from ..config import BucketConfig
 from ..database import BucketSQLite
 from ..errors import BhError
-from .display import human_bytes, human_seconds, shape_text, when
+from .display import human_bytes, human_seconds, shape_text, timestamps, when
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,11 +69,86 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _unquote(text: str) -> str:
-    """IPython's argument splitter keeps quotes: --note "first rows" arrives as '"first rows"'."""
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    return text
+def _words(line: str) -> list[str]:
+    """Split a magic's line at whitespace outside quotes, like a shell, keeping each word's quotes.
+
+    ``_unquote`` then gives a word's value with shell semantics; expressions (``%bh_put df[df.c == "x"] --as s``)
+    keep their quotes.
+    """
+    words: list[str] = []
+    word: list[str] = []
+    quote = ""
+    started = False
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if quote:
+            word.append(ch)
+            if ch == "\\" and quote == '"' and i + 1 < len(line):
+                word.append(line[i + 1])
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch.isspace():
+            if started:
+                words.append("".join(word))
+                word, started = [], False
+        else:
+            word.append(ch)
+            started = True
+            if ch in "'\"":
+                quote = ch
+            elif ch == "\\" and i + 1 < len(line):
+                word.append(line[i + 1])
+                i += 1
+        i += 1
+    if quote:
+        raise UsageError(f"{line.strip()!r} has an unclosed {quote}; close the quote")
+    if started:
+        words.append("".join(word))
+    return words
+
+
+def _unquote(word: str) -> str:
+    """A word's value with shell semantics: quotes removed, backslash escapes applied ('' is the empty string)."""
+    if not any(ch in word for ch in "'\"\\"):
+        return word
+    try:
+        return "".join(shlex.split(word))
+    except ValueError as exc:  # a trailing backslash
+        raise UsageError(f"{word!r}: {exc}; quote the word or escape the backslash (\\\\)") from None
+
+
+#: Options whose value may start with '-' (``--rows -3:``); argparse would take it for an option.
+_DASH_VALUES = ("--rows",)
+
+
+def _parse(magic: Any, line: str, raw: tuple[str, ...] = ()) -> Any:
+    """Parse a magic's line with its @magic_arguments parser, with shell quoting; ``raw`` names keep their quotes."""
+    words = _words(line)
+    merged: list[str] = []
+    for word in words:
+        if merged and merged[-1] in _DASH_VALUES and word.startswith("-"):
+            merged[-1] = f"{merged[-1]}={word}"
+        else:
+            merged.append(word)
+    args = magic.parser.parse_args(merged)
+    for name, value in vars(args).items():
+        if name in raw:
+            continue
+        if isinstance(value, str):
+            setattr(args, name, _unquote(value))
+        elif isinstance(value, list):
+            setattr(args, name, [_unquote(v) if isinstance(v, str) else v for v in value])
+    return args
+
+
+def _kind_arg(text: str) -> str:
+    """``--kind``: a kind as the listing shows it (frame, array, file, kv), or its plural."""
+    plural = {"frame": "frames", "array": "arrays", "file": "files"}.get(text, text)
+    if plural not in KINDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a kind; use frame, array, file or kv")
+    return plural
 
 
 def _split_version(spec: str) -> tuple[str, int | None]:
@@ -103,9 +184,13 @@ class BHMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._bh: BucketSQLite | None = None
         self._config: BucketConfig | None = None
+        self._base: BucketConfig | None = None  # the bucket %bh_connect URL chose, before any --branch
         self._merge_reports: list[Any] = []
         if shell is not None:
             shell.events.register("post_run_cell", self._post_run_cell)
+        # The magics print merge reports in the cell that caused them; the same report logged as a warning
+        # would reach the cell's stderr too (Python's last-resort handler), so the store's logger drops it.
+        logging.getLogger("bh_notebook").addFilter(self._not_a_merge_report)
 
     # -- connection -------------------------------------------------------------------------
 
@@ -134,11 +219,18 @@ class BHMagics(Magics):
         if self._bh is not None and self._bh.started:
             self._bh.stop()
         self._bh = None
+        logging.getLogger("bh_notebook").removeFilter(self._not_a_merge_report)
         if self.shell is not None:
             try:
                 self.shell.events.unregister("post_run_cell", self._post_run_cell)
             except ValueError:
                 pass
+
+    @staticmethod
+    def _not_a_merge_report(record: logging.LogRecord) -> bool:
+        from ..merge import MergeReport
+
+        return not (isinstance(record.args, tuple) and record.args and isinstance(record.args[0], MergeReport))
 
     def _merged(self, report: Any) -> None:
         """Called (maybe from the flush thread) when another writer's catalog was merged into ours."""
@@ -166,20 +258,33 @@ class BHMagics(Magics):
 
     @magic_arguments()
     @argument("url", nargs="?", help="file:///path, s3://bucket?endpoint_url=..., or r2://<account_id>/<bucket>; "
-                                     "without it, the environment's bucket (BUCKETHEAD_*) or the local store")
+                                     "without it, the store in use (else the environment's bucket, BUCKETHEAD_*, "
+                                     "or the local store)")
     @argument("--branch", help="a separate catalog in the same bucket, e.g. for an experiment")
     @line_magic
     @_friendly
     def bh_connect(self, line: str) -> BucketSQLite:
-        """Choose the bucket the other magics use, and connect to it."""
-        args = parse_argstring(self.bh_connect, line)
+        """Choose the bucket the other magics use, connect to it, and return the store.
+
+        ``bh = %bh_connect`` with no URL returns the store in use, as it is (no reconnect); the first time it
+        connects to the environment's bucket or the local store. A connection that fails keeps the previous one.
+        """
+        args = _parse(self.bh_connect, line)
+        if not args.url and args.branch is None:
+            if self._bh is not None and self._bh.started:
+                print(self._where(self._bh))
+                return self._bh
+            return self.bh
         if args.url:
-            config = BucketConfig.from_url(args.url)
-        elif self.default_url:
-            config = BucketConfig.from_url(self.default_url)
+            base = BucketConfig.from_url(args.url)
+        elif self._base is not None:
+            base = self._base
         else:
-            config = BucketConfig.from_env()
-        if args.branch:
+            base = BucketConfig.from_url(self.default_url) if self.default_url else BucketConfig.from_env()
+        config = base
+        if args.branch is not None:
+            if not args.branch.strip():
+                raise UsageError("--branch needs a name, like --branch experiment; leave it out for the main catalog")
             from ..interfaces.base import check_name
 
             branch = check_name(args.branch, "branch name")
@@ -187,16 +292,26 @@ class BHMagics(Magics):
                 raise UsageError("branch names cannot contain '/'")
             import dataclasses
 
-            config = dataclasses.replace(config, key=f"bucketsqlite/branches/{branch}/snap.db",
+            config = dataclasses.replace(base, key=f"bucketsqlite/branches/{branch}/snap.db",
                                          files_prefix=f"branches/{branch}/files/")
-        if self._bh is not None and self._bh.started:
-            if self._bh.config == config:  # already connected there: nothing to do
-                print(self._where(self._bh))
-                return self._bh
-            self._bh.stop()
+        old = self._bh if self._bh is not None and self._bh.started else None
+        if old is not None and old.config == config:  # already connected there: nothing to do
+            print(self._where(old))
+            return old
+        try:
+            new = BucketSQLite(config).start()  # connect first: a failure leaves the working store in place
+        except BhError as exc:
+            still = (f"still connected to {old.config.location}" if old is not None
+                     else "not connected; the other magics use the default store")
+            raise UsageError(f"could not connect to {config.location}: {_one_line(str(exc))} ({still})") from None
+        if old is not None:
+            old.stop()
+        new.on_merge = self._merged
+        self._base = base
         self._config = config
-        self._bh = None
-        return self.bh
+        self._bh = new
+        print(self._where(new))
+        return new
 
     @line_magic
     @_friendly
@@ -236,7 +351,7 @@ class BHMagics(Magics):
     @_friendly
     def bh_gc(self, line: str = "") -> None:
         """Delete blobs in the bucket that no catalog row points at (older than the grace period)."""
-        args = parse_argstring(self.bh_gc, line)
+        args = _parse(self.bh_gc, line)
         r = self.bh.files.gc(args.grace, dry_run=args.dry_run)
         verb = "would delete" if args.dry_run else "deleted"
         print(f"{r.orphans_found} unreferenced blobs: {verb} {r.orphans_deleted}, kept {r.orphans_skipped_grace} "
@@ -268,15 +383,15 @@ class BHMagics(Magics):
             %bh_put df arr settings_text
             %bh_put df.head(100) --as sample --note "first rows" --tag stage=raw
         """
-        args = parse_argstring(self.bh_put, line)
+        args = _parse(self.bh_put, line, raw=("items",))
         metadata: dict[str, str] = {}
         if args.note:
-            metadata["note"] = _unquote(args.note)
+            metadata["note"] = args.note
         for tag in args.tag:
-            key, sep, value = _unquote(tag).partition("=")
+            key, sep, value = tag.partition("=")
             if not sep or not key:
                 raise UsageError(f"--tag {tag!r}: use KEY=VALUE, like --tag stage=raw")
-            metadata[key] = _unquote(value)
+            metadata[key] = value
         items = [i for i in args.items]
         if args.as_name:
             expr = " ".join(items)
@@ -313,39 +428,45 @@ class BHMagics(Magics):
 
         full = self._name(name)
         bh = self.bh
-        moved = [0]
-
-        def progress(n: int) -> None:
-            moved[0] += n
-
         started = time.perf_counter()
+        store: Any
         if isinstance(value, pd.DataFrame):
-            v: Any = bh.frames.put(full, value, metadata=metadata, progress=progress)
-            kind, version, size = "frame", f"v{v.version}", f"{shape_text('frame', v)} ({human_bytes(v.nbytes)})"
+            store, kind = bh.frames, "frame"
         elif isinstance(value, (np.ndarray, np.generic)):
-            v = bh.arrays.put(full, value, metadata=metadata, progress=progress)
-            kind, version, size = "array", f"v{v.version}", f"{shape_text('array', v)} ({human_bytes(v.nbytes)})"
+            store, kind = bh.arrays, "array"
         elif isinstance(value, (bytes, bytearray, memoryview, os.PathLike)):
             if isinstance(value, os.PathLike) and not Path(value).is_file():
                 raise UsageError(f"{os.fspath(value)!r} is not a file; give the path of an existing file")
-            v = bh.named_files.put(full, value, metadata=metadata, progress=progress)
-            label = f"{v.filename}, " if v.filename else ""
-            kind, version, size = "file", f"v{v.version}", f"{label}{human_bytes(v.nbytes)}"
+            store, kind = bh.named_files, "file"
         elif isinstance(value, str):
             unchanged = bh.kv.get(full) == value
             if not unchanged:
                 bh.kv.set(full, value)
-                moved[0] = len(value.encode())  # kept inline in the catalog
-            kind, version, size = "kv", "-", f"{len(value):,} chars"
+            outcome = "unchanged" if unchanged else f"{human_bytes(len(value.encode()))} saved"  # inline in the catalog
+            print(f"{full}  kv  -  {len(value):,} chars  {outcome}  {human_seconds(time.perf_counter() - started)}")
+            return
         elif isinstance(value, pd.Series):
             raise UsageError(f"{name!r} is a Series; store it as a frame: %bh_put {name}.to_frame() --as {name}")
+        elif type(value).__module__.split(".")[0] == "polars":
+            raise UsageError(f"{name!r} is a polars {type(value).__name__}, which %bh_put does not store yet; "
+                             f"store a pandas copy: %bh_put {name}.to_pandas() --as {name}")
         else:
-            raise UsageError(f"cannot store {name!r}, a {type(value).__name__}: %bh_put takes a DataFrame, an "
-                             "ndarray, bytes, a pathlib.Path or a str")
-        took = time.perf_counter() - started
-        moved_text = "unchanged" if moved[0] == 0 else (
-            f"{human_bytes(moved[0])} {'saved' if kind == 'kv' else 'uploaded'}")
-        print(f"{full}  {kind}  {version}  {size}  {moved_text}  {human_seconds(took)}")
+            raise UsageError(f"cannot store {name!r}, a {type(value).__name__}: %bh_put takes a pandas DataFrame, a "
+                             "NumPy ndarray, bytes, a pathlib.Path or a str")
+        before = store.info(full).version if full in store else None
+        with _counting_transfers(bh) as moved:  # the store's own progress bars show, and we learn the bytes sent
+            v = store.put(full, value, metadata=metadata)
+        if kind == "file":
+            size = f"{v.filename + ', ' if v.filename else ''}{human_bytes(v.nbytes)}"
+        else:
+            size = f"{shape_text(kind, v)} ({human_bytes(v.nbytes)})"
+        if v.version == before:
+            outcome = "unchanged"
+        elif moved[0]:
+            outcome = f"{human_bytes(moved[0])} uploaded"
+        else:
+            outcome = "new version, nothing uploaded (its bytes were already stored)"
+        print(f"{full}  {kind}  v{v.version}  {size}  {outcome}  {human_seconds(time.perf_counter() - started)}")
 
     # -- %bh_get ------------------------------------------------------------------------------
 
@@ -354,19 +475,22 @@ class BHMagics(Magics):
     @argument("--as", dest="as_name", metavar="VAR", help="the variable to bind (default: the name)")
     @argument("--columns", help="frames: only these columns, comma-separated")
     @argument("--rows", help="arrays and frames: only rows START:STOP")
-    @argument("--kind", choices=KINDS, help="which kind to look in, when a name is in several")
+    @argument("--kind", type=_kind_arg, help="frame, array, file or kv: which kind to look in, when a name is in several")
     @line_magic
     @_friendly
     def bh_get(self, line: str) -> Any:
-        """Load a stored entry into a variable (named after it, or --as VAR), and return it.
+        """Load a stored entry and return it; the statement form also binds it to a variable.
 
-        Examples::
+        ``%bh_get NAME`` binds the variable named after the entry (or ``--as VAR``). In the assignment form,
+        ``x = %bh_get NAME``, only ``x`` is bound (and ``--as VAR`` if given): a live variable of the entry's
+        name is never replaced behind your back. Examples::
 
             %bh_get df
             %bh_get df@2 --as df_v2
             sample = %bh_get df --columns price,qty --rows 0:1000
+            last_rows = %bh_get arr --rows -3:
         """
-        args = parse_argstring(self.bh_get, line)
+        args = _parse(self.bh_get, line)
         name, version = _split_version(args.name)
         full = self._name(name)
         kind = self._resolve_kind(full, args.kind)
@@ -392,7 +516,8 @@ class BHMagics(Magics):
             if version is not None or rows is not None:
                 raise UsageError("kv values have no versions or rows")
             value = bh.kv[full]
-        self.shell.user_ns[var] = value
+        if args.as_name or not _result_is_assigned(self.shell):
+            self.shell.user_ns[var] = value
         return value
 
     def _kinds_holding(self, full: str) -> list[str]:
@@ -416,6 +541,9 @@ class BHMagics(Magics):
         found = self._kinds_holding(full)
         if kind is not None:
             if kind not in found:
+                if found:  # stored, but as another kind: say which, no "did you mean" it
+                    raise UsageError(f"{full!r} is {_article(found[0])}, not {_article(kind)}; use --kind "
+                                     f"{_KIND_OF[found[0]]} or leave --kind out")
                 raise UsageError(self._unknown(full, f" among {kind}"))
             return kind
         if not found:
@@ -425,7 +553,7 @@ class BHMagics(Magics):
         return found[0]
 
     def _unknown(self, full: str, where: str) -> str:
-        close = get_close_matches(full, self._all_names(), n=3)
+        close = get_close_matches(full, [n for n in self._all_names() if n != full], n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; %bh_ls lists what is stored"
         return f"nothing named {full!r}{where}{hint}"
 
@@ -433,47 +561,54 @@ class BHMagics(Magics):
 
     @magic_arguments()
     @argument("pattern", nargs="?", help="a glob (sales_*) or a substring of names and notes")
-    @argument("--kind", choices=KINDS, help="only this kind")
+    @argument("--kind", type=_kind_arg, help="only this kind: frame, array, file or kv")
     @line_magic
     @_friendly
     def bh_ls(self, line: str = "") -> Any:
-        """List what is stored, newest first, as a DataFrame (served from the catalog: no download)."""
-        args = parse_argstring(self.bh_ls, line)
-        return listing(self.bh, args.pattern, args.kind, self.name_prefix)
+        """List what is stored, newest first, as a DataFrame (served from the catalog: no download).
+
+        Sizes are in human units (KiB, MiB); times are local, with their zone.
+        """
+        args = _parse(self.bh_ls, line)
+        frame = listing(self.bh, args.pattern, args.kind, self.name_prefix)
+        frame["size"] = frame["size"].map(human_bytes).astype(object)  # the units %bh_history shows
+        return frame
 
     @magic_arguments()
     @argument("name", help="the entry whose versions to list")
-    @argument("--kind", choices=KINDS[:3], help="which kind, when the name is in several")
+    @argument("--kind", type=_kind_arg, help="frame, array or file: which kind, when the name is in several")
     @line_magic
     @_friendly
     def bh_history(self, line: str) -> Any:
         """Every version of an entry, newest first, as a DataFrame."""
         import pandas as pd
 
-        args = parse_argstring(self.bh_history, line)
+        args = _parse(self.bh_history, line)
         full = self._name(args.name)
         kind = self._resolve_kind(full, args.kind)
         if kind == "kv":
             raise UsageError(f"{full!r} is a kv key; kv keeps only the latest value")
         store = versioned_stores(self.bh)[_KIND_OF[kind]]
         rows = [{
-            "version": v.version, "created": pd.Timestamp(v.created_at, unit="s").floor("s"),
+            "version": v.version, "created": v.created_at,
             "size": human_bytes(v.nbytes), "shape": shape_text(_KIND_OF[kind], v),
             "note": v.metadata.get("note", ""),
             "tags": ", ".join(f"{k}={val}" for k, val in v.metadata.items() if k != "note"),
             "key": v.bh_key[:12],
         } for v in store.history(full)]
-        return pd.DataFrame(rows)
+        frame = pd.DataFrame(rows, columns=["version", "created", "size", "shape", "note", "tags", "key"])
+        frame["created"] = timestamps(frame["created"].astype("float64"))
+        return frame
 
     @magic_arguments()
     @argument("name", help="the entry to remove")
     @argument("--version", type=int, help="remove only this version")
-    @argument("--kind", choices=KINDS, help="which kind, when the name is in several")
+    @argument("--kind", type=_kind_arg, help="frame, array, file or kv: which kind, when the name is in several")
     @line_magic
     @_friendly
     def bh_rm(self, line: str) -> None:
         """Remove an entry (every version) or one version of it; blobs no version uses are deleted."""
-        args = parse_argstring(self.bh_rm, line)
+        args = _parse(self.bh_rm, line)
         full = self._name(args.name)
         kind = self._resolve_kind(full, args.kind)
         if kind == "kv":
@@ -495,10 +630,17 @@ class BHMagics(Magics):
         """Small settings as text.
 
         ``%bh_kv`` lists the keys; ``%bh_kv KEY`` shows one value. As a cell magic, ``%%bh_kv`` sets every
-        ``key = value`` line of the cell in one transaction (blank lines and # comments allowed; a malformed line
-        stores nothing), and ``%%bh_kv KEY`` stores the whole cell text as KEY's value.
+        ``key = value`` line of the cell in one transaction (a malformed line stores nothing), and
+        ``%%bh_kv KEY`` stores the whole cell text as KEY's value, untouched.
+
+        In ``key = value`` lines, blank lines and lines starting with ``#`` are skipped; a ``#`` after whitespace
+        outside quotes starts a comment (``lr = 0.01  # tuned``); a value wholly in matching quotes loses them
+        (``name = "a # b"`` stores ``a # b``); a ``#`` inside a word stays (``url = http://h/#top``).
         """
-        key = line.strip()
+        words = [_unquote(w) for w in _words(line)]
+        if len(words) > 1:
+            raise UsageError(f"%bh_kv takes one KEY (got {line.strip()!r}); quote a key that holds spaces")
+        key = words[0] if words else ""
         kv = self.bh.kv
         if cell is None:
             if not key:
@@ -510,8 +652,6 @@ class BHMagics(Magics):
                 return None
             return kv[self._name(key)]
         if key:
-            if " " in key:
-                raise UsageError(f"%%bh_kv takes one KEY (got {key!r}); the cell's text becomes its value")
             kv.set(self._name(key), cell)
             print(f"{self._name(key)}  kv  {len(cell):,} chars saved")
             return None
@@ -523,12 +663,94 @@ class BHMagics(Magics):
             m = _KV_LINE.match(text)
             if not m or not m.group(1).strip():
                 raise UsageError(f"line {number}: {stripped!r} is not 'key = value'; nothing was stored")
-            pairs.append((self._name(m.group(1).strip()), m.group(2)))
+            pairs.append((self._name(m.group(1).strip()), _kv_value(m.group(2))))
         if not pairs:
             raise UsageError("the cell has no 'key = value' lines; nothing was stored")
         kv.update(pairs)
         print(f"{len(pairs)} kv key{'s' if len(pairs) != 1 else ''} saved: {', '.join(k for k, _ in pairs)}")
         return None
+
+
+@contextlib.contextmanager
+def _counting_transfers(bh: BucketSQLite) -> Iterator[list[int]]:
+    """Count the bytes the store uploads, while its usual progress bars (``progress_factory``) still show."""
+    moved = [0]
+    files = bh.files
+    factory = files.progress_factory
+
+    def counting(label: str, total: int | None) -> Any:
+        bar = factory(label, total) if factory is not None else None
+        return _Counted(bar, moved)
+
+    files.progress_factory = counting
+    try:
+        yield moved
+    finally:
+        files.progress_factory = factory
+
+
+class _Counted:
+    """A progress callback that adds the bytes to a counter and passes them on to a bar."""
+
+    def __init__(self, bar: Any, moved: list[int]) -> None:
+        self.bar = bar
+        self.moved = moved
+
+    def __call__(self, n: int) -> None:
+        self.moved[0] += n
+        if self.bar is not None:
+            self.bar(n)
+
+    def close(self) -> None:
+        if self.bar is not None and hasattr(self.bar, "close"):
+            self.bar.close()
+
+
+def _kv_value(text: str) -> str:
+    """The value of a ``key = value`` line: an inline ``  # comment`` dropped, then surrounding quotes."""
+    quote = ""
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or text[i - 1].isspace()):
+            text = text[:i]
+            break
+    value = text.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    return value
+
+
+def _result_is_assigned(shell: Any) -> bool:
+    """True when the code running this magic assigns its result, as in ``x = %bh_get df``.
+
+    IPython runs that line as ``x = get_ipython().run_line_magic(...)`` inside code it compiled from the cell (or,
+    under ``%time``, from the magic's line). In that code's bytecode the instructions after the call either store
+    the result (an assignment) or discard or display it (the statement form). Calls of ``run_line_magic`` from
+    ordinary Python code count as the statement form.
+    """
+    cells = getattr(getattr(shell, "compile", None), "_filename_map", None) or {}
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_code.co_name == "run_line_magic"
+                                     and "IPython" in frame.f_code.co_filename):
+        frame = frame.f_back  # type: ignore[assignment]
+    caller = frame.f_back if frame is not None else None
+    if caller is None:
+        return False
+    source = caller.f_code.co_filename
+    if source not in cells and not (source.startswith("<") and not source.startswith("<decorator")):
+        return False  # a module or a test calling run_line_magic
+    for op in dis.get_instructions(caller.f_code):
+        if op.offset <= caller.f_lasti:
+            continue
+        if op.opname.startswith(("STORE_", "UNPACK_")):  # x = ..., d[k] = ... (the target is loaded first)
+            return True
+        if op.opname in ("POP_TOP", "PRINT_EXPR", "RETURN_VALUE", "RETURN_CONST"):
+            return False
+    return False
 
 
 def _article(kind: str) -> str:
@@ -561,5 +783,5 @@ def listing(bh: BucketSQLite, pattern: str | None = None, kind: str | None = Non
     df = pd.DataFrame(rows, columns=["name", "kind", "version", "size", "shape", "modified", "note"])
     df["version"] = df["version"].astype("Int64")
     df = df.sort_values("modified", ascending=False, kind="stable").reset_index(drop=True)  # exact times first
-    df["modified"] = pd.to_datetime(df["modified"], unit="s").dt.floor("s")  # then shown to the second
+    df["modified"] = timestamps(df["modified"])  # then shown to the second, in local time with its zone
     return df
