@@ -383,3 +383,16 @@ def test_progress_labels_are_escaped_in_the_notebook_bar() -> None:
         parser = _Tags()
         parser.feed(markup)
         assert parser.tags == [], markup
+
+
+def test_refresh_pulls_a_teammates_entries(store: tuple[BucketSQLite, CountingBucket]) -> None:
+    bh = store[0]
+    bh.force_flush()
+    b = Browser(bh)
+    with BucketSQLite(bh.config, SnapshotConfig(interval_seconds=0)) as teammate:
+        teammate.arrays.put("teammate_result", np.arange(3))
+    b.refresh()  # what search and sorting call: no bucket request, the old catalog
+    assert "teammate_result" not in [r["name"] for r in b._rows]
+    b.refresh_button.click()  # the Refresh button pulls first
+    assert "teammate_result" in [r["name"] for r in b._rows]
+    assert "pulled" in b.message

@@ -613,3 +613,57 @@ def test_test_shells_leave_nothing_for_exit() -> None:
     done = subprocess.run([sys.executable, "-c", SHELLS_SCRIPT], cwd=root, capture_output=True, text=True,
                           timeout=120, check=True)
     assert "Traceback" not in done.stderr and "atexit" not in done.stderr, done.stderr
+
+
+def test_a_teammates_entries_show_up_without_a_restart(ip: InteractiveShell,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("config", "BHMagics.autoflush = False")
+    ip.run_cell_magic("bh_kv", "", "mine = 1\n")
+    ip.run_line_magic("bh_flush", "")
+    bh: BucketSQLite = magics(ip).bh
+    with BucketSQLite(bh.config, SnapshotConfig(interval_seconds=0)) as teammate:
+        teammate.arrays.put("teammate_result", np.arange(5))
+    listed = ip.run_line_magic("bh_ls", "")
+    assert "teammate_result" in set(listed["name"])  # %bh_ls pulled first
+    with BucketSQLite(bh.config, SnapshotConfig(interval_seconds=0)) as teammate:
+        teammate.frames.put("later", pd.DataFrame({"a": [1, 2]}))
+    got = ip.run_line_magic("bh_get", "later --as later_df")  # a miss pulls, then finds it
+    assert got["a"].tolist() == [1, 2]
+    capsys.readouterr()
+    ip.run_line_magic("bh_pull", "")
+    assert "nothing new in the bucket" in capsys.readouterr().out
+    with BucketSQLite(bh.config, SnapshotConfig(interval_seconds=0)) as teammate:
+        teammate.kv["note"] = "hello"
+    report = ip.run_line_magic("bh_pull", "")
+    assert report is not None and "pulled: merged another writer's catalog" in capsys.readouterr().out
+    assert ip.run_line_magic("bh_kv", "note") == "hello"
+
+
+KILL_AFTER_CELL = '''
+import os, signal, sys, threading, time
+from jupyter_client.manager import start_new_kernel
+km, kc = start_new_kernel(kernel_name="python3")
+reply = kc.execute_interactive(
+    "%load_ext bh_notebook\\nimport numpy as np\\nfirst = np.arange(3)\\n%bh_put first", timeout=120)
+assert reply["content"]["status"] == "ok", reply
+reply = kc.execute_interactive("last_words = np.arange(9)\\n%bh_put last_words", timeout=120)  # within the old 5 s debounce
+assert reply["content"]["status"] == "ok", reply
+time.sleep(0.1)
+os.kill(km.provisioner.process.pid, signal.SIGKILL)  # 0.1 s after the cell finished
+kc.stop_channels()
+print("killed", flush=True)
+'''
+
+
+def test_a_cell_is_durable_when_it_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real kernel, autoflush on (the default): SIGKILL 0.1 s after a cell that stored something finished,
+    a moment after an earlier cell's flush (no debounce may hold the second back)."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("BH_NOTEBOOK_HOME", str(home))
+    out = subprocess.run([sys.executable, "-c", KILL_AFTER_CELL], capture_output=True, text=True, timeout=300)
+    assert "killed" in out.stdout, out.stderr
+    with BucketSQLite(BucketConfig.for_local(home)) as bh:
+        np.testing.assert_array_equal(bh.arrays.get("last_words"), np.arange(9))

@@ -19,6 +19,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from ..database import BucketSQLite
+from ..errors import BhError
 from .display import human_bytes, when
 from .magics import listing, versioned_stores
 
@@ -94,7 +95,7 @@ class Browser(widgets.VBox):
         self.order.observe(lambda change: self._sort_changed(), names="value")
         self.entries.observe(self._on_select, names="value")
         self.versions.observe(self._on_version, names="value")
-        self.refresh_button.on_click(lambda b: self.refresh())
+        self.refresh_button.on_click(lambda b: self.pull())
         self.prev_button.on_click(lambda b: self._turn(-1))
         self.next_button.on_click(lambda b: self._turn(1))
         self.load_button.on_click(lambda b: self.load())
@@ -117,6 +118,17 @@ class Browser(widgets.VBox):
         return f"<Browser of {self.bh.config.backend} {self.bh.config.location!r}: {len(self._rows)} entries>"
 
     # -- listing --------------------------------------------------------------------------------
+
+    def pull(self) -> None:
+        """What Refresh does: take in other writers' commits (one HEAD when nothing is new), then redraw."""
+        try:
+            report = self.bh.pull()
+        except BhError as exc:
+            self._say(f"could not check the bucket for other writers' changes: {exc}", error=True)
+        else:
+            if report is not None:
+                self._say(f"pulled: {report.taken} changes from other writers")
+        self.refresh()
 
     def refresh(self) -> None:
         """Re-read the catalog (no bucket request) and redraw the listing."""

@@ -203,6 +203,7 @@ class BHMagics(Magics):
                 config = BucketConfig.from_url(self.default_url) if self.default_url else BucketConfig.from_env()
             bh = BucketSQLite(config).start()
             bh.on_merge = self._merged
+            bh.auto_pull = True  # an idle kernel sees teammates' entries (one HEAD per flush interval)
             self._bh = bh
             print(self._where(bh))
         return self._bh
@@ -241,15 +242,27 @@ class BHMagics(Magics):
             print(f"bh_notebook: {self._merge_reports.pop(0)}")
 
     def _post_run_cell(self, result: Any = None) -> None:
-        self._say_merges()
         bh = self._bh
-        if not self.autoflush or bh is None or not bh.started:
-            return
         try:
-            if bh.dirty:
-                bh.request_flush()
+            if self.autoflush and bh is not None and bh.started and bh.dirty:
+                if bh.last_error is None:
+                    # Durable when the cell has finished: the commit happens before the cell returns (it costs
+                    # the cell one commit), so a kernel killed right after loses nothing the cell stored.
+                    bh.force_flush()
+                else:  # the bucket failed last time: retry in the background rather than hold every cell
+                    bh.request_flush()
         except BhError as exc:  # never break the user's cell over a flush
-            print(f"bh_notebook: the catalog could not be flushed yet: {_one_line(str(exc))}")
+            print(f"bh_notebook: the catalog could not be saved yet ({_one_line(str(exc))}); it is kept in "
+                  "memory and saved by the next flush")
+        self._say_merges()
+
+    def _pull(self) -> None:
+        """Take in other writers' commits before answering from the catalog (one HEAD when nothing is new)."""
+        try:
+            self.bh.pull()
+        except BhError as exc:  # offline: answer from what this kernel has
+            print(f"bh_notebook: could not check the bucket for other writers' changes ({_one_line(str(exc))}); "
+                  "showing this kernel's catalog")
 
     def _name(self, name: str) -> str:
         return self.name_prefix + name
@@ -307,6 +320,7 @@ class BHMagics(Magics):
         if old is not None:
             old.stop()
         new.on_merge = self._merged
+        new.auto_pull = True
         self._base = base
         self._config = config
         self._bh = new
@@ -344,6 +358,24 @@ class BHMagics(Magics):
         else:
             print("catalog unchanged: nothing uploaded")
 
+    @line_magic
+    @_friendly
+    def bh_pull(self, line: str = "") -> Any:
+        """Take in what other writers committed since this kernel last synced, and say what arrived.
+
+        %bh_ls, %bh_history, the browser's Refresh and a %bh_get of a name not found here pull first on their own;
+        an idle kernel also pulls on the flush timer.
+        """
+        if line.strip():
+            raise UsageError("%bh_pull takes no arguments")
+        report = self.bh.pull()
+        if report is None:
+            print("nothing new in the bucket")
+            return None
+        self._merge_reports = [r for r in self._merge_reports if r is not report]  # shown here, not again
+        print(f"pulled: {report}")
+        return report
+
     @magic_arguments()
     @argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     @argument("--grace", type=float, default=300.0, help="keep unreferenced blobs younger than this (seconds)")
@@ -352,6 +384,7 @@ class BHMagics(Magics):
     def bh_gc(self, line: str = "") -> None:
         """Delete blobs in the bucket that no catalog row points at (older than the grace period)."""
         args = _parse(self.bh_gc, line)
+        self._pull()  # judge from the latest shared catalog, not only this kernel's
         r = self.bh.files.gc(args.grace, dry_run=args.dry_run)
         verb = "would delete" if args.dry_run else "deleted"
         print(f"{r.orphans_found} unreferenced blobs: {verb} {r.orphans_deleted}, kept {r.orphans_skipped_grace} "
@@ -539,6 +572,9 @@ class BHMagics(Magics):
 
     def _resolve_kind(self, full: str, kind: str | None) -> str:
         found = self._kinds_holding(full)
+        if not found or (kind is not None and kind not in found):
+            self._pull()  # perhaps a teammate stored it since this kernel last synced
+            found = self._kinds_holding(full)
         if kind is not None:
             if kind not in found:
                 if found:  # stored, but as another kind: say which, no "did you mean" it
@@ -570,6 +606,7 @@ class BHMagics(Magics):
         Sizes are in human units (KiB, MiB); times are local, with their zone.
         """
         args = _parse(self.bh_ls, line)
+        self._pull()
         frame = listing(self.bh, args.pattern, args.kind, self.name_prefix)
         frame["size"] = frame["size"].map(human_bytes).astype(object)  # the units %bh_history shows
         return frame
@@ -584,6 +621,7 @@ class BHMagics(Magics):
         import pandas as pd
 
         args = _parse(self.bh_history, line)
+        self._pull()
         full = self._name(args.name)
         kind = self._resolve_kind(full, args.kind)
         if kind == "kv":
