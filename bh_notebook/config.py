@@ -139,12 +139,15 @@ class BucketConfig:
             object.__setattr__(self, name, float(value))
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be a whole number of at least 1, not {self.max_attempts!r}")
+        if not isinstance(self.region, str) or not re.fullmatch(r"[a-z0-9-]{1,40}", self.region):
+            raise ConfigError("region must be a region name like 'us-east-1', or 'auto' (R2, MinIO, SeaweedFS)")
         if self.endpoint_url is not None:
             endpoint = urlparse(self.endpoint_url)
-            if "@" in endpoint.netloc:
+            if "@" in self.endpoint_url:
                 raise ConfigError("endpoint_url holds credentials (user:secret@host); give the endpoint as "
                                   "https://host and pass access_key_id= and secret_access_key= instead")
-            if endpoint.scheme not in ("http", "https") or not endpoint.netloc:
+            if (endpoint.scheme not in ("http", "https") or not endpoint.netloc
+                    or endpoint.path not in ("", "/") or endpoint.query or endpoint.fragment):
                 raise ConfigError("endpoint_url must look like https://host[:port]")
         if self.local_path is None and any(c in self.bucket for c in "@:/?#") :
             raise ConfigError("the bucket name holds '@', ':', '/', '?' or '#', which S3 bucket names never do; "
