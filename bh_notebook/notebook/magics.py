@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Bool, Unicode
+from traitlets import Bool, Dict, Unicode
 
 from ..config import BucketConfig
 from ..database import BucketSQLite
@@ -98,6 +98,10 @@ class BHMagics(Magics):
     default_url = Unicode("", help="Bucket URL to connect to when %bh_connect was not used "
                                    "(file:///path, s3://bucket?endpoint_url=..., r2://account/bucket).").tag(config=True)
     name_prefix = Unicode("", help="Prepended to every name put and looked up, e.g. 'alice/'.").tag(config=True)
+    timeouts = Dict({}, help="Seconds for S3 requests, overriding the bucket URL's: any of connect_timeout, "
+                             "read_timeout, deadline, max_attempts (tries), e.g. "
+                             "%config BHMagics.timeouts = {'deadline': 60}. Applies from the next connection."
+                    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -116,11 +120,23 @@ class BHMagics(Magics):
             config = self._config
             if config is None:
                 config = BucketConfig.from_url(self.default_url) if self.default_url else BucketConfig.from_env()
-            bh = BucketSQLite(config).start()
+            bh = BucketSQLite(self._with_timeouts(config)).start()
             bh.on_merge = self._merged
             self._bh = bh
             print(self._where(bh))
         return self._bh
+
+    def _with_timeouts(self, config: BucketConfig) -> BucketConfig:
+        """``config`` with the ``timeouts`` trait applied."""
+        known = ("connect_timeout", "read_timeout", "deadline", "max_attempts")
+        unknown = sorted(str(k) for k in self.timeouts if k not in known)
+        if unknown:
+            raise UsageError(f"BHMagics.timeouts: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        if not self.timeouts:
+            return config
+        import dataclasses
+
+        return dataclasses.replace(config, **self.timeouts)
 
     def _where(self, bh: BucketSQLite) -> str:
         c = bh.config

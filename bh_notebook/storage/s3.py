@@ -52,6 +52,8 @@ T = TypeVar("T")
 
 #: Parallel connections used for multipart uploads and ranged downloads of large objects.
 MAX_CONCURRENCY = 8
+#: A streamed body is read in pieces of this size; a broken stream keeps what arrived in whole pieces.
+_READ_PIECE = 256 * 1024
 
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                "AuthorizationHeaderMalformed", "InvalidSecurity", "MissingSecurityHeader", "Unauthorized"}
@@ -259,7 +261,7 @@ class S3Bucket(BucketClient):
                         break
                     raise
                 with r["Body"] as body:
-                    while chunk := body.read(1 << 20):  # kept as it arrives: a retry asks only for the rest
+                    while chunk := body.read(_READ_PIECE):  # kept as it arrives: a retry asks only for the rest
                         chunks.append(chunk)
                         pos += len(chunk)
         return b"".join(chunks)
@@ -329,7 +331,7 @@ class S3Bucket(BucketClient):
                         while pos < hi:
                             if cancelled.is_set():
                                 return
-                            chunk = body.read(min(1 << 20, hi - pos))
+                            chunk = body.read(min(_READ_PIECE, hi - pos))
                             if not chunk:
                                 raise IntegrityError(f"s3://{self.name}/{key} ended at byte {start + pos}; "
                                                      "it is shorter than expected")
