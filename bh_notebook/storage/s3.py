@@ -170,10 +170,12 @@ class S3Bucket(BucketClient):
 
     def _call(self, what: str, key: str | None, fn: Callable[..., T], **kwargs: Any) -> T:
         """Call the boto3 client; botocore's errors become our named ones, anything else (a bug) passes through."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
         try:
             return fn(**kwargs)
+        except ParamValidationError:
+            raise  # we built a wrong request: a bug of ours, shown as one
         except (BotoCoreError, ClientError) as exc:
             raise self._translate(exc, what, key) from exc
 
