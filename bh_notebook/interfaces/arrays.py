@@ -136,7 +136,7 @@ class ArrayStore(VersionedStore[ArrayVersion]):
         header = _npy_header(arr)
         data = _byte_view(arr)
         bh_key = self._files.put_buffers(header, data, filename=f"{name.rsplit('/', 1)[-1]}.npy",
-                                         mime="application/x-npy", progress=progress)
+                                         mime="application/x-npy", progress=progress, entry=("array", name))
         descr = np.lib.format.dtype_to_descr(arr.dtype)
         return self._add_version(name, bh_key, int(arr.nbytes), meta, {
             "shape": json.dumps(list(arr.shape)), "dtype": str(arr.dtype), "descr": repr(descr),

@@ -138,7 +138,7 @@ class FrameStore(VersionedStore[FrameVersion]):
         table = _to_arrow(df)
         pa, _, _ = _import_arrow()
         with self._files.writer(filename=f"{name.rsplit('/', 1)[-1]}.parquet", mime="application/vnd.apache.parquet",
-                                progress=progress) as blob:
+                                progress=progress, entry=("frame", name)) as blob:
             row_group_size = _write_parquet(table, pa.PythonFile(blob, mode="w"), self.compression,
                                             self.compression_level)
         bh_key = blob.bh_key

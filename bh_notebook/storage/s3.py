@@ -11,7 +11,7 @@ import io
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
@@ -369,6 +369,8 @@ class S3Bucket(BucketClient):
         if_none_match: str | None = None,
         if_match: str | None = None,
         progress: ProgressCallback | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
         check_key(key)
         if if_none_match not in (None, "*"):
@@ -378,12 +380,18 @@ class S3Bucket(BucketClient):
             cond["IfNoneMatch"] = if_none_match
         if if_match:
             cond["IfMatch"] = if_match
+        about: dict[str, Any] = {}
+        if content_type:
+            about["ContentType"] = content_type
+        if metadata:
+            about["Metadata"] = dict(metadata)
         if size is not None and size > self.multipart_threshold:
-            return self._multipart(b"", fileobj, key, cond, progress, size)
+            return self._multipart(b"", fileobj, key, cond, progress, size, about)
         first = _read_full(fileobj, self.multipart_threshold + 1)
         if len(first) <= self.multipart_threshold:
             try:
-                r = self._call("write", key, self._client.put_object, Bucket=self.name, Key=key, Body=first, **cond)
+                r = self._call("write", key, self._client.put_object, Bucket=self.name, Key=key, Body=first, **cond,
+                               **about)
             except ObjectNotFound:
                 if if_match is None:
                     raise
@@ -392,10 +400,10 @@ class S3Bucket(BucketClient):
             if progress is not None:
                 progress(len(first))
             return str(r["ETag"])
-        return self._multipart(first, fileobj, key, cond, progress, None)
+        return self._multipart(first, fileobj, key, cond, progress, None, about)
 
     def _multipart(self, first: bytes, fileobj: BinaryIO, key: str, cond: dict[str, str],
-                   progress: ProgressCallback | None, size: int | None) -> str:
+                   progress: ProgressCallback | None, size: int | None, about: dict[str, Any]) -> str:
         # At most 10,000 parts: grow the part size for very large objects of known size.
         part_size = max(self.part_size, -(-size // 9000)) if size else self.part_size
         # Check before uploading gigabytes; CompleteMultipartUpload re-checks the condition atomically
@@ -408,7 +416,7 @@ class S3Bucket(BucketClient):
                 raise PreconditionFailed(f"s3://{self.name}/{key} changed since it was read "
                                          f"(etag {cond['IfMatch']} expected)")
         upload_id = self._call("write", key, self._client.create_multipart_upload,
-                               Bucket=self.name, Key=key)["UploadId"]
+                               Bucket=self.name, Key=key, **about)["UploadId"]
         try:
             pending = io.BytesIO(first)
             parts: dict[int, str] = {}
