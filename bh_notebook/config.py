@@ -84,8 +84,9 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
-    def __reduce__(self) -> Any:
-        raise TypeError("a Secret is not pickled")
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        # Pickling is handing the value over on purpose (e.g. a config to a worker process): it travels whole.
+        return (Secret, (self._value,))
 
 
 def r2_endpoint(account_id: str) -> str:
