@@ -30,7 +30,7 @@ def _default_progress(label: str, total: int | None) -> object:
 
 
 # The core never imports the notebook layer; the package wires the default progress bar in from the top.
-BucketSQLite.progress_factory = staticmethod(_default_progress)  # type: ignore[assignment]
+BucketSQLite.progress_factory = staticmethod(_default_progress)
 
 __all__ = [
     "ArrayStore",
@@ -55,7 +55,7 @@ def browse(bh: BucketSQLite | None = None, **kwargs: object) -> object:
     """An ipywidgets Browser over ``bh`` (default: the store the magics use, else a new one from the environment)."""
     from .notebook.browser import browse as _browse
 
-    return _browse(bh, **kwargs)  # type: ignore[arg-type]
+    return _browse(bh, **kwargs)
 
 
 def load_ipython_extension(ipython: object) -> None:

@@ -72,7 +72,7 @@ def _byte_view(arr: np.ndarray[Any, Any]) -> memoryview:
         flat = arr.T.reshape(-1)
     else:  # pragma: no cover - callers make the array contiguous first
         raise ValueError("array is not contiguous")
-    return memoryview(flat.view(np.uint8))
+    return flat.view(np.uint8).data
 
 
 def _refuse_objects(dtype: np.dtype[Any]) -> None:

@@ -237,7 +237,7 @@ class FileStore(Interface):
         if not self._store.exists(object_key):
             reader = ChainReader(*views)
             with self._progress(progress, f"put {filename or bh_key[:12]}", size) as cb:
-                self._store.put_stream(reader, object_key, size=size, progress=cb,  # type: ignore[arg-type]
+                self._store.put_stream(reader, object_key, size=size, progress=cb,
                                        **_describe(mime, entry))
         self._insert(bh_key, object_key, size, mime, filename, metadata)
         return bh_key

@@ -82,4 +82,4 @@ class NamedFileStore(VersionedStore[NamedFileVersion]):
         return self._files.get(info.bh_key, dest=Path(dest) if dest is not None else None, progress=progress)
 
     def __getitem__(self, name: str) -> bytes:
-        return self.get(name)  # type: ignore[no-any-return]
+        return self.get(name)

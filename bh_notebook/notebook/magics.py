@@ -308,6 +308,7 @@ class BHMagics(Magics):
             self._put_one(item, value, metadata)
 
     def _lookup(self, name: str) -> Any:
+        assert self.shell is not None
         ns = self.shell.user_ns
         if name not in ns:
             close = get_close_matches(name, [k for k in ns if not k.startswith("_")], n=3)
@@ -319,6 +320,7 @@ class BHMagics(Magics):
         if expr.isidentifier():
             return self._lookup(expr)
         try:
+            assert self.shell is not None
             return self.shell.ev(expr)
         except Exception as exc:  # noqa: BLE001 - the user's expression; report it in one line
             raise UsageError(f"could not evaluate {expr!r}: {type(exc).__name__}: {exc}") from None
@@ -408,6 +410,7 @@ class BHMagics(Magics):
             if version is not None or rows is not None:
                 raise UsageError("kv values have no versions or rows")
             value = bh.kv[full]
+        assert self.shell is not None
         self.shell.user_ns[var] = value
         return value
 

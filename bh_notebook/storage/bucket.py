@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Union
 
 from ..errors import IntegrityError, InvalidKey, KeyTypeError
 
@@ -27,6 +27,9 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 #: Reads from a stream are done in pieces of this size.
 CHUNK_SIZE = 1024 * 1024
+
+#: What put_stream reads from: an open binary file, or one of our raw streams (ChainReader, ...).
+Readable = Union[BinaryIO, io.RawIOBase]
 
 #: Called with the number of bytes moved since the last call.
 ProgressCallback = Callable[[int], None]
@@ -87,7 +90,7 @@ class BucketClient(ABC):
     @abstractmethod
     def put_stream(
         self,
-        fileobj: BinaryIO,
+        fileobj: Readable,
         key: str,
         *,
         size: int | None = None,

@@ -37,7 +37,7 @@ from ..errors import (
     StoreFull,
     StoreNotWritable,
 )
-from .bucket import CHUNK_SIZE, BucketClient, ObjectInfo, ProgressCallback, Sink, check_key
+from .bucket import CHUNK_SIZE, BucketClient, ObjectInfo, ProgressCallback, Readable, Sink, check_key
 
 #: Names starting with this are ours (temp files, the lock); they are hidden from listings and refused as keys.
 RESERVED_PREFIX = ".bh-"
@@ -182,7 +182,7 @@ class LocalBucket(BucketClient):
 
     def put_stream(
         self,
-        fileobj: BinaryIO,
+        fileobj: Readable,
         key: str,
         *,
         size: int | None = None,
@@ -198,7 +198,7 @@ class LocalBucket(BucketClient):
         with self._writing(key):
             return self._put(fileobj, key, path, if_none_match, if_match, progress)
 
-    def _put(self, fileobj: BinaryIO, key: str, path: Path, if_none_match: str | None, if_match: str | None,
+    def _put(self, fileobj: Readable, key: str, path: Path, if_none_match: str | None, if_match: str | None,
              progress: ProgressCallback | None) -> str:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

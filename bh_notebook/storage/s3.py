@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from ..config import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -40,6 +40,7 @@ from .bucket import (
     BucketClient,
     ObjectInfo,
     ProgressCallback,
+    Readable,
     Sink,
     atomic_file,
     check_key,
@@ -207,28 +208,27 @@ class S3Bucket(BucketClient):
             status = int(raw_status) if raw_status is not None else None
             if code is not None and code.isdigit() and status is None:
                 status = int(code)  # HEAD answers have no body: botocore puts the status in as the code
-            named = dict(code=code, status=status)
             if code == "PreconditionFailed" or status == 412:
-                return PreconditionFailed(f"{target} changed since it was read; re-read it and try again", **named)
+                return PreconditionFailed(f"{target} changed since it was read; re-read it and try again", code=code, status=status)
             if code == "NoSuchBucket":
                 return BucketNotFound(f"bucket {self.name!r} does not exist at {endpoint}; "
-                                      "create it first or fix the bucket name", **named)
+                                      "create it first or fix the bucket name", code=code, status=status)
             if code in ("NoSuchKey", "NotFound", "NoSuchUpload") or status == 404:
-                return ObjectNotFound(f"no object {target}", **named)
+                return ObjectNotFound(f"no object {target}", code=code, status=status)
             if code in _AUTH_CODES:
                 return AccessDenied(f"{endpoint} rejected the credentials ({code}) on {what} {target}: "
-                                    "check the access key id and secret", **named)
+                                    "check the access key id and secret", code=code, status=status)
             if code == "AccessDenied" or status in (401, 403):
                 return AccessDenied(f"access denied to {what} {target} at {endpoint}: the credentials are wrong "
-                                    "or lack permission on this bucket", **named)
+                                    "or lack permission on this bucket", code=code, status=status)
             if code == "InvalidRange" or status == 416:
-                return BackendError(f"invalid byte range for {target}", **named)
+                return BackendError(f"invalid byte range for {target}", code=code, status=status)
             if status is not None and (status >= 500 or status == 429):
                 return EndpointUnreachable(f"{endpoint} kept failing to {what} {target} ({code or status}, "
                                            f"gave up after {self.deadline:g} s or {self.max_attempts} tries); "
-                                           "try again later", **named)
+                                           "try again later", code=code, status=status)
             return BackendError(f"{what} {target} failed at {endpoint}: {code or status} "
-                                f"{err.get('Message', '')}".rstrip(), **named)
+                                f"{err.get('Message', '')}".rstrip(), code=code, status=status)
         return BackendError(f"{what} {target} failed at {endpoint}: {type(exc).__name__}")
 
     # -- primitives -------------------------------------------------------------------------
@@ -282,7 +282,7 @@ class S3Bucket(BucketClient):
     def open_read(self, key: str) -> BinaryIO:
         check_key(key)
         r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key)
-        return _BodyReader(r["Body"])
+        return cast(BinaryIO, _BodyReader(r["Body"]))
 
     def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Path:
         """Stream ``key`` to a file in ranged GETs, each retried from where it broke off; atomic (temp + rename)."""
@@ -362,7 +362,7 @@ class S3Bucket(BucketClient):
 
     def put_stream(
         self,
-        fileobj: BinaryIO,
+        fileobj: Readable,
         key: str,
         *,
         size: int | None = None,
@@ -402,7 +402,7 @@ class S3Bucket(BucketClient):
             return str(r["ETag"])
         return self._multipart(first, fileobj, key, cond, progress, None, about)
 
-    def _multipart(self, first: bytes, fileobj: BinaryIO, key: str, cond: dict[str, str],
+    def _multipart(self, first: bytes, fileobj: Readable, key: str, cond: dict[str, str],
                    progress: ProgressCallback | None, size: int | None, about: dict[str, Any]) -> str:
         # At most 10,000 parts: grow the part size for very large objects of known size.
         part_size = max(self.part_size, -(-size // 9000)) if size else self.part_size
@@ -612,13 +612,13 @@ def _use_credentials(core: Any, access_key_id: str, secret: Secret) -> None:
     """Make a botocore session sign with these credentials, the secret staying wrapped until signing."""
     from botocore.credentials import CredentialProvider, CredentialResolver, Credentials, ReadOnlyCredentials
 
-    class _Frozen(ReadOnlyCredentials):  # type: ignore[misc]
+    class _Frozen(ReadOnlyCredentials):
         __slots__ = ()
 
         def __repr__(self) -> str:
             return f"ReadOnlyCredentials(access_key={self.access_key!r}, secret_key='***')"
 
-    class _Hidden(Credentials):  # type: ignore[misc]
+    class _Hidden(Credentials):
         def __init__(self) -> None:  # no super().__init__: it would take the secret as a plain argument
             self.access_key = access_key_id
             self.token = None
@@ -634,7 +634,7 @@ def _use_credentials(core: Any, access_key_id: str, secret: Secret) -> None:
         def __repr__(self) -> str:
             return f"Credentials(access_key={self.access_key!r}, secret_key='***')"
 
-    class _Provider(CredentialProvider):  # type: ignore[misc]
+    class _Provider(CredentialProvider):
         METHOD = "explicit"
         CANONICAL_NAME = "explicit"
 
@@ -681,7 +681,7 @@ class _BodyReader(io.RawIOBase):
         super().close()
 
 
-def _read_full(f: BinaryIO, n: int) -> bytes:
+def _read_full(f: Readable, n: int) -> bytes:
     """Read exactly ``n`` bytes unless the stream ends first (raw streams may return short reads)."""
     chunks = []
     got = 0
