@@ -7,6 +7,8 @@ errors). Checksums are only sent when an operation requires them, which R2 needs
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import os
 import threading
@@ -138,11 +140,17 @@ class S3Bucket(BucketClient):
         options.update(kwargs)
         return cls(config.bucket, **options)
 
-    def _past_deadline(self, request_dict: dict[str, Any] | None = None, **_: Any) -> bool | None:
-        """botocore asks whether to retry: not once the operation's deadline has passed (False vetoes)."""
+    def _past_deadline(self, request_dict: dict[str, Any] | None = None, response: Any = None,
+                       attempts: int = 1, **_: Any) -> bool | float | None:
+        """botocore asks whether to retry: not once the operation's deadline has passed (False vetoes); a body
+        the server refused as damaged on the way (BadDigest) is sent again (the delay in seconds)."""
         started = ((request_dict or {}).get("context") or {}).get("bh_started")
         if started is not None and time.monotonic() - started >= self.deadline:
             return False
+        if response is not None and attempts < self.max_attempts:
+            parsed = response[1] if isinstance(response, tuple) and len(response) > 1 else {}
+            if isinstance(parsed, dict) and parsed.get("Error", {}).get("Code") == "BadDigest":
+                return 0.1
         return None
 
     def __repr__(self) -> str:
@@ -391,7 +399,7 @@ class S3Bucket(BucketClient):
         if len(first) <= self.multipart_threshold:
             try:
                 r = self._call("write", key, self._client.put_object, Bucket=self.name, Key=key, Body=first, **cond,
-                               **about)
+                               ContentMD5=_content_md5(first), **about)
             except ObjectNotFound:
                 if if_match is None:
                     raise
@@ -430,7 +438,7 @@ class S3Bucket(BucketClient):
                     if cancelled.is_set():
                         return
                     r = self._call("write", key, self._client.upload_part, Bucket=self.name, Key=key,
-                                   UploadId=upload_id, PartNumber=number, Body=body)
+                                   UploadId=upload_id, PartNumber=number, Body=body, ContentMD5=_content_md5(body))
                     parts[number] = r["ETag"]
                     if progress is not None:
                         progress(len(body))
@@ -679,6 +687,12 @@ class _BodyReader(io.RawIOBase):
         if not self.closed:
             self._body.close()
         super().close()
+
+
+def _content_md5(body: bytes) -> str:
+    """The Content-MD5 header of an upload: the server refuses a body that changed or broke off on the way
+    (BadDigest, which botocore retries) instead of storing it."""
+    return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode("ascii")
 
 
 def _read_full(f: Readable, n: int) -> bytes:

@@ -5,7 +5,8 @@ Modes (for the next ``count`` connections, then back to passing through, or for 
 ``"reset"`` (relay ``reset_after`` bytes of the response, then reset the connection), ``"slow"`` (hold each
 response ``delay`` seconds), ``"hang"`` (accept and read the request, never answer: a dead endpoint),
 ``"trickle"`` (relay both ways in pieces of ``trickle_bytes``, waiting ``delay`` seconds before each: a slow
-link that keeps moving). Changing the mode closes open connections, so pooled ones meet the new mode too.
+link that keeps moving), ``"corrupt"`` (flip one bit of the request at byte ``corrupt_at``, past the headers of
+a large upload: what a faulty middlebox or NIC does). Changing the mode closes open connections, so pooled ones meet the new mode too.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class FaultProxy:
         self.reset_after = 64 * 1024
         self.delay = 2.0
         self.trickle_bytes = 16 * 1024
+        self.corrupt_at = 4096
         self.faults = 0
         self.connections = 0
         self._open: set[socket.socket] = set()
@@ -117,17 +119,23 @@ class FaultProxy:
             self._open |= {client, upstream}
         budget = [self.reset_after if mode == "reset" else None]
         trickle = self.delay if mode == "trickle" else None
-        threading.Thread(target=self._pipe, args=(client, upstream, None, 0.0, trickle), daemon=True).start()
+        corrupt = self.corrupt_at if mode == "corrupt" else None
+        threading.Thread(target=self._pipe, args=(client, upstream, None, 0.0, trickle, corrupt), daemon=True).start()
         self._pipe(upstream, client, budget, self.delay if mode == "slow" else 0.0, trickle)
 
     def _pipe(self, src: socket.socket, dst: socket.socket, budget: list[int | None] | None, delay: float,
-              trickle: float | None = None) -> None:
+              trickle: float | None = None, corrupt_at: int | None = None) -> None:
         try:
             first = True
+            seen = 0
             while True:
                 data = src.recv(self.trickle_bytes if trickle is not None else 65536)
                 if not data:
                     break
+                if corrupt_at is not None and seen <= corrupt_at < seen + len(data):
+                    i = corrupt_at - seen
+                    data = data[:i] + bytes([data[i] ^ 1]) + data[i + 1:]
+                seen += len(data)
                 if trickle is not None:
                     time.sleep(trickle)
                 if first and delay:
