@@ -30,7 +30,7 @@ def _default_progress(label: str, total: int | None) -> object:
 
 
 # The core never imports the notebook layer; the package wires the default progress bar in from the top.
-BucketSQLite.progress_factory = staticmethod(_default_progress)  # type: ignore[assignment]
+BucketSQLite.progress_factory = staticmethod(_default_progress)
 
 __all__ = [
     "ArrayStore",
@@ -56,7 +56,7 @@ def browse(bh: BucketSQLite | None = None, **kwargs: object) -> object:
     """An ipywidgets Browser over ``bh`` (default: the store the magics use, else a new one from the environment)."""
     from .notebook.browser import browse as _browse
 
-    return _browse(bh, **kwargs)  # type: ignore[arg-type]
+    return _browse(bh, **kwargs)
 
 
 _current: BucketSQLite | None = None
@@ -74,7 +74,7 @@ def current() -> BucketSQLite:
         shell = get_ipython()
     magics = getattr(shell, "_bh_magics", None)
     if magics is not None:
-        return magics.bh  # type: ignore[no-any-return]
+        return magics.bh
     if _current is None or not _current.started:
         _current = BucketSQLite().start()
     return _current

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .errors import CatalogBusy
 
@@ -55,17 +55,17 @@ class CatalogConnection(sqlite3.Connection):
                 time.sleep(pause)
                 pause = min(pause * 2, 0.02)
 
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:  # type: ignore[override]
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         return self._retry(lambda: super(CatalogConnection, self).execute(sql, parameters))
 
-    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:  # type: ignore[override]
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
         rows = list(parameters)  # a generator would be consumed by a failed first try
         return self._retry(lambda: super(CatalogConnection, self).executemany(sql, rows))
 
     def commit(self) -> None:
         self._retry(super().commit)
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:  # type: ignore[override]
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         if exc_type is None:
             self.commit()
             return False

@@ -155,11 +155,11 @@ class BucketSQLite:
         self.removed_from_bucket: list[str] = []
         self._workdir: Path | None = None  # holds base.db: the snapshot this process last synced with
         self._keep_prev_ok = True  # False after restoring from .prev: the corrupt latest must not replace it
-        self.kv: KVStore
-        self.files: FileStore
-        self.arrays: ArrayStore
-        self.frames: FrameStore
-        self.named_files: NamedFileStore
+        self._kv: KVStore | None = None
+        self._files: FileStore | None = None
+        self._arrays: ArrayStore | None = None
+        self._frames: FrameStore | None = None
+        self._named_files: NamedFileStore | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -213,14 +213,51 @@ class BucketSQLite:
 
     def _build_interfaces(self) -> None:
         assert self._conn is not None and self._bucket is not None
-        self.kv = KVStore(self._conn)
-        self.files = FileStore(self._conn, self._bucket, prefix=self.config.files_prefix)
-        self.files.progress_factory = self.progress_factory
-        self.arrays = ArrayStore(self._conn, self._bucket, files=self.files)
-        self.frames = FrameStore(self._conn, self._bucket, files=self.files)
-        self.named_files = NamedFileStore(self._conn, self._bucket, files=self.files)
+        self._kv = KVStore(self._conn)
+        files = self._files = FileStore(self._conn, self._bucket, prefix=self.config.files_prefix)
+        files.progress_factory = self.progress_factory
+        self._arrays = ArrayStore(self._conn, self._bucket, files=files)
+        self._frames = FrameStore(self._conn, self._bucket, files=files)
+        self._named_files = NamedFileStore(self._conn, self._bucket, files=files)
         if self._bucket.backend == "local":
-            self.frames.compression, self.frames.compression_level = LOCAL_COMPRESSION
+            self._frames.compression, self._frames.compression_level = LOCAL_COMPRESSION
+
+    # The stores exist between start() and stop(); before and after, using them raises NotStarted.
+
+    @property
+    def kv(self) -> KVStore:
+        """Settings and small strings/bytes (``bh_kv``)."""
+        self._require_started()
+        assert self._kv is not None
+        return self._kv
+
+    @property
+    def files(self) -> FileStore:
+        """Content-addressed blobs (``filestore``)."""
+        self._require_started()
+        assert self._files is not None
+        return self._files
+
+    @property
+    def arrays(self) -> ArrayStore:
+        """Named, versioned NumPy arrays (``bh_arrays``)."""
+        self._require_started()
+        assert self._arrays is not None
+        return self._arrays
+
+    @property
+    def frames(self) -> FrameStore:
+        """Named, versioned DataFrames (``bh_frames``)."""
+        self._require_started()
+        assert self._frames is not None
+        return self._frames
+
+    @property
+    def named_files(self) -> NamedFileStore:
+        """Named, versioned files (``bh_named_files``)."""
+        self._require_started()
+        assert self._named_files is not None
+        return self._named_files
 
     def _restore(self, bucket: BucketClient, conn: sqlite3.Connection) -> None:
         key = self.config.key
@@ -340,6 +377,9 @@ class BucketSQLite:
                 self._snap_conn.close()
                 self._snap_conn = None
             self._conn = None
+            for store in (self._kv, self._files, self._arrays, self._frames, self._named_files):
+                if store is not None:
+                    store._detach()
             self._local = threading.local()
             if self._bucket is not None and self._bucket_override is None:
                 self._bucket.close()

@@ -9,7 +9,19 @@ from __future__ import annotations
 
 
 class BhError(Exception):
-    """Base class of every bh_notebook error."""
+    """Base class of every bh_notebook error.
+
+    ``code`` is the storage server's error code (e.g. ``"SlowDown"``) and ``status`` its HTTP status when the
+    error came from a server's answer; both are None otherwise.
+    """
+
+    def __init__(self, *args: object, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(*args)
+        self.code = code
+        self.status = status
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.code, self.status))
 
 
 class ConfigError(BhError, ValueError):
@@ -63,6 +75,18 @@ class PreconditionFailed(BackendError):
     """A conditional write lost: the object changed (or appeared) since it was read."""
 
 
+class StoreNotWritable(BackendError, PermissionError):
+    """The local store's directory is read-only or not ours to write."""
+
+
+class StoreFull(BackendError):
+    """The disk (or quota) holding the local store is full."""
+
+
+def _rebuild(cls: type[BhError], args: tuple[object, ...], code: str | None, status: int | None) -> BhError:
+    return cls(*args, code=code, status=status)
+
+
 class IntegrityError(BhError):
     """Stored bytes do not match the hash they are stored under."""
 
@@ -105,6 +129,8 @@ __all__ = [
     "SnapshotConflict",
     "SnapshotCorruptError",
     "UntrustedCatalog",
+    "StoreFull",
+    "StoreNotWritable",
     "ValueTooLarge",
     "ValueTypeError",
 ]

@@ -151,3 +151,25 @@ def test_unsaved_work_of_a_never_synced_store_is_kept_too(proxy: FaultProxy, mot
         assert resumed.kv["first"] == "never flushed"
     with BucketSQLite(direct, NO_TIMER) as reader:
         assert reader.kv["first"] == "never flushed"
+
+
+@pytest.mark.parametrize("size", [256 * 1024, 12 * 1024 * 1024])
+def test_a_body_changed_on_the_way_is_refused_not_stored(seaweed_server, size: int) -> None:  # type: ignore[no-untyped-def]
+    """Every upload (PutObject, each UploadPart) carries Content-MD5: the server refuses a damaged body (and the
+    retry stores the right one) instead of keeping the damage."""
+    host, port = seaweed_server.endpoint_url.removeprefix("http://").split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        bucket = seaweed_server.new_bucket()
+        client = S3Bucket(bucket, endpoint_url=proxy.endpoint_url, region="us-east-1", access_key_id=ACCESS_KEY,
+                          secret_access_key=SECRET_KEY, multipart_threshold=8 * 1024 * 1024,
+                          part_size=5 * 1024 * 1024, max_concurrency=1)
+        data = np.random.default_rng(size).bytes(size)
+        try:
+            proxy.set("corrupt", count=1, corrupt_at=100_000)
+            client.put_bytes(data, "k")
+            assert proxy.faults == 1
+        finally:
+            proxy.set("pass")
+            client.close()
+    stored = seaweed_server.client().get_object(Bucket=bucket, Key="k")["Body"].read()
+    assert stored == data

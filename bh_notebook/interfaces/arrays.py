@@ -72,7 +72,7 @@ def _byte_view(arr: np.ndarray[Any, Any]) -> memoryview:
         flat = arr.T.reshape(-1)
     else:  # pragma: no cover - callers make the array contiguous first
         raise ValueError("array is not contiguous")
-    return memoryview(flat.view(np.uint8))
+    return flat.view(np.uint8).data
 
 
 def _refuse_objects(dtype: np.dtype[Any]) -> None:
@@ -136,7 +136,7 @@ class ArrayStore(VersionedStore[ArrayVersion]):
         header = _npy_header(arr)
         data = _byte_view(arr)
         bh_key = self._files.put_buffers(header, data, filename=f"{name.rsplit('/', 1)[-1]}.npy",
-                                         mime="application/x-npy", progress=progress)
+                                         mime="application/x-npy", progress=progress, entry=("array", name))
         descr = np.lib.format.dtype_to_descr(arr.dtype)
         return self._add_version(name, bh_key, int(arr.nbytes), meta, {
             "shape": json.dumps(list(arr.shape)), "dtype": str(arr.dtype), "descr": repr(descr),

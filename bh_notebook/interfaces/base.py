@@ -23,6 +23,24 @@ class Interface(ABC):
         self._bucket = bucket_client
         self._init_schema()
 
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = self.__dict__.get("_live_conn")
+        if conn is None:
+            from ..errors import NotStarted
+
+            raise NotStarted(f"this {type(self).__name__} belongs to a stopped BucketSQLite; start it again "
+                             "(or open a new one) and use its stores")
+        return conn
+
+    @_conn.setter
+    def _conn(self, conn: sqlite3.Connection) -> None:
+        self.__dict__["_live_conn"] = conn
+
+    def _detach(self) -> None:
+        """Called when the store stops: every later use raises NotStarted instead of a sqlite3 error."""
+        self.__dict__["_live_conn"] = None
+
     @abstractmethod
     def _init_schema(self) -> None:
         """Create the tables this interface owns, if they do not exist yet."""

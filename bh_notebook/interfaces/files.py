@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import mimetypes
+from urllib.parse import quote
 import os
 import re
 import sqlite3
@@ -53,6 +54,20 @@ class GCReport:
     dangling_rows_found: int = 0
     #: Leftovers of writes killed half-way (temp files, unfinished multipart uploads) removed; ours, not the seed's.
     incomplete_removed: int = 0
+
+
+#: Content-Type of a blob whose type is not known.
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+def _describe(mime: str | None, entry: tuple[str, str] | None) -> dict[str, Any]:
+    """Content-Type and user metadata for a new blob (what a generic S3 browser shows about it)."""
+    about: dict[str, Any] = {"content_type": mime or DEFAULT_CONTENT_TYPE}
+    if entry is not None:
+        kind, name = entry
+        # User metadata travels as HTTP headers: ASCII only, so the name is percent-encoded (UTF-8).
+        about["metadata"] = {"bh-kind": kind, "bh-name": quote(name, safe=" /-_.~!$&'()*+,;=:")}
+    return about
 
 
 def check_bh_key(bh_key: object) -> str:
@@ -128,6 +143,7 @@ class FileStore(Interface):
         mime: str | None = None,
         metadata: dict[str, str] | None = None,
         progress: ProgressCallback | None = None,
+        entry: tuple[str, str] | None = None,
     ) -> str:
         """Upload; return the bh-key (SHA-256 hex of the contents).
 
@@ -135,6 +151,11 @@ class FileStore(Interface):
         sent). When the object exists but the row is missing (a put that crashed half-way), the row is filled
         in from this call's arguments. A Path is hashed and uploaded by streaming, never read whole into
         memory; its name is the default ``filename``.
+
+        The object gets ``mime`` as its Content-Type (else one guessed from ``filename``, else
+        ``application/octet-stream``) and, when ``entry=(kind, name)`` says which entry it is first stored for,
+        user metadata ``bh-kind`` and ``bh-name`` (percent-encoded UTF-8), so that a generic S3 browser explains
+        it. The key stays the content hash; a blob shared by later entries keeps the first one's metadata.
         """
         metadata = _check_metadata(metadata)
         if isinstance(data, os.PathLike) and not isinstance(data, Path):
@@ -156,13 +177,14 @@ class FileStore(Interface):
             object_key = self._prefix + bh_key
             if not self._store.exists(object_key):
                 with self._progress(progress, f"put {filename or path.name}", size) as cb:
-                    self._store.upload(path, object_key, progress=cb)
+                    self._store.upload(path, object_key, progress=cb, **_describe(mime, entry))
             self._insert(bh_key, object_key, size, mime, filename, metadata)
             return bh_key
         if isinstance(data, (bytes, bytearray, memoryview)):
             if mime is None and filename:
                 mime = mimetypes.guess_type(filename)[0]
-            return self.put_buffers(data, filename=filename, mime=mime, metadata=metadata, progress=progress)
+            return self.put_buffers(data, filename=filename, mime=mime, metadata=metadata, progress=progress,
+                                    entry=entry)
         if isinstance(data, str):
             raise ValueTypeError("put() takes bytes or a pathlib.Path; for a path in a str use Path(...), "
                                  "for text use text.encode()")
@@ -175,6 +197,7 @@ class FileStore(Interface):
         mime: str | None = None,
         metadata: dict[str, str] | None = None,
         progress: ProgressCallback | None = None,
+        entry: tuple[str, str] | None = None,
     ) -> str:
         """Store the concatenation of ``buffers`` as one blob without joining them in memory; return its bh-key.
 
@@ -186,10 +209,11 @@ class FileStore(Interface):
         for v in views:
             hasher.update(v)
         return self._store_hashed(hasher.hexdigest(), views, filename=filename, mime=mime, metadata=metadata,
-                                  progress=progress)
+                                  progress=progress, entry=entry)
 
     def writer(self, *, filename: str | None = None, mime: str | None = None,
-               metadata: dict[str, str] | None = None, progress: ProgressCallback | None = None) -> BlobWriter:
+               metadata: dict[str, str] | None = None, progress: ProgressCallback | None = None,
+               entry: tuple[str, str] | None = None) -> BlobWriter:
         """A writable file object whose bytes become one blob when it is closed; its ``bh_key`` is set then.
 
         The bytes are hashed in a helper thread while the caller is still producing them (a Parquet encoder,
@@ -199,10 +223,12 @@ class FileStore(Interface):
                 pq.write_table(table, w)
             w.bh_key
         """
-        return BlobWriter(self, filename=filename, mime=mime, metadata=_check_metadata(metadata), progress=progress)
+        return BlobWriter(self, filename=filename, mime=mime, metadata=_check_metadata(metadata), progress=progress,
+                          entry=entry)
 
     def _store_hashed(self, bh_key: str, views: list[memoryview], *, filename: str | None, mime: str | None,
-                      metadata: dict[str, str] | None, progress: ProgressCallback | None) -> str:
+                      metadata: dict[str, str] | None, progress: ProgressCallback | None,
+                      entry: tuple[str, str] | None = None) -> str:
         """Store ``views`` (whose SHA-256 hex is ``bh_key``, computed by the caller from exactly these bytes)."""
         if self._has_row(bh_key):
             return bh_key
@@ -211,7 +237,8 @@ class FileStore(Interface):
         if not self._store.exists(object_key):
             reader = ChainReader(*views)
             with self._progress(progress, f"put {filename or bh_key[:12]}", size) as cb:
-                self._store.put_stream(reader, object_key, size=size, progress=cb)  # type: ignore[arg-type]
+                self._store.put_stream(reader, object_key, size=size, progress=cb,
+                                       **_describe(mime, entry))
         self._insert(bh_key, object_key, size, mime, filename, metadata)
         return bh_key
 
@@ -444,12 +471,14 @@ class BlobWriter(io.RawIOBase):
     _BATCH = 8 * 1024 * 1024
 
     def __init__(self, files: FileStore, *, filename: str | None, mime: str | None,
-                 metadata: dict[str, str] | None, progress: ProgressCallback | None) -> None:
+                 metadata: dict[str, str] | None, progress: ProgressCallback | None,
+                 entry: tuple[str, str] | None = None) -> None:
         super().__init__()
         from concurrent.futures import ThreadPoolExecutor
 
         self._files = files
-        self._opts = {"filename": filename, "mime": mime, "metadata": metadata, "progress": progress}
+        self._opts = {"filename": filename, "mime": mime, "metadata": metadata, "progress": progress,
+                      "entry": entry}
         self._chunks: list[bytes] = []
         self._batch: list[bytes] = []
         self._batch_size = 0

@@ -138,7 +138,7 @@ class FrameStore(VersionedStore[FrameVersion]):
         table = _to_arrow(df)
         pa, _, _ = _import_arrow()
         with self._files.writer(filename=f"{name.rsplit('/', 1)[-1]}.parquet", mime="application/vnd.apache.parquet",
-                                progress=progress) as blob:
+                                progress=progress, entry=("frame", name)) as blob:
             row_group_size = _write_parquet(table, pa.PythonFile(blob, mode="w"), self.compression,
                                             self.compression_level)
         bh_key = blob.bh_key
@@ -168,7 +168,7 @@ class FrameStore(VersionedStore[FrameVersion]):
             import numpy as np
 
             buf = np.empty(info.nbytes, dtype=np.uint8)  # not bytearray: that zero-fills 0.5 ms/MiB for nothing
-            self._files.get_verified(info.bh_key, memoryview(buf), progress=progress)
+            self._files.get_verified(info.bh_key, buf.data, progress=progress)
             pf = pq.ParquetFile(pa.BufferReader(buf))
             table = pq.read_table(pa.BufferReader(buf), use_threads=True,
                                   read_dictionary=_object_string_columns(pf.schema_arrow) or None)

@@ -62,11 +62,12 @@ class NamedFileStore(VersionedStore[NamedFileVersion]):
         meta = check_metadata(metadata)
         if isinstance(data, os.PathLike):
             path = Path(data)
-            bh_key = self._files.put(path, progress=progress)
+            bh_key = self._files.put(path, progress=progress, entry=("file", name))
             filename: str | None = path.name
             size = path.stat().st_size
         elif isinstance(data, (bytes, bytearray, memoryview)):
-            bh_key = self._files.put(bytes(data) if isinstance(data, memoryview) else data, progress=progress)
+            bh_key = self._files.put(bytes(data) if isinstance(data, memoryview) else data, progress=progress,
+                                     entry=("file", name))
             filename = None
             size = memoryview(data).nbytes
         else:
@@ -81,4 +82,4 @@ class NamedFileStore(VersionedStore[NamedFileVersion]):
         return self._files.get(info.bh_key, dest=Path(dest) if dest is not None else None, progress=progress)
 
     def __getitem__(self, name: str) -> bytes:
-        return self.get(name)  # type: ignore[no-any-return]
+        return self.get(name)

@@ -270,6 +270,7 @@ class Browser(widgets.VBox):
 
     def _build_preview(self, kind: str, name: str, version: int | None) -> widgets.Widget:
         bh = self.bh
+        info: Any  # a FrameVersion, ArrayVersion or NamedFileVersion, by kind
         if kind == "frame":
             info = bh.frames.info(name, version)
             schema = "".join(f"<tr><td>{html.escape(c)}</td><td>{html.escape(info.dtypes.get(c, ''))}</td></tr>"

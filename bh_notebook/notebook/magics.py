@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Unicode
+from traitlets import Bool, Dict, Unicode
 
 from ..config import BucketConfig
 from ..database import BucketSQLite
@@ -179,6 +179,10 @@ class BHMagics(Magics):
     default_url = Unicode("", help="Bucket URL to connect to when %bh_connect was not used "
                                    "(file:///path, s3://bucket?endpoint_url=..., r2://account/bucket).").tag(config=True)
     name_prefix = Unicode("", help="Prepended to every name put and looked up, e.g. 'alice/'.").tag(config=True)
+    timeouts = Dict({}, help="Seconds for S3 requests, overriding the bucket URL's: any of connect_timeout, "
+                             "read_timeout, deadline, max_attempts (tries), e.g. "
+                             "%config BHMagics.timeouts = {'deadline': 60}. Applies from the next connection."
+                    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -201,12 +205,24 @@ class BHMagics(Magics):
             config = self._config
             if config is None:
                 config = BucketConfig.from_url(self.default_url) if self.default_url else BucketConfig.from_env()
-            bh = BucketSQLite(config).start()
+            bh = BucketSQLite(self._with_timeouts(config)).start()
             bh.on_merge = self._merged
             bh.auto_pull = True  # an idle kernel sees teammates' entries (one HEAD per flush interval)
             self._bh = bh
             print(self._where(bh))
         return self._bh
+
+    def _with_timeouts(self, config: BucketConfig) -> BucketConfig:
+        """``config`` with the ``timeouts`` trait applied."""
+        known = ("connect_timeout", "read_timeout", "deadline", "max_attempts")
+        unknown = sorted(str(k) for k in self.timeouts if k not in known)
+        if unknown:
+            raise UsageError(f"BHMagics.timeouts: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        if not self.timeouts:
+            return config
+        import dataclasses
+
+        return dataclasses.replace(config, **self.timeouts)
 
     def _where(self, bh: BucketSQLite) -> str:
         c = bh.config
@@ -440,6 +456,7 @@ class BHMagics(Magics):
             self._put_one(item, value, metadata)
 
     def _lookup(self, name: str) -> Any:
+        assert self.shell is not None
         ns = self.shell.user_ns
         if name not in ns:
             close = get_close_matches(name, [k for k in ns if not k.startswith("_")], n=3)
@@ -451,6 +468,7 @@ class BHMagics(Magics):
         if expr.isidentifier():
             return self._lookup(expr)
         try:
+            assert self.shell is not None
             return self.shell.ev(expr)
         except Exception as exc:  # noqa: BLE001 - the user's expression; report it in one line
             raise UsageError(f"could not evaluate {expr!r}: {type(exc).__name__}: {exc}") from None
@@ -549,6 +567,7 @@ class BHMagics(Magics):
             if version is not None or rows is not None:
                 raise UsageError("kv values have no versions or rows")
             value = bh.kv[full]
+        assert self.shell is not None
         if args.as_name or not _result_is_assigned(self.shell):
             self.shell.user_ns[var] = value
         return value

@@ -14,10 +14,10 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Union
 
 from ..errors import IntegrityError, InvalidKey, KeyTypeError, ObjectNotFound, PreconditionFailed
 
@@ -27,6 +27,9 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 #: Reads from a stream are done in pieces of this size.
 CHUNK_SIZE = 1024 * 1024
+
+#: What put_stream reads from: an open binary file, or one of our raw streams (ChainReader, ...).
+Readable = Union[BinaryIO, io.RawIOBase]
 
 #: Called with the number of bytes moved since the last call.
 ProgressCallback = Callable[[int], None]
@@ -87,18 +90,22 @@ class BucketClient(ABC):
     @abstractmethod
     def put_stream(
         self,
-        fileobj: BinaryIO,
+        fileobj: Readable,
         key: str,
         *,
         size: int | None = None,
         if_none_match: str | None = None,
         if_match: str | None = None,
         progress: ProgressCallback | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
         """Write everything ``fileobj`` yields to ``key``; return the new etag.
 
         ``if_none_match="*"`` writes only when the key does not exist; ``if_match=etag`` only when the current
-        object has that etag. A lost condition raises PreconditionFailed and changes nothing.
+        object has that etag. A lost condition raises PreconditionFailed and changes nothing. ``content_type``
+        and ``metadata`` (user metadata, ASCII) describe the object to whoever browses the bucket; backends
+        without such a notion ignore them.
         """
 
     @abstractmethod
@@ -144,19 +151,23 @@ class BucketClient(ABC):
         *,
         if_none_match: str | None = None,
         if_match: str | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
         """Write ``data`` to ``key``; return the new etag."""
         view = memoryview(data).cast("B")
         return self.put_stream(io.BytesIO(view), key, size=view.nbytes, if_none_match=if_none_match,
-                               if_match=if_match)
+                               if_match=if_match, content_type=content_type, metadata=metadata)
 
     def upload(self, path: str | os.PathLike[str], key: str, *, progress: ProgressCallback | None = None,
-               if_none_match: str | None = None, if_match: str | None = None) -> str:
+               if_none_match: str | None = None, if_match: str | None = None, content_type: str | None = None,
+               metadata: Mapping[str, str] | None = None) -> str:
         """Stream a local file to ``key``; return the new etag."""
         p = Path(path)
         with p.open("rb") as f:
             return self.put_stream(f, key, size=os.fstat(f.fileno()).st_size, progress=progress,
-                                   if_none_match=if_none_match, if_match=if_match)
+                                   if_none_match=if_none_match, if_match=if_match, content_type=content_type,
+                                   metadata=metadata)
 
     def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None,
                  if_match: str | None = None) -> Path:

@@ -2,26 +2,42 @@
 
 Objects are plain files under the root, one per key ('/' in keys are directories). Writes go to a temp file
 in the same directory and are renamed into place, so readers never see a half-written object. Conditional
-writes take an exclusive ``flock`` on a lock file in the root, so they are safe between processes as well as
-threads. ETags are derived from the file's identity (inode, size, mtime): every write makes a new file, so the
+writes take an exclusive lock on a lock file in the root (the ``filelock`` package: ``flock`` on POSIX,
+``msvcrt`` locking on Windows), so they are safe between processes as well as threads. ETags are derived from the file's identity (inode, size, mtime): every write makes a new file, so the
 etag changes on every write and is stable otherwise, which is what conditional writes need.
+
+Content types and user metadata given to ``put_stream`` are not kept (S3 backends keep them): the catalog holds
+each blob's MIME type and filename anyway, and a directory has nowhere natural to put them.
+
+A read-only directory or a full disk raises StoreNotWritable or StoreFull, saying what to do.
 """
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import hashlib
 import os
 import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import BackendError, IntegrityError, InvalidKey, ObjectNotFound, PreconditionFailed
-from .bucket import CHUNK_SIZE, BucketClient, ObjectInfo, ProgressCallback, Sink, atomic_file, check_key
+import filelock
+
+from ..errors import (
+    BackendError,
+    IntegrityError,
+    InvalidKey,
+    ObjectNotFound,
+    PreconditionFailed,
+    StoreFull,
+    StoreNotWritable,
+)
+from .bucket import CHUNK_SIZE, BucketClient, ObjectInfo, ProgressCallback, Readable, Sink, atomic_file, check_key
 
 #: Names starting with this are ours (temp files, the lock); they are hidden from listings and refused as keys.
 RESERVED_PREFIX = ".bh-"
@@ -43,6 +59,9 @@ class LocalBucket(BucketClient):
         self._real_root = Path(os.path.realpath(self.root))
         self.name = self.root.name or "local"
         self._thread_lock = threading.Lock()
+        # One lock object per bucket; the thread lock keeps this process's threads in line, the file lock
+        # other processes.
+        self._file_lock = filelock.FileLock(str(self._real_root / _LOCK_NAME), timeout=60, thread_local=False)
 
     def __repr__(self) -> str:
         return f"LocalBucket({str(self.root)!r})"
@@ -62,8 +81,39 @@ class LocalBucket(BucketClient):
             raise InvalidKey(f"object key {key!r} resolves outside the store's root {self.root}")
         return path
 
-    def _lock(self) -> _FileLock:
-        return _FileLock(self._real_root / _LOCK_NAME, self._thread_lock)
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Exclusive between this process's threads and other processes."""
+        with self._thread_lock:
+            try:
+                self._file_lock.acquire(poll_interval=0.001)
+            except filelock.Timeout:
+                raise BackendError(f"timed out waiting for the lock {self._file_lock.lock_file}; "
+                                   "is another process stuck writing this store?") from None
+            try:
+                yield
+            finally:
+                self._file_lock.release()
+
+    @contextmanager
+    def _writing(self, key: str) -> Iterator[None]:
+        """Turn a read-only directory or a full disk into a named error that says what to do."""
+        try:
+            yield
+        except OSError as exc:
+            if isinstance(exc, BackendError):
+                raise
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise StoreNotWritable(
+                    f"cannot write {key!r} to the local store at {self.root}: {exc.strerror or exc}; make the "
+                    "directory writable or choose another one (BH_NOTEBOOK_HOME, BucketConfig.for_local(path))",
+                    code=errno.errorcode.get(exc.errno or 0)) from exc
+            if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG):
+                raise StoreFull(
+                    f"cannot write {key!r} to the local store at {self.root}: {exc.strerror or exc}; free some "
+                    "space (%bh_gc removes unreferenced blobs) or choose a store on a larger disk",
+                    code=errno.errorcode.get(exc.errno or 0)) from exc
+            raise
 
     # -- primitives -------------------------------------------------------------------------
 
@@ -132,17 +182,24 @@ class LocalBucket(BucketClient):
 
     def put_stream(
         self,
-        fileobj: BinaryIO,
+        fileobj: Readable,
         key: str,
         *,
         size: int | None = None,
         if_none_match: str | None = None,
         if_match: str | None = None,
         progress: ProgressCallback | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
         if if_none_match not in (None, "*"):
             raise ValueError("if_none_match only accepts '*'")
         path = self._path(key)
+        with self._writing(key):
+            return self._put(fileobj, key, path, if_none_match, if_match, progress)
+
+    def _put(self, fileobj: Readable, key: str, path: Path, if_none_match: str | None, if_match: str | None,
+             progress: ProgressCallback | None) -> str:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -190,7 +247,7 @@ class LocalBucket(BucketClient):
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        with self._lock():
+        with self._writing(key), self._lock():
             try:
                 os.unlink(path)
             except (FileNotFoundError, NotADirectoryError):
@@ -285,41 +342,3 @@ def _is_file(st: os.stat_result) -> bool:
 def _etag(st: os.stat_result) -> str:
     ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()
     return '"' + hashlib.md5(ident, usedforsecurity=False).hexdigest() + '"'
-
-
-class _FileLock:
-    """An exclusive flock on a file in the root (between processes) plus a thread lock (within one)."""
-
-    def __init__(self, path: Path, thread_lock: threading.Lock) -> None:
-        self._path = path
-        self._thread_lock = thread_lock
-        self._fd = -1
-
-    def __enter__(self) -> None:
-        self._thread_lock.acquire()
-        try:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise BackendError(f"timed out waiting for the lock {self._path}; "
-                                           "is another process stuck writing this store?") from None
-                    time.sleep(0.001)
-        except BaseException:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-            self._thread_lock.release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-        finally:
-            self._fd = -1
-            self._thread_lock.release()

@@ -7,19 +7,30 @@ errors). Checksums are only sent when an operation requires them, which R2 needs
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
+from ..config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_READ_TIMEOUT,
+    Secret,
+)
 from ..errors import (
     AccessDenied,
     BackendError,
+    BhError,
     BucketNotFound,
+    ConfigError,
     EndpointUnreachable,
     IntegrityError,
     ObjectNotFound,
@@ -31,6 +42,7 @@ from .bucket import (
     BucketClient,
     ObjectInfo,
     ProgressCallback,
+    Readable,
     Sink,
     atomic_file,
     check_key,
@@ -43,6 +55,8 @@ T = TypeVar("T")
 
 #: Parallel connections used for multipart uploads and ranged downloads of large objects.
 MAX_CONCURRENCY = 8
+#: A streamed body is read in pieces of this size; a broken stream keeps what arrived in whole pieces.
+_READ_PIECE = 256 * 1024
 
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                "AuthorizationHeaderMalformed", "InvalidSecurity", "MissingSecurityHeader", "Unauthorized"}
@@ -60,16 +74,18 @@ class S3Bucket(BucketClient):
         endpoint_url: str | None = None,
         region: str = "auto",
         access_key_id: str | None = None,
-        secret_access_key: str | None = None,
-        max_attempts: int = 5,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
+        secret_access_key: Secret | str | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_size: int = PART_SIZE,
         max_concurrency: int = MAX_CONCURRENCY,
         page_size: int = 1000,
     ) -> None:
         import boto3
+        import botocore.session
         from botocore.config import Config
 
         self.name = bucket
@@ -80,6 +96,10 @@ class S3Bucket(BucketClient):
         self.max_concurrency = max_concurrency
         self.page_size = page_size
         self.max_attempts = max_attempts
+        self.deadline = deadline
+        if (access_key_id is None) != (secret_access_key is None):
+            raise ConfigError("give both access_key_id and secret_access_key, or neither (then the environment's "
+                              "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS profile are used)")
         options: dict[str, Any] = dict(
             region_name=None if region == "auto" and endpoint_url is None else region,
             retries={"max_attempts": max_attempts, "mode": "standard"},
@@ -95,23 +115,43 @@ class S3Bucket(BucketClient):
                             response_checksum_validation="when_required")
         except TypeError:  # older botocore: it never sent them.
             config = Config(**options)
-        session = boto3.session.Session()
-        self._client = session.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-            region_name=options["region_name"],
-            config=config,
-        )
+        core = botocore.session.Session()
+        if access_key_id is not None and secret_access_key is not None:
+            # The secret reaches botocore inside an object that hides it, never as a plain argument: a verbose
+            # traceback of a failure in here or in botocore prints no frame local holding it.
+            _use_credentials(core, access_key_id, Secret(secret_access_key))
+        del secret_access_key
+        session = boto3.session.Session(botocore_session=core)
+        self._client = session.client("s3", endpoint_url=endpoint_url, region_name=options["region_name"],
+                                      config=config)
+        events = self._client.meta.events
+        events.register_first("before-call.s3", _mark_start)
+        events.register_first("needs-retry.s3", self._past_deadline)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: BucketConfig, **kwargs: Any) -> S3Bucket:
-        """Build from a BucketConfig."""
-        return cls(config.bucket, endpoint_url=config.endpoint_url, region=config.region,
-                   access_key_id=config.access_key_id, secret_access_key=config.secret_access_key, **kwargs)
+        """Build from a BucketConfig (its credentials, timeouts and deadline)."""
+        options: dict[str, Any] = dict(endpoint_url=config.endpoint_url, region=config.region,
+                                       access_key_id=config.access_key_id, secret_access_key=config.secret_access_key,
+                                       connect_timeout=config.connect_timeout, read_timeout=config.read_timeout,
+                                       deadline=config.deadline, max_attempts=config.max_attempts)
+        options.update(kwargs)
+        return cls(config.bucket, **options)
+
+    def _past_deadline(self, request_dict: dict[str, Any] | None = None, response: Any = None,
+                       attempts: int = 1, **_: Any) -> bool | float | None:
+        """botocore asks whether to retry: not once the operation's deadline has passed (False vetoes); a body
+        the server refused as damaged on the way (BadDigest) is sent again (the delay in seconds)."""
+        started = ((request_dict or {}).get("context") or {}).get("bh_started")
+        if started is not None and time.monotonic() - started >= self.deadline:
+            return False
+        if response is not None and attempts < self.max_attempts:
+            parsed = response[1] if isinstance(response, tuple) and len(response) > 1 else {}
+            if isinstance(parsed, dict) and parsed.get("Error", {}).get("Code") == "BadDigest":
+                return 0.1
+        return None
 
     def __repr__(self) -> str:
         where = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
@@ -138,53 +178,66 @@ class S3Bucket(BucketClient):
     # -- error translation --------------------------------------------------------------------
 
     def _call(self, what: str, key: str | None, fn: Callable[..., T], **kwargs: Any) -> T:
+        """Call the boto3 client; botocore's errors become our named ones, anything else (a bug) passes through."""
+        from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+
         try:
             return fn(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - translated, re-raised
+        except ParamValidationError:
+            raise  # we built a wrong request: a bug of ours, shown as one
+        except (BotoCoreError, ClientError) as exc:
             raise self._translate(exc, what, key) from exc
 
-    def _translate(self, exc: Exception, what: str, key: str | None) -> Exception:
+    def _translate(self, exc: Exception, what: str, key: str | None) -> BhError:
+        """A named error for a botocore error, chosen by its S3 error code and HTTP status (kept on it)."""
         from botocore.exceptions import (
             ClientError,
             ConnectionClosedError,
             ConnectTimeoutError,
             EndpointConnectionError,
             NoCredentialsError,
+            PartialCredentialsError,
             ReadTimeoutError,
         )
 
         target = f"s3://{self.name}/{key}" if key else f"s3://{self.name}"
         endpoint = self.endpoint_url or "AWS S3"
-        if isinstance(exc, NoCredentialsError):
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
             return AccessDenied(f"no credentials for {endpoint}: pass access_key_id/secret_access_key "
                                 "or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
         if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError)):
-            return EndpointUnreachable(f"could not reach {endpoint} to {what} {target} after retries "
-                                       f"({type(exc).__name__}); check endpoint_url and your network")
+            return EndpointUnreachable(f"could not reach {endpoint} to {what} {target} "
+                                       f"({type(exc).__name__}, gave up after {self.deadline:g} s or "
+                                       f"{self.max_attempts} tries); check endpoint_url and your network")
         if isinstance(exc, ClientError):
             err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("PreconditionFailed", "412") or status == 412:
-                return PreconditionFailed(f"{target} changed since it was read; re-read it and try again")
+            code = str(err.get("Code", "")) or None
+            raw_status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            status = int(raw_status) if raw_status is not None else None
+            if code is not None and code.isdigit() and status is None:
+                status = int(code)  # HEAD answers have no body: botocore puts the status in as the code
+            if code == "PreconditionFailed" or status == 412:
+                return PreconditionFailed(f"{target} changed since it was read; re-read it and try again", code=code, status=status)
             if code == "NoSuchBucket":
                 return BucketNotFound(f"bucket {self.name!r} does not exist at {endpoint}; "
-                                      "create it first or fix the bucket name")
-            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-                return ObjectNotFound(f"no object {target}")
+                                      "create it first or fix the bucket name", code=code, status=status)
+            if code in ("NoSuchKey", "NotFound", "NoSuchUpload") or status == 404:
+                return ObjectNotFound(f"no object {target}", code=code, status=status)
             if code in _AUTH_CODES:
                 return AccessDenied(f"{endpoint} rejected the credentials ({code}) on {what} {target}: "
-                                    "check the access key id and secret")
-            if code == "AccessDenied" or status == 403:
+                                    "check the access key id and secret", code=code, status=status)
+            if code == "AccessDenied" or status in (401, 403):
                 return AccessDenied(f"access denied to {what} {target} at {endpoint}: the credentials are wrong "
-                                    "or lack permission on this bucket")
-            if code in ("InvalidRange", "416") or status == 416:
-                return BackendError(f"invalid byte range for {target}")
+                                    "or lack permission on this bucket", code=code, status=status)
+            if code == "InvalidRange" or status == 416:
+                return BackendError(f"invalid byte range for {target}", code=code, status=status)
+            if status is not None and (status >= 500 or status == 429):
+                return EndpointUnreachable(f"{endpoint} kept failing to {what} {target} ({code or status}, "
+                                           f"gave up after {self.deadline:g} s or {self.max_attempts} tries); "
+                                           "try again later", code=code, status=status)
             return BackendError(f"{what} {target} failed at {endpoint}: {code or status} "
-                                f"{err.get('Message', '')}".rstrip())
-        if isinstance(exc, BackendError):
-            return exc
-        return BackendError(f"{what} {target} failed: {type(exc).__name__}: {exc}")
+                                f"{err.get('Message', '')}".rstrip(), code=code, status=status)
+        return BackendError(f"{what} {target} failed at {endpoint}: {type(exc).__name__}")
 
     # -- primitives -------------------------------------------------------------------------
 
@@ -212,38 +265,37 @@ class S3Bucket(BucketClient):
             return b""
         chunks: list[bytes] = []
         pos = start
-        for attempt in self._attempts(key):
+        for attempt in self._attempts(key, lambda: pos):
             with attempt:
                 rng = f"bytes={pos}-" if end is None else f"bytes={pos}-{end - 1}"
                 try:
                     r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key, Range=rng,
                                    **cond)
                 except BackendError as exc:
-                    if "invalid byte range" in str(exc):
+                    if exc.status == 416:  # nothing at or past ``pos``
                         break
                     raise
                 with r["Body"] as body:
-                    while chunk := body.read(1 << 20):  # kept as it arrives: a retry asks only for the rest
+                    while chunk := body.read(_READ_PIECE):  # kept as it arrives: a retry asks only for the rest
                         chunks.append(chunk)
                         pos += len(chunk)
         return b"".join(chunks)
 
-    def _attempts(self, key: str) -> Iterator[_Attempt]:
+    def _attempts(self, key: str, position: Callable[[], int]) -> Iterator[_Attempt]:
         """Retry a GET whose body broke off (a reset, a timeout mid-transfer): botocore retries only until the
-        response headers arrive. Each attempt is a context manager that swallows a broken stream until the last."""
-        state = {"done": False}
-        for n in range(self.max_attempts):
-            attempt = _Attempt(state, last=n == self.max_attempts - 1, what=f"s3://{self.name}/{key}",
-                               endpoint=self.endpoint_url or "AWS S3")
-            yield attempt
-            if state["done"]:
-                return
-            time.sleep(min(2.0, 0.1 * 2**n))
+        response headers arrive. Each attempt is a context manager that swallows a broken stream, and the next
+        one asks only for the rest. Attempts that moved bytes do not count, and the deadline is counted from the
+        last byte that arrived: a slow transfer that keeps moving is never given up on."""
+        retry = _Retry(self.max_attempts, self.deadline, position)
+        while not retry.done:
+            yield _Attempt(retry, what=f"s3://{self.name}/{key}", endpoint=self.endpoint_url or "AWS S3")
+            if not retry.done:
+                time.sleep(retry.backoff())
 
     def open_read(self, key: str) -> BinaryIO:
         check_key(key)
         r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key)
-        return _BodyReader(r["Body"])
+        return cast(BinaryIO, _BodyReader(r["Body"]))
 
     def download(self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None,
                  if_match: str | None = None) -> Path:
@@ -286,16 +338,21 @@ class S3Bucket(BucketClient):
         if total <= self.part_size:
             return super().get_into(key, view, start, progress=progress, sink=sink)
         ranges = [(off, min(off + self.part_size, total)) for off in range(0, total, self.part_size)]
+        cancelled = threading.Event()
 
         def fetch(lo: int, hi: int) -> None:
             pos = lo
-            for attempt in self._attempts(key):
+            for attempt in self._attempts(key, lambda: pos):
                 with attempt:
+                    if cancelled.is_set():
+                        return
                     r = self._call("read", key, self._client.get_object, Bucket=self.name, Key=key,
                                    Range=f"bytes={start + pos}-{start + hi - 1}")
                     with r["Body"] as body:
                         while pos < hi:
-                            chunk = body.read(min(1 << 20, hi - pos))
+                            if cancelled.is_set():
+                                return
+                            chunk = body.read(min(_READ_PIECE, hi - pos))
                             if not chunk:
                                 raise IntegrityError(f"s3://{self.name}/{key} ended at byte {start + pos}; "
                                                      "it is shorter than expected")
@@ -311,22 +368,28 @@ class S3Bucket(BucketClient):
                 fut.result()  # in order: the sink hashes range i while later ranges download
                 if sink is not None:
                     sink(view[lo:hi])
-        except BaseException:
+        except BaseException as exc:
+            cancelled.set()
             for f in futures:
                 f.cancel()
-            wait(futures)  # let running ones finish before the caller frees the buffer
+            if not isinstance(exc, KeyboardInterrupt):
+                wait(futures)  # the running ones stop at their next chunk
+            # On Ctrl-C nobody waits for a hung request: its thread stops by itself (it holds a view of the
+            # buffer, so the memory stays valid meanwhile).
             raise
         return total
 
     def put_stream(
         self,
-        fileobj: BinaryIO,
+        fileobj: Readable,
         key: str,
         *,
         size: int | None = None,
         if_none_match: str | None = None,
         if_match: str | None = None,
         progress: ProgressCallback | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
         check_key(key)
         if if_none_match not in (None, "*"):
@@ -336,12 +399,18 @@ class S3Bucket(BucketClient):
             cond["IfNoneMatch"] = if_none_match
         if if_match:
             cond["IfMatch"] = if_match
+        about: dict[str, Any] = {}
+        if content_type:
+            about["ContentType"] = content_type
+        if metadata:
+            about["Metadata"] = dict(metadata)
         if size is not None and size > self.multipart_threshold:
-            return self._multipart(b"", fileobj, key, cond, progress, size)
+            return self._multipart(b"", fileobj, key, cond, progress, size, about)
         first = _read_full(fileobj, self.multipart_threshold + 1)
         if len(first) <= self.multipart_threshold:
             try:
-                r = self._call("write", key, self._client.put_object, Bucket=self.name, Key=key, Body=first, **cond)
+                r = self._call("write", key, self._client.put_object, Bucket=self.name, Key=key, Body=first, **cond,
+                               ContentMD5=_content_md5(first), **about)
             except ObjectNotFound:
                 if if_match is None:
                     raise
@@ -350,10 +419,10 @@ class S3Bucket(BucketClient):
             if progress is not None:
                 progress(len(first))
             return str(r["ETag"])
-        return self._multipart(first, fileobj, key, cond, progress, None)
+        return self._multipart(first, fileobj, key, cond, progress, None, about)
 
-    def _multipart(self, first: bytes, fileobj: BinaryIO, key: str, cond: dict[str, str],
-                   progress: ProgressCallback | None, size: int | None) -> str:
+    def _multipart(self, first: bytes, fileobj: Readable, key: str, cond: dict[str, str],
+                   progress: ProgressCallback | None, size: int | None, about: dict[str, Any]) -> str:
         # At most 10,000 parts: grow the part size for very large objects of known size.
         part_size = max(self.part_size, -(-size // 9000)) if size else self.part_size
         # Check before uploading gigabytes; CompleteMultipartUpload re-checks the condition atomically
@@ -366,18 +435,21 @@ class S3Bucket(BucketClient):
                 raise PreconditionFailed(f"s3://{self.name}/{key} changed since it was read "
                                          f"(etag {cond['IfMatch']} expected)")
         upload_id = self._call("write", key, self._client.create_multipart_upload,
-                               Bucket=self.name, Key=key)["UploadId"]
+                               Bucket=self.name, Key=key, **about)["UploadId"]
         try:
             pending = io.BytesIO(first)
             parts: dict[int, str] = {}
             pool = self._executor()
             futures: list[Future[None]] = []
             sem = threading.Semaphore(self.max_concurrency)  # bound the part buffers held in memory
+            cancelled = threading.Event()
 
             def send(number: int, body: bytes) -> None:
                 try:
+                    if cancelled.is_set():
+                        return
                     r = self._call("write", key, self._client.upload_part, Bucket=self.name, Key=key,
-                                   UploadId=upload_id, PartNumber=number, Body=body)
+                                   UploadId=upload_id, PartNumber=number, Body=body, ContentMD5=_content_md5(body))
                     parts[number] = r["ETag"]
                     if progress is not None:
                         progress(len(body))
@@ -415,7 +487,10 @@ class S3Bucket(BucketClient):
                     raise
                 raise PreconditionFailed(f"s3://{self.name}/{key} disappeared during the upload") from None
             return str(r["ETag"])
-        except BaseException:
+        except BaseException as exc:
+            cancelled.set()
+            if isinstance(exc, KeyboardInterrupt):
+                raise  # at once, without a request to a maybe hung endpoint; cleanup_incomplete() aborts it later
             try:
                 self._client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
             except Exception:  # noqa: BLE001 - best effort; the original error matters
@@ -496,16 +571,39 @@ class S3Bucket(BucketClient):
         try:
             self._call("create", None, self._client.create_bucket, Bucket=self.name)
         except BackendError as exc:
-            if "BucketAlreadyOwnedByYou" not in str(exc) and "BucketAlreadyExists" not in str(exc):
+            if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
 
 
-class _Attempt:
-    """One try of a streamed read: a broken stream is swallowed (and retried) unless it is the last try."""
+class _Retry:
+    """Bookkeeping of a retried streamed read: attempts that moved no bytes, and when bytes last moved."""
 
-    def __init__(self, state: dict[str, bool], *, last: bool, what: str, endpoint: str) -> None:
-        self._state = state
-        self._last = last
+    def __init__(self, max_attempts: int, deadline: float, position: Callable[[], int]) -> None:
+        self.max_attempts = max_attempts
+        self.deadline = deadline
+        self.position = position
+        self.done = False
+        self.idle_attempts = 0
+        self.last_pos = position()
+        self.last_moved = time.monotonic()
+
+    def failed(self) -> bool:
+        """Record a broken attempt; True when it is time to give up."""
+        pos = self.position()
+        if pos != self.last_pos:
+            self.last_pos, self.last_moved, self.idle_attempts = pos, time.monotonic(), 0
+        self.idle_attempts += 1
+        return self.idle_attempts >= self.max_attempts or time.monotonic() - self.last_moved >= self.deadline
+
+    def backoff(self) -> float:
+        return min(2.0, 0.1 * 2 ** self.idle_attempts)
+
+
+class _Attempt:
+    """One try of a streamed read: a broken stream is swallowed (and retried) unless it is time to give up."""
+
+    def __init__(self, retry: _Retry, *, what: str, endpoint: str) -> None:
+        self._retry = retry
         self._what = what
         self._endpoint = endpoint
 
@@ -514,14 +612,58 @@ class _Attempt:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         if exc_type is None:
-            self._state["done"] = True
+            self._retry.done = True
             return False
         if not _is_stream_error(exc):
+            self._retry.done = True
             return False
-        if self._last:
+        if self._retry.failed():
+            self._retry.done = True
             raise EndpointUnreachable(f"reading {self._what} from {self._endpoint} kept breaking off "
                                       f"({type(exc).__name__}); check the network and try again") from exc
         return True
+
+
+def _mark_start(context: dict[str, Any] | None = None, **_: Any) -> None:
+    """Note when an operation began (its retries share the context), for the deadline."""
+    if context is not None:
+        context.setdefault("bh_started", time.monotonic())
+
+
+def _use_credentials(core: Any, access_key_id: str, secret: Secret) -> None:
+    """Make a botocore session sign with these credentials, the secret staying wrapped until signing."""
+    from botocore.credentials import CredentialProvider, CredentialResolver, Credentials, ReadOnlyCredentials
+
+    class _Frozen(ReadOnlyCredentials):
+        __slots__ = ()
+
+        def __repr__(self) -> str:
+            return f"ReadOnlyCredentials(access_key={self.access_key!r}, secret_key='***')"
+
+    class _Hidden(Credentials):
+        def __init__(self) -> None:  # no super().__init__: it would take the secret as a plain argument
+            self.access_key = access_key_id
+            self.token = None
+            self.method = "explicit"
+
+        @property
+        def secret_key(self) -> str:
+            return secret.reveal()
+
+        def get_frozen_credentials(self) -> ReadOnlyCredentials:
+            return _Frozen(self.access_key, secret.reveal(), None)
+
+        def __repr__(self) -> str:
+            return f"Credentials(access_key={self.access_key!r}, secret_key='***')"
+
+    class _Provider(CredentialProvider):
+        METHOD = "explicit"
+        CANONICAL_NAME = "explicit"
+
+        def load(self) -> Credentials:
+            return _Hidden()
+
+    core.register_component("credential_provider", CredentialResolver([_Provider()]))
 
 
 def _is_stream_error(exc: BaseException | None) -> bool:
@@ -561,7 +703,13 @@ class _BodyReader(io.RawIOBase):
         super().close()
 
 
-def _read_full(f: BinaryIO, n: int) -> bytes:
+def _content_md5(body: bytes) -> str:
+    """The Content-MD5 header of an upload: the server refuses a body that changed or broke off on the way
+    (BadDigest, which botocore retries) instead of storing it."""
+    return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode("ascii")
+
+
+def _read_full(f: Readable, n: int) -> bytes:
     """Read exactly ``n`` bytes unless the stream ends first (raw streams may return short reads)."""
     chunks = []
     got = 0

@@ -3,7 +3,10 @@
 Modes (for the next ``count`` connections, then back to passing through, or for good with ``count=None``):
 ``"pass"``, ``"refuse"`` (accept and close at once), ``"http500"`` / ``"http503"`` (answer with that status),
 ``"reset"`` (relay ``reset_after`` bytes of the response, then reset the connection), ``"slow"`` (hold each
-response ``delay`` seconds). Changing the mode closes open connections, so pooled ones meet the new mode too.
+response ``delay`` seconds), ``"hang"`` (accept and read the request, never answer: a dead endpoint),
+``"trickle"`` (relay both ways in pieces of ``trickle_bytes``, waiting ``delay`` seconds before each: a slow
+link that keeps moving), ``"corrupt"`` (flip one bit of the request at byte ``corrupt_at``, past the headers of
+a large upload: what a faulty middlebox or NIC does). Changing the mode closes open connections, so pooled ones meet the new mode too.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class FaultProxy:
         self._remaining: int | None = None
         self.reset_after = 64 * 1024
         self.delay = 2.0
+        self.trickle_bytes = 16 * 1024
+        self.corrupt_at = 4096
         self.faults = 0
         self.connections = 0
         self._open: set[socket.socket] = set()
@@ -95,6 +100,16 @@ class FaultProxy:
                 pass
             _close(client)
             return
+        if mode == "hang":
+            with self._lock:
+                self._open.add(client)
+            try:
+                while client.recv(65536):
+                    pass
+            except OSError:
+                pass
+            _close(client)
+            return
         try:
             upstream = socket.create_connection(self.target, timeout=10)
         except OSError:
@@ -103,16 +118,26 @@ class FaultProxy:
         with self._lock:
             self._open |= {client, upstream}
         budget = [self.reset_after if mode == "reset" else None]
-        threading.Thread(target=self._pipe, args=(client, upstream, None, 0.0), daemon=True).start()
-        self._pipe(upstream, client, budget, self.delay if mode == "slow" else 0.0)
+        trickle = self.delay if mode == "trickle" else None
+        corrupt = self.corrupt_at if mode == "corrupt" else None
+        threading.Thread(target=self._pipe, args=(client, upstream, None, 0.0, trickle, corrupt), daemon=True).start()
+        self._pipe(upstream, client, budget, self.delay if mode == "slow" else 0.0, trickle)
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, budget: list[int | None] | None, delay: float) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, budget: list[int | None] | None, delay: float,
+              trickle: float | None = None, corrupt_at: int | None = None) -> None:
         try:
             first = True
+            seen = 0
             while True:
-                data = src.recv(65536)
+                data = src.recv(self.trickle_bytes if trickle is not None else 65536)
                 if not data:
                     break
+                if corrupt_at is not None and seen <= corrupt_at < seen + len(data):
+                    i = corrupt_at - seen
+                    data = data[:i] + bytes([data[i] ^ 1]) + data[i + 1:]
+                seen += len(data)
+                if trickle is not None:
+                    time.sleep(trickle)
                 if first and delay:
                     time.sleep(delay)
                 first = False
