@@ -208,3 +208,38 @@ def test_open_bucket_passes_timeouts(tmp_path: Path) -> None:
         assert isinstance(bucket, S3Bucket) and bucket.deadline == 3.0
     finally:
         bucket.close()
+
+
+# -- the magics: a one-line UsageError for named errors only ---------------------------------------
+
+def test_magics_show_named_errors_in_one_line_and_our_bugs_as_tracebacks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from bh_notebook.interfaces.frames import FrameStore
+
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.chdir(tmp_path)
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_line_magic("load_ext", "bh_notebook")
+        shell.user_ns["df"] = pd.DataFrame({"a": [1]})
+
+        def full(*args: Any, **kwargs: Any) -> None:
+            raise StoreFull("the disk is full; free some space")
+
+        monkeypatch.setattr(FrameStore, "put", full)
+        with pytest.raises(UsageError, match="free some space"):
+            shell.run_line_magic("bh_put", "df")
+
+        def buggy(*args: Any, **kwargs: Any) -> None:
+            raise TypeError("a bug of ours")
+
+        monkeypatch.setattr(FrameStore, "put", buggy)
+        with pytest.raises(TypeError, match="a bug of ours"):
+            shell.run_line_magic("bh_put", "df")
+    finally:
+        monkeypatch.undo()
+        shell.run_line_magic("unload_ext", "bh_notebook")
+        InteractiveShell.clear_instance()
