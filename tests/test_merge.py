@@ -385,4 +385,7 @@ def test_writers_flushing_after_every_operation_never_give_up(config: BucketConf
         history = r.arrays.history("shared")
         numbers = [v.version for v in history]
         assert len(numbers) == len(set(numbers)) == writers * (ops // 6)
+        report = r.check()
+        assert not (report.dangling_rows or report.corrupt_blobs or report.unregistered_blobs), report
+        r.files.gc(grace_seconds=0)  # the deleted arrays' blobs (every writer has stopped: nothing is in flight)
         assert r.check().ok

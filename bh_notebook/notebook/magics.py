@@ -323,6 +323,7 @@ class BHMagics(Magics):
 
             config = dataclasses.replace(base, key=f"bucketsqlite/branches/{branch}/snap.db",
                                          files_prefix=f"branches/{branch}/files/")
+        config = self._with_timeouts(config)
         old = self._bh if self._bh is not None and self._bh.started else None
         if old is not None and old.config == config:  # already connected there: nothing to do
             print(self._where(old))
