@@ -204,7 +204,7 @@ def test_altered_blob_detected(bh: BucketSQLite) -> None:
 def test_bad_input(bh: BucketSQLite) -> None:
     with pytest.raises(ValueTypeError, match="duplicate column names"):
         bh.frames.put("d", pd.DataFrame([[1, 2]], columns=["a", "a"]))
-    with pytest.raises(ValueTypeError, match="differ only in type"):
+    with pytest.raises(InexactFrame, match="mixed types"):
         bh.frames.put("d", pd.DataFrame({1: [1], "1": [2]}))
     with pytest.raises(ValueTypeError, match=r"column 'mixed'.*astype\(str\)"):
         bh.frames.put("d", pd.DataFrame({"ok": [1, 2, 3], "mixed": [1, "two", dt.date(2020, 1, 1)]}))

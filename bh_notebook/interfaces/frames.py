@@ -565,6 +565,10 @@ def _check_frame(df: pd.DataFrame) -> None:
         raise ValueTypeError(f"duplicate column names {', '.join(dupes[:10])}: Parquet needs unique names; rename "
                              "them first")
     if not isinstance(columns, pd.MultiIndex) and columns.dtype == object:
+        kinds = {type(c).__name__ for c in columns}
+        if len(kinds) > 1:
+            raise InexactFrame(f"column labels of mixed types ({', '.join(sorted(kinds))}) would come back as one "
+                               "type; make them one type first, e.g. df.columns = df.columns.map(str)")
         fields = [_field_name(c) for c in columns]
         if len(set(fields)) != len(fields):
             raise ValueTypeError("column labels that differ only in type (like 1 and '1') would share one Parquet "
