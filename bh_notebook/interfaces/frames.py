@@ -512,12 +512,13 @@ def _prepare(obj: Any) -> _Prepared:
             obj = obj.to_frame()
         if not isinstance(obj, pl.DataFrame):
             raise ValueTypeError(f"bh.frames stores polars DataFrames and LazyFrames, not {type(obj).__name__}")
-        table = _with_ours(obj.to_arrow(), {"kind": "polars"})
+        table = obj.to_arrow()
+        table = _with_ours(table, {"kind": "polars", "schema": _schema_text(table.schema)})
         return _Prepared(table, list(obj.columns), [str(t) for t in obj.dtypes], [])
     if isinstance(obj, pa.RecordBatch):
         obj = pa.Table.from_batches([obj])
     if isinstance(obj, pa.Table):
-        ours = {"kind": "arrow", "metadata": obj.schema.metadata is not None}
+        ours = {"kind": "arrow", "metadata": obj.schema.metadata is not None, "schema": _schema_text(obj.schema)}
         return _Prepared(_with_ours(obj, ours), list(obj.column_names), [str(t) for t in obj.schema.types], [])
     if isinstance(obj, pd.Series):
         name = obj.name
@@ -534,6 +535,33 @@ def _prepare(obj: Any) -> _Prepared:
     raise ValueTypeError(f"bh.frames stores pandas DataFrames and Series, polars DataFrames and pyarrow Tables, "
                          f"not {type(obj).__name__}" + ("; use bh.arrays for NumPy arrays"
                                                         if type(obj).__name__ == "ndarray" else ""))
+
+
+def _schema_text(schema: pa.Schema) -> str:
+    """An Arrow schema's field types as text for our metadata (Parquet turns some types into others)."""
+    import base64
+
+    return base64.b64encode(schema.remove_metadata().serialize().to_pybytes()).decode()
+
+
+def _cast_to_stored(table: pa.Table, text: str) -> pa.Table:
+    """``table`` with the field types that were put (``timestamp[s]`` comes back from Parquet as ``[ms]``, list
+    items named ``element``): each cast is exact, the values having been those types."""
+    import base64
+
+    import pyarrow as pa
+
+    stored = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+    fields = []
+    changed = False
+    for field_ in table.schema:
+        i = stored.get_field_index(field_.name)
+        want = stored.field(i) if i >= 0 else field_
+        changed = changed or want.type != field_.type or not want.type.equals(field_.type, check_metadata=True)
+        fields.append(want)
+    if not changed:
+        return table
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
 
 
 def _json_exact(value: Any) -> bool:
@@ -778,6 +806,8 @@ def _convert(table: pa.Table, to: str | None, rows: _Rows) -> Any:
         if stored == "arrow" and not ours.get("metadata"):
             meta = {}
         plain = table.replace_schema_metadata(meta or None)
+        if "schema" in ours:
+            plain = _cast_to_stored(plain, ours["schema"])
         if to == "arrow":
             return plain
         if to == "polars":
