@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InexactFrame, NotFound, ValueTypeError
 from ..storage.bucket import ProgressCallback, SeekableReader
 from .base import check_name
-from .versioned import VersionedStore, check_metadata
+from .versioned import ObjectURL, VersionedStore, check_metadata
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,21 +68,6 @@ class FrameVersion:
     def __repr__(self) -> str:
         return (f"<FrameVersion {self.name}@{self.version}: {self.n_rows:,} rows x {len(self.columns)} columns, "
                 f"{self.nbytes:,} bytes, {self.bh_key[:12]}>")
-
-
-class ObjectURL(str):
-    """Where a blob lives: ``s3://bucket/key`` (or ``file:///path``), with the endpoint to reach it."""
-
-    endpoint_url: str | None
-
-    def __new__(cls, url: str, endpoint_url: str | None = None) -> ObjectURL:
-        obj = super().__new__(cls, url)
-        obj.endpoint_url = endpoint_url
-        return obj
-
-    def __repr__(self) -> str:
-        extra = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
-        return f"ObjectURL({str(self)!r}{extra})"
 
 
 def _import_arrow() -> tuple[Any, Any, Any]:
@@ -194,10 +179,6 @@ class FrameStore(VersionedStore[FrameVersion]):
         info = self.info(name, version)
         with self._open(info, None) as f:
             return pq.ParquetFile(pa.PythonFile(f, mode="r")).schema_arrow
-
-    def url(self, name: str, version: int | None = None) -> ObjectURL:
-        """Where the Parquet blob is, for other readers: ``s3://bucket/key`` with ``.endpoint_url``, or a file URL."""
-        return object_url(self._files, self.info(name, version).bh_key)
 
     def __getitem__(self, name: str) -> Any:
         return self.get(name)
@@ -437,16 +418,6 @@ _PROBE_ROWS = 3
 #: Contents of object columns that Parquet gives back exactly (pandas.api.types.infer_dtype's names).
 _EXACT_OBJECTS = {"string", "empty", "bytes", "date", "boolean"}
 TO = ("pandas", "polars", "arrow")
-
-
-def object_url(files: Any, bh_key: str) -> ObjectURL:
-    """Where the blob ``bh_key`` of a FileStore is: ``s3://bucket/key`` with ``.endpoint_url``, or a file URL."""
-    bucket = files.bucket
-    key = files.object_key(bh_key)
-    root = getattr(bucket, "root", None)
-    if root is not None:
-        return ObjectURL((root / key).as_uri())
-    return ObjectURL(f"s3://{bucket.name}/{key}", getattr(bucket, "endpoint_url", None))
 
 
 def _check_to(to: object) -> None:

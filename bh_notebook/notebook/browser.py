@@ -25,6 +25,8 @@ KIND_FILTERS = [("all", None), ("frames", "frames"), ("arrays", "arrays"), ("fil
 SORT_COLUMNS = ["modified", "name", "kind", "version", "size", "shape"]
 #: A preview reads at most this many bytes of an array or a file.
 PREVIEW_BYTES = 4 * 1024 * 1024
+#: Columns of a frame the preview shows (its schema and first rows); wider frames say how many more.
+PREVIEW_COLUMNS = 200
 TEXT_PREVIEW = 2000
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif"}
 
@@ -255,9 +257,15 @@ class Browser(widgets.VBox):
         bh = self.bh
         if kind == "frame":
             info = bh.frames.info(name, version)
+            shown = info.columns[:PREVIEW_COLUMNS]  # a 20,000-column frame previews its first columns
             schema = "".join(f"<tr><td>{html.escape(c)}</td><td>{html.escape(info.dtypes.get(c, ''))}</td></tr>"
-                             for c in info.columns)
-            head = bh.frames.head(name, 5, version)
+                             for c in shown)
+            if len(info.columns) > len(shown):
+                schema += f"<tr><td colspan=2>... {len(info.columns) - len(shown):,} more columns</td></tr>"
+            head = bh.frames.head(name, 5, version, to="pandas") if len(shown) == len(info.columns) else \
+                bh.frames.get(name, version, columns=shown, rows=slice(0, 5), to="pandas")
+            if head.ndim == 1:  # a stored Series
+                head = head.to_frame()
             box = widgets.VBox([
                 widgets.HTML(f"<b>{html.escape(name)}</b> v{info.version}: {info.n_rows:,} rows x "
                              f"{len(info.columns)} columns, {human_bytes(info.nbytes)} stored, "

@@ -319,7 +319,9 @@ class BHMagics(Magics):
             moved[0] += n
 
         started = time.perf_counter()
-        if isinstance(value, pd.DataFrame):
+        if isinstance(value, (np.str_, np.bytes_)):  # numpy scalars of text go where str and bytes go
+            value = value.item()
+        if _is_frame(value):
             v: Any = bh.frames.put(full, value, metadata=metadata, progress=progress)
             kind, version, size = "frame", f"v{v.version}", f"{shape_text('frame', v)} ({human_bytes(v.nbytes)})"
         elif isinstance(value, (np.ndarray, np.generic)):
@@ -337,11 +339,9 @@ class BHMagics(Magics):
                 bh.kv.set(full, value)
                 moved[0] = len(value.encode())  # kept inline in the catalog
             kind, version, size = "kv", "-", f"{len(value):,} chars"
-        elif isinstance(value, pd.Series):
-            raise UsageError(f"{name!r} is a Series; store it as a frame: %bh_put {name}.to_frame() --as {name}")
         else:
-            raise UsageError(f"cannot store {name!r}, a {type(value).__name__}: %bh_put takes a DataFrame, an "
-                             "ndarray, bytes, a pathlib.Path or a str")
+            raise UsageError(f"cannot store {name!r}, a {type(value).__name__}: %bh_put takes a DataFrame or "
+                             "Series (pandas, polars) or a pyarrow Table, an ndarray, bytes, a pathlib.Path or a str")
         took = time.perf_counter() - started
         moved_text = "unchanged" if moved[0] == 0 else (
             f"{human_bytes(moved[0])} {'saved' if kind == 'kv' else 'uploaded'}")
@@ -379,9 +379,7 @@ class BHMagics(Magics):
             raise UsageError(f"--columns is for frames; {full!r} is {_article(kind)}")
         bh = self.bh
         if kind == "frames":
-            value: Any = bh.frames.get(full, version, columns=columns)
-            if rows is not None:
-                value = value.iloc[rows]
+            value: Any = bh.frames.get(full, version, columns=columns, rows=rows)
         elif kind == "arrays":
             value = bh.arrays.get(full, version, rows=rows)
         elif kind == "files":
@@ -563,3 +561,15 @@ def listing(bh: BucketSQLite, pattern: str | None = None, kind: str | None = Non
     df = df.sort_values("modified", ascending=False, kind="stable").reset_index(drop=True)  # exact times first
     df["modified"] = pd.to_datetime(df["modified"], unit="s").dt.floor("s")  # then shown to the second
     return df
+
+
+def _is_frame(value: Any) -> bool:
+    """A value %bh_put stores as a frame: a pandas DataFrame or Series, a polars DataFrame, LazyFrame or Series,
+    a pyarrow Table (polars is never imported for this)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    if isinstance(value, (pd.DataFrame, pd.Series, pa.Table, pa.RecordBatch)):
+        return True
+    return type(value).__module__.split(".")[0] == "polars" and type(value).__name__ in (
+        "DataFrame", "LazyFrame", "Series")
