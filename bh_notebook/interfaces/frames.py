@@ -739,20 +739,27 @@ class _Rows:
     def index(self, full: Any) -> Any:
         import numpy as np
 
-        if self.mask is not None:
-            keep = np.zeros(len(full), dtype=bool)
-            keep[self.mask] = True
-            return full[keep]
+        if self.mask is not None:  # df[mask] takes the rows it keeps: so do we
+            return full.take(np.asarray(self.mask, dtype=np.intp))
         return full if self.rows is None else full[self.rows]
 
-    def freq(self, freq: Any, n: int) -> Any:
-        import numpy as np
+    def freq(self, freq: Any, index: Any) -> Any:
+        """The freq pandas gives these rows of an index with ``freq`` (``index`` holds the rows read): worked out
+        by pandas itself, on a stand-in index of the same freq."""
+        import pandas as pd
 
-        if self.mask is not None:  # a boolean mask keeps the freq only when it selects one contiguous run
-            m = np.asarray(self.mask)
-            return freq if len(m) and bool((np.diff(m) == 1).all()) else None
-        step = 1 if self.rows is None or self.rows.step is None else self.rows.step
-        return freq if step == 1 else freq * step
+        if self.rows is None and self.mask is None:
+            return freq
+        first = int(self.mask[0]) if self.mask is not None and len(self.mask) else \
+            next(iter(range(*self.rows.indices(self.total))), 0) if self.rows is not None else 0
+        if isinstance(index, pd.DatetimeIndex):
+            anchor = index[0] - first * freq if len(index) else \
+                freq.rollforward(pd.Timestamp("2000-01-01", tz=index.tz))
+            stand_in = pd.date_range(anchor, periods=self.total, freq=freq, unit=index.unit)
+        else:
+            anchor = index[0] - first * freq if len(index) else pd.Timedelta(0)
+            stand_in = pd.timedelta_range(anchor, periods=self.total, freq=freq, unit=index.unit)
+        return self.index(stand_in).freq
 
 
 def _nested_dtype(t: pa.DataType) -> Any:
@@ -846,7 +853,7 @@ def _restore_rows(df: pd.DataFrame, ours: dict[str, Any], pandas_meta: dict[str,
     if freq is not None and isinstance(df.index, (pd.DatetimeIndex, pd.TimedeltaIndex)):
         from pandas.tseries.frequencies import to_offset
 
-        wanted = rows.freq(to_offset(freq), len(df))
+        wanted = rows.freq(to_offset(freq), df.index)
         if wanted is not None:
             df.index = type(df.index)(df.index, freq=wanted)
     if "attrs" in ours:
