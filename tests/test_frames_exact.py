@@ -179,9 +179,9 @@ def _chunk_bytes(raw: bytes, row_groups: list[int]) -> int:
 def test_rows_read_only_the_row_groups_needed(counted) -> None:  # type: ignore[no-untyped-def]
     bh, counting = counted
     rng = np.random.default_rng(3)
-    df = pd.DataFrame({"a": rng.normal(size=50_000), "b": rng.integers(0, 10**9, 50_000)})
+    df = pd.DataFrame({"a": rng.normal(size=100_000), "b": rng.integers(0, 10**9, 100_000)})
     v = bh.frames.put("big", df)
-    assert v.row_groups == 5
+    assert v.row_groups == 10
     raw = bh.files.get(v.bh_key)
     counting.reset()
     assert_same(bh.frames.get("big", rows=slice(12_000, 12_010)), df.iloc[12_000:12_010])
