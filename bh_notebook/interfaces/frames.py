@@ -668,6 +668,8 @@ def _prepare_pandas(df: pd.DataFrame, ours: dict[str, Any]) -> _Prepared:
                                                                                      "timedelta64[ns]")}
     if index_casts:
         ours["index_casts"] = index_casts
+    if isinstance(index, pd.CategoricalIndex):  # Parquet loses the categories of an empty or sliced index
+        ours["index_categories"] = _categorical_metadata(["index"], [index.dtype]).get("index")
     if not df.flags.allows_duplicate_labels:
         ours["allows_duplicate_labels"] = False
     if df.attrs:
@@ -728,6 +730,16 @@ def _categorical_metadata(fields: list[str], dtypes: list[Any]) -> dict[str, Any
     return out
 
 
+def _categorical_dtype(spec: dict[str, Any]) -> Any:
+    import pandas as pd
+
+    try:
+        index = pd.Index(spec["categories"], dtype=spec["dtype"])
+    except (TypeError, ValueError):
+        index = pd.Index(spec["categories"])
+    return pd.CategoricalDtype(index, ordered=spec["ordered"])
+
+
 class _Rows:
     """Which rows of a stored frame a table holds: all, a slice (as ``iloc``) or positions (as a boolean mask)."""
 
@@ -760,16 +772,6 @@ class _Rows:
             anchor = index[0] - first * freq if len(index) else pd.Timedelta(0)
             stand_in = pd.timedelta_range(anchor, periods=self.total, freq=freq, unit=index.unit)
         return self.index(stand_in).freq
-
-
-def _nested_dtype(t: pa.DataType) -> Any:
-    """pandas' ArrowDtype for nested Arrow types (they only come from ArrowDtype columns: objects are refused)."""
-    import pandas as pd
-    import pyarrow as pa
-
-    if pa.types.is_nested(t):
-        return pd.ArrowDtype(t)
-    return None
 
 
 def _convert(table: pa.Table, to: str | None, rows: _Rows) -> Any:
@@ -806,20 +808,27 @@ def _convert(table: pa.Table, to: str | None, rows: _Rows) -> Any:
 def _to_pandas(table: pa.Table, ours: dict[str, Any], rows: _Rows) -> pd.DataFrame:
     import pandas as pd
 
+    import pyarrow as pa
+
     pandas_meta = table.schema.pandas_metadata or {}
     arrow_columns = set(ours.get("arrow_columns", []))
+    light = table
     if arrow_columns and pandas_meta:
-        # pyarrow cannot parse the dtype names of nested ArrowDtypes from its own metadata: say object, and put
-        # the Arrow column back below.
+        # ArrowDtype columns are taken from the table as they are (below); pyarrow's pandas conversion gets a
+        # column of nulls in their place (it cannot parse the dtype names of nested ArrowDtypes, and a
+        # ``types_mapper`` would turn off its handling of the other columns' extension types).
         for col in pandas_meta.get("columns", []):
             if col.get("field_name", col.get("name")) in arrow_columns:
                 col["numpy_type"] = "object"
+        for i, name in enumerate(table.column_names):
+            if name in arrow_columns:
+                light = light.set_column(i, name, pa.nulls(table.num_rows, pa.null()))
         meta = dict(table.schema.metadata or {})
         meta[b"pandas"] = json.dumps(pandas_meta).encode()
-        table = table.replace_schema_metadata(meta)
+        light = light.replace_schema_metadata(meta)
     # Strings that were read through a dictionary are turned back into their own dtype below; other strings are
     # not worth deduplicating (that hashes every value; pandas 3 keeps them in Arrow anyway).
-    df = table.to_pandas(deduplicate_objects=False, types_mapper=_nested_dtype if arrow_columns else None)
+    df = light.to_pandas(deduplicate_objects=False)
     df = _restore_dtypes(table, df, ours, pandas_meta)
     return _restore_rows(df, ours, pandas_meta, rows)
 
@@ -849,6 +858,10 @@ def _restore_rows(df: pd.DataFrame, ours: dict[str, Any], pandas_meta: dict[str,
             new = [lv.astype(object) if i in levels else lv.astype(casts[i]) if i in casts else lv
                    for i, lv in enumerate(df.index.levels)]
             df.index = df.index.set_levels(new)
+    if ours.get("index_categories"):
+        wanted = _categorical_dtype(ours["index_categories"])
+        if df.index.dtype != wanted:
+            df.index = pd.CategoricalIndex(df.index.astype(object), dtype=wanted, name=df.index.name)
     freq = ours.get("freq")
     if freq is not None and isinstance(df.index, (pd.DatetimeIndex, pd.TimedeltaIndex)):
         from pandas.tseries.frequencies import to_offset
@@ -916,11 +929,7 @@ def _restore_dtypes(table: pa.Table, df: pd.DataFrame, ours: dict[str, Any],
     for name, spec in ours.get("categoricals", {}).items():
         if name not in position:
             continue
-        try:
-            index = pd.Index(spec["categories"], dtype=spec["dtype"])
-        except (TypeError, ValueError):
-            index = pd.Index(spec["categories"])
-        wanted = pd.CategoricalDtype(index, ordered=spec["ordered"])
+        wanted = _categorical_dtype(spec)
         if df.iloc[:, position[name]].dtype != wanted:
             df.isetitem(position[name], column(name).astype(wanted))
     return df
