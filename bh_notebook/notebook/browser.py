@@ -257,13 +257,13 @@ class Browser(widgets.VBox):
         bh = self.bh
         if kind == "frame":
             info = bh.frames.info(name, version)
-            shown = info.columns[:PREVIEW_COLUMNS]  # a 20,000-column frame previews its first columns
+            first_columns = info.columns[:PREVIEW_COLUMNS]  # a 20,000-column frame previews its first columns
             schema = "".join(f"<tr><td>{html.escape(c)}</td><td>{html.escape(info.dtypes.get(c, ''))}</td></tr>"
-                             for c in shown)
-            if len(info.columns) > len(shown):
-                schema += f"<tr><td colspan=2>... {len(info.columns) - len(shown):,} more columns</td></tr>"
-            head = bh.frames.head(name, 5, version, to="pandas") if len(shown) == len(info.columns) else \
-                bh.frames.get(name, version, columns=shown, rows=slice(0, 5), to="pandas")
+                             for c in first_columns)
+            if len(info.columns) > len(first_columns):
+                schema += f"<tr><td colspan=2>... {len(info.columns) - len(first_columns):,} more columns</td></tr>"
+            head = bh.frames.head(name, 5, version, to="pandas") if len(first_columns) == len(info.columns) else \
+                bh.frames.get(name, version, columns=first_columns, rows=slice(0, 5), to="pandas")
             if head.ndim == 1:  # a stored Series
                 head = head.to_frame()
             box = widgets.VBox([
