@@ -24,6 +24,10 @@ EXACT = {"check_exact": True, "check_freq": True, "check_flags": True}
 def assert_same(got: Any, want: Any) -> None:
     """Equal values, dtypes, labels, freq, flags and attrs, as pandas' own testing sees them."""
     assert type(got) is type(want)
+    if isinstance(want.index, pd.MultiIndex) and len(want) < 2:
+        # A partial read builds its MultiIndex from the rows read, where iloc keeps the unused levels too
+        # (the same labels; pandas 2 compares the levels' cached inferred types).
+        want = want.set_axis(want.index.remove_unused_levels())
     if isinstance(want, pd.Series):
         pd.testing.assert_series_equal(got, want, **EXACT)
     else:
@@ -111,6 +115,7 @@ def test_exact(hyp_bh: BucketSQLite, case: str) -> None:
     (pd.DataFrame({"s": [{1}, {2}]}), r"column 's' .*set"),
     (pd.DataFrame({"t": [(1, 2), (3, 4)]}), r"column 't' .*tuple"),
     (pd.DataFrame({"m": [1, "two", 3.0]}), r"column 'm' .*mixed"),
+    (pd.DataFrame({"arrays": [np.arange(2), np.arange(3)]}), r"column 'arrays' .*ndarray"),
     (pd.DataFrame({"a": [1]}, index=pd.Index([{"k": 1}], dtype=object)), r"index level None holds"),
     (with_attrs(pd.DataFrame({"a": [1]}), {"shape": (1, 2)}), r"df\.attrs would not come back exactly"),
     (with_attrs(pd.DataFrame({"a": [1]}), {"f": object()}), r"df\.attrs"),

@@ -574,7 +574,7 @@ def _check_frame(df: pd.DataFrame) -> None:
                                  "name; rename them, e.g. df.columns = df.columns.map(str)")
     index_names = {_field_name(n) for n in df.index.names if n is not None}
     if index_names:
-        clash = sorted(n for n in index_names if n in set(map(_field_name, columns)))
+        clash = sorted(index_names & set(map(_field_name, columns)))
         if clash:
             raise ValueTypeError(f"index level(s) {clash!r} share a name with a column; rename one of them")
     if not _json_exact(df.attrs):
@@ -595,7 +595,7 @@ def _check_objects(values: Any, where: str, ref: str) -> None:
     kind = pd.api.types.infer_dtype(values, skipna=True)
     if kind in _EXACT_OBJECTS:
         return
-    example = next((v for v in values if v is not None and v == v), None)
+    example = next((v for v in values if v is not None and not (isinstance(v, float) and v != v)), None)
     raise InexactFrame(
         f"{where} holds Python objects ({kind}, e.g. {type(example).__name__} {example!r:.80}) that Parquet would "
         f"not give back exactly; convert them first: to JSON strings ({ref}.map(json.dumps)), to one type "
