@@ -214,8 +214,7 @@ class FrameStore(VersionedStore[FrameVersion]):
                 wanted_rows = np.arange(*rows.indices(total), dtype=np.int64)
             groups = list(range(md.num_row_groups))
             if wanted_rows is not None:
-                groups = sorted(set(np.searchsorted(offsets, wanted_rows, side="right").tolist()))
-                groups = [g - 1 for g in groups]
+                groups = (np.unique(np.searchsorted(offsets, wanted_rows, side="right")) - 1).tolist()
             needed = None if wanted is None else set(wanted)
             if expr is not None:
                 try:
