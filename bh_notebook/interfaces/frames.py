@@ -1,9 +1,12 @@
-"""FrameStore: named, versioned pandas DataFrames, each a plain Parquet blob in FileStore.
+"""FrameStore: named, versioned frames (pandas DataFrames and Series, polars DataFrames, pyarrow Tables), each a
+plain Parquet blob in FileStore.
 
-The Parquet is written by pyarrow with pandas metadata, so the frame comes back exactly (index, column order,
-categoricals, time zones, nullable and Arrow-backed dtypes), and any Parquet reader (Polars, DuckDB, Spark) can
-read the blob straight from the bucket. ``columns=``, ``filters=`` and ``head()`` read the footer and then only the
-column chunks and row groups they need, with ranged GETs; a whole ``get`` downloads once and checks the SHA-256.
+The Parquet is written by pyarrow with pandas metadata and a little of ours, so a frame comes back exactly as it
+was put (index, column labels of any type, every dtype, ``freq``, ``attrs``), or is refused before anything is
+stored when it cannot be (Python objects in object columns): ``put`` converts the first rows back to prove it.
+Any Parquet reader (Polars, DuckDB, Spark) can read the blob straight from the bucket. ``columns=``, ``filters=``,
+``rows=`` and ``head()`` read the footer and then only the column chunks and row groups they need, with ranged
+GETs; a whole ``get`` downloads once and checks the SHA-256. Every step is linear in the width.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def _import_arrow() -> tuple[Any, Any, Any]:
 
 
 class FrameStore(VersionedStore[FrameVersion]):
-    """Named, versioned pandas DataFrames in table ``bh_frames``; reached as ``bh.frames``."""
+    """Named, versioned frames (pandas, polars, Arrow) in table ``bh_frames``; reached as ``bh.frames``."""
 
     table = "bh_frames"
     kind = "frame"
