@@ -3,6 +3,7 @@
     python benchmarks/run.py              # the default sizes (10M-row frame, 1 GB array), ~5 minutes
     python benchmarks/run.py --quick      # 1M rows, 100 MB: a smoke run
     python benchmarks/run.py --backends local
+    python benchmarks/run.py --wide --backends local   # only the wide frames: 2k, 5k, 20k columns
 
 Backends: the local directory store and SeaweedFS (started here on loopback). Baselines:
   frames  raw pandas/pyarrow Parquet (+ boto3 put_object / get_object on S3), ArcticDB (LMDB locally, its S3
@@ -369,6 +370,70 @@ def bench_backend(name: str, args: argparse.Namespace, rows: list[Row], tmp: Pat
     gc.collect()
 
 
+def bench_wide(name: str, args: argparse.Namespace, rows: list[Row], tmp: Path,
+               server: SeaweedServer | None) -> None:
+    """Wide frames (feature matrices, one-hot frames): every path against raw pyarrow on the same table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bh_notebook.notebook.browser import Browser
+
+    if server is None:
+        config = BucketConfig.for_local(tmp / "bh-wide")
+        client = bucket = None
+    else:
+        bucket = server.new_bucket("wide")
+        config = server.config(bucket)
+        client = server.client()
+    BucketSQLite.progress_factory = None
+    bh = BucketSQLite(config, SnapshotConfig(interval_seconds=0)).start()
+    raw_path = tmp / "wide-raw.parquet"
+
+    def raw_write(df: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(df)
+        if client is None:
+            pq.write_table(table, raw_path)
+        else:
+            sink = io.BytesIO()
+            pq.write_table(table, sink)
+            client.put_object(Bucket=bucket, Key="raw.parquet", Body=sink.getvalue())
+
+    def raw_read() -> pd.DataFrame:
+        if client is None:
+            return pq.read_table(raw_path).to_pandas()
+        body = client.get_object(Bucket=bucket, Key="raw.parquet")["Body"].read()
+        return pq.read_table(pa.BufferReader(body)).to_pandas()
+
+    try:
+        for width in args.wide_columns:
+            df = pd.DataFrame(np.random.default_rng(width).normal(size=(args.wide_rows, width)),
+                              columns=[f"f{i}" for i in range(width)])
+            size = f"{args.wide_rows:,} x {width:,}"
+            print(f"[{name}] wide frame {size}", flush=True)
+            half = [f"f{i}" for i in range(0, width, 2)]
+            t: dict[str, list[float]] = {}
+            for i in range(args.runs):
+                for key, fn in [
+                    ("raw write", lambda: raw_write(df)),
+                    ("put", lambda: bh.frames.put(f"wide{width}_{i}", df)),
+                    ("raw read", raw_read),
+                    ("get", lambda: bh.frames.get(f"wide{width}_{i}")),
+                    ("head", lambda: bh.frames.head(f"wide{width}_{i}")),
+                    ("schema", lambda: bh.frames.schema(f"wide{width}_{i}")),
+                    ("columns=", lambda: bh.frames.get(f"wide{width}_{i}", columns=half)),
+                    ("preview", lambda: Browser(bh).select(f"wide{width}_{i}")),
+                ]:
+                    gc.collect()
+                    t.setdefault(key, []).append(timed(fn)[0])
+            for op, base in [("put", "raw write"), ("get", "raw read"), ("head", "raw read"),
+                             ("schema", "raw read"), ("columns= (half)", "raw read"), ("browser preview", "raw read")]:
+                key = op.split()[0] if op != "browser preview" else "preview"
+                rows.append(Row(name, f"wide {op}", size, median(t[key]), f"pyarrow {base}", median(t[base]),
+                                None, None))
+    finally:
+        bh.stop()
+
+
 def fmt_bytes(n: int | None) -> str:
     if n is None:
         return "-"
@@ -403,7 +468,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1M rows, 100 MiB array")
     ap.add_argument("--no-arctic", action="store_true", help="skip the ArcticDB baseline")
     ap.add_argument("--no-store", action="store_true", help="skip the %%store baseline")
+    ap.add_argument("--wide", action="store_true", help="only the wide-frame rows")
+    ap.add_argument("--no-wide", action="store_true", help="skip the wide-frame rows")
+    ap.add_argument("--wide-columns", default="2000,5000,20000", help="widths of the wide frames (default 2k,5k,20k)")
+    ap.add_argument("--wide-rows", type=int, default=1000, help="rows of the wide frames (default 1000)")
     args = ap.parse_args()
+    args.wide_columns = [int(w) for w in args.wide_columns.split(",") if w.strip()]
     if args.quick:
         args.rows, args.array_mb = 1_000_000, 100
     import pyarrow
@@ -415,10 +485,16 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f"bh-bench-{backend}-"))
         try:
             if backend == "local":
-                bench_backend("local", args, rows, tmp, None)
+                if not args.wide:
+                    bench_backend("local", args, rows, tmp, None)
+                if not args.no_wide:
+                    bench_wide("local", args, rows, tmp, None)
             elif backend == "seaweedfs":
                 with SeaweedServer() as server:
-                    bench_backend("seaweedfs", args, rows, tmp, server)
+                    if not args.wide:
+                        bench_backend("seaweedfs", args, rows, tmp, server)
+                    if not args.no_wide:
+                        bench_wide("seaweedfs", args, rows, tmp, server)
             else:
                 raise SystemExit(f"unknown backend {backend!r}")
         finally:

@@ -51,6 +51,10 @@ class ValueTypeError(BhError, TypeError):
     """A value has a type this store does not accept."""
 
 
+class InexactFrame(ValueTypeError):
+    """A frame holds something Parquet would not give back exactly (Python objects, ...); it is refused."""
+
+
 class ValueTooLarge(BhError, ValueError):
     """A value is too large to keep inline; store it as a file instead."""
 
@@ -119,6 +123,7 @@ __all__ = [
     "CatalogBusy",
     "ConfigError",
     "EndpointUnreachable",
+    "InexactFrame",
     "IntegrityError",
     "InvalidKey",
     "KeyTypeError",

@@ -153,7 +153,7 @@ def test_kv_malformed_line_stores_nothing(ip: InteractiveShell) -> None:
     ("bh_put missing_var", "no variable named 'missing_var'"),
     ("bh_put df[0]", "--as NAME"),
     ("bh_put obj", "cannot store 'obj', a object"),
-    ("bh_put ser", "store it as a frame"),
+    ("bh_put objdf", "JSON strings"),
     ("bh_put badarr", "pickle"),
     ("bh_put nofile", "is not a file"),
     ("bh_put df --tag novalue", "KEY=VALUE"),
@@ -165,7 +165,7 @@ def test_kv_malformed_line_stores_nothing(ip: InteractiveShell) -> None:
     ("bh_kv nosuchkey", "no KV key 'nosuchkey'"),
 ])
 def test_misuse_is_a_one_line_usage_error(ip: InteractiveShell, line: str, message: str) -> None:
-    ip.user_ns.update(df=pd.DataFrame({"a": [1]}), arr=np.zeros(2), obj=object(), ser=pd.Series([1]),
+    ip.user_ns.update(df=pd.DataFrame({"a": [1]}), arr=np.zeros(2), obj=object(), objdf=pd.DataFrame({"cfg": [{"lr": 1}]}),
                       badarr=np.array([1, "x"], dtype=object), nofile=Path("does/not/exist.csv"), s="v")
     ip.run_line_magic("bh_put", "df arr s")
     name, _, rest = line.partition(" ")
@@ -582,11 +582,15 @@ def test_wording(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> No
     assert "did you mean 'df'" not in str(info.value) and "'df' is a frame" in str(info.value)
 
 
-def test_polars_frames_are_refused_clearly(ip: InteractiveShell) -> None:
+def test_what_cannot_be_stored_says_what_can(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     polars = pytest.importorskip("polars")
     ip.user_ns["pldf"] = polars.DataFrame({"a": [1, 2]})
-    with pytest.raises(UsageError, match=r"'pldf' is a polars DataFrame.*pldf.to_pandas\(\) --as pldf"):
-        ip.run_line_magic("bh_put", "pldf")
+    ip.run_line_magic("bh_put", "pldf")  # a polars frame is a frame
+    assert "pldf  frame  v1" in capsys.readouterr().out
+    ip.user_ns["labels"] = {"a", "b"}
+    with pytest.raises(UsageError, match=r"cannot store 'labels', a set: %bh_put takes a DataFrame or Series "
+                                         r"\(pandas, polars\) or a pyarrow Table"):
+        ip.run_line_magic("bh_put", "labels")
 
 
 SHELLS_SCRIPT = '''

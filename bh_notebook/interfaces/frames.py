@@ -1,9 +1,12 @@
-"""FrameStore: named, versioned pandas DataFrames, each a plain Parquet blob in FileStore.
+"""FrameStore: named, versioned frames (pandas DataFrames and Series, polars DataFrames, pyarrow Tables), each a
+plain Parquet blob in FileStore.
 
-The Parquet is written by pyarrow with pandas metadata, so the frame comes back exactly (index, column order,
-categoricals, time zones, nullable and Arrow-backed dtypes), and any Parquet reader (Polars, DuckDB, Spark) can
-read the blob straight from the bucket. ``columns=``, ``filters=`` and ``head()`` read the footer and then only the
-column chunks and row groups they need, with ranged GETs; a whole ``get`` downloads once and checks the SHA-256.
+The Parquet is written by pyarrow with pandas metadata and a little of ours, so a frame comes back exactly as it
+was put (index, column labels of any type, every dtype, ``freq``, ``attrs``), or is refused before anything is
+stored when it cannot be (Python objects in object columns): ``put`` converts the first rows back to prove it.
+Any Parquet reader (Polars, DuckDB, Spark) can read the blob straight from the bucket. ``columns=``, ``filters=``,
+``rows=`` and ``head()`` read the footer and then only the column chunks and row groups they need, with ranged
+GETs; a whole ``get`` downloads once and checks the SHA-256. Every step is linear in the width.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NotFound, ValueTypeError
+from ..errors import InexactFrame, NotFound, ValueTypeError
 from ..storage.bucket import ProgressCallback, SeekableReader
 from .base import check_name
-from .versioned import VersionedStore, check_metadata
+from .versioned import ObjectURL, VersionedStore, check_metadata
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,21 +73,6 @@ class FrameVersion:
                 f"{self.nbytes:,} bytes, {self.bh_key[:12]}>")
 
 
-class ObjectURL(str):
-    """Where a blob lives: ``s3://bucket/key`` (or ``file:///path``), with the endpoint to reach it."""
-
-    endpoint_url: str | None
-
-    def __new__(cls, url: str, endpoint_url: str | None = None) -> ObjectURL:
-        obj = super().__new__(cls, url)
-        obj.endpoint_url = endpoint_url
-        return obj
-
-    def __repr__(self) -> str:
-        extra = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
-        return f"ObjectURL({str(self)!r}{extra})"
-
-
 def _import_arrow() -> tuple[Any, Any, Any]:
     import pyarrow as pa
     import pyarrow.dataset as ds
@@ -94,7 +82,7 @@ def _import_arrow() -> tuple[Any, Any, Any]:
 
 
 class FrameStore(VersionedStore[FrameVersion]):
-    """Named, versioned pandas DataFrames in table ``bh_frames``; reached as ``bh.frames``."""
+    """Named, versioned frames (pandas, polars, Arrow) in table ``bh_frames``; reached as ``bh.frames``."""
 
     table = "bh_frames"
     kind = "frame"
@@ -119,52 +107,58 @@ class FrameStore(VersionedStore[FrameVersion]):
 
     # -- writes -----------------------------------------------------------------------------
 
-    def put(self, name: str, df: pd.DataFrame, *, metadata: dict[str, str] | None = None,
+    def put(self, name: str, df: Any, *, metadata: dict[str, str] | None = None,
             progress: ProgressCallback | None = None) -> FrameVersion:
         """Store ``df`` as the next version of ``name``; return that version.
 
+        ``df`` is a pandas DataFrame or Series, a polars DataFrame (a LazyFrame is collected) or a pyarrow Table;
+        ``get`` gives back the same type. What Parquet would not give back exactly (Python objects in object
+        columns, ...) is refused with :class:`~bh_notebook.errors.InexactFrame` before anything is stored.
         Putting the same frame as the latest version again returns that version and uploads nothing.
         """
-        import pandas as pd
-
         check_name(name, "frame name")
         meta = check_metadata(metadata)
-        if isinstance(df, pd.Series):
-            raise ValueTypeError("bh.frames stores DataFrames; turn the Series into one with s.to_frame()")
-        if not isinstance(df, pd.DataFrame):
-            raise ValueTypeError(f"bh.frames stores pandas DataFrames, not {type(df).__name__}"
-                                 + ("; use bh.arrays for NumPy arrays" if type(df).__name__ == "ndarray" else ""))
-        _check_columns(df)
-        table = _to_arrow(df)
+        prepared = _prepare(df)
+        table = prepared.table
         pa, _, _ = _import_arrow()
-        with self._files.writer(filename=f"{name.rsplit('/', 1)[-1]}.parquet", mime="application/vnd.apache.parquet",
-                                progress=progress, entry=("frame", name)) as blob:
-            row_group_size = _write_parquet(table, pa.PythonFile(blob, mode="w"), self.compression,
-                                            self.compression_level)
+        try:
+            with self._files.writer(filename=f"{name.rsplit('/', 1)[-1]}.parquet",
+                                    mime="application/vnd.apache.parquet", progress=progress,
+                                    entry=("frame", name)) as blob:
+                row_group_size = _write_parquet(table, pa.PythonFile(blob, mode="w"), self.compression,
+                                                self.compression_level)
+        except pa.ArrowNotImplementedError as exc:
+            raise ValueTypeError(f"this frame cannot be written as Parquet: {str(exc).splitlines()[0]}. Convert "
+                                 "the column to a supported type first") from None
         bh_key = blob.bh_key
         assert bh_key is not None
-        index_names = [str(n) if n is not None else f"level_{i}" for i, n in enumerate(df.index.names)] \
-            if not isinstance(df.index, pd.RangeIndex) else []
         return self._add_version(name, bh_key, blob.tell(), meta, {
-            "n_rows": len(df), "columns": json.dumps(list(df.columns)),
-            "dtypes": json.dumps({str(c): str(t) for c, t in df.dtypes.items()}),
-            "index_names": json.dumps(index_names), "row_groups": max(1, -(-len(df) // row_group_size)),
+            "n_rows": table.num_rows, "columns": json.dumps(prepared.columns),
+            "dtypes": json.dumps(dict(zip(prepared.columns, prepared.dtypes))),
+            "index_names": json.dumps(prepared.index_names),
+            "row_groups": max(1, -(-table.num_rows // row_group_size)),
         })
 
     # -- reads ------------------------------------------------------------------------------
 
-    def get(self, name: str, version: int | None = None, *, columns: list[str] | None = None,
-            filters: Any = None, progress: ProgressCallback | None = None) -> pd.DataFrame:
-        """The frame (latest version by default).
+    def get(self, name: str, version: int | None = None, *, columns: list[Any] | None = None,
+            filters: Any = None, rows: slice | None = None, to: str | None = None,
+            progress: ProgressCallback | None = None) -> Any:
+        """The frame (latest version by default), as the type that was put, or ``to="pandas" | "polars" |
+        "arrow"``.
 
         ``columns=`` reads only those columns (the index comes along); ``filters=`` takes pyarrow's filter syntax
         (``[("year", ">=", 2020), ("region", "in", ["EU", "US"])]``, or a ``pyarrow.compute`` expression) and skips
-        row groups whose statistics rule them out. Both read only the footer and the needed column chunks.
+        row groups whose statistics rule them out; ``rows=slice(a, b)`` reads only the row groups holding those
+        rows. These read only the footer and the needed column chunks. Row labels are kept as ``df[mask]`` and
+        ``df.iloc[a:b]`` keep them.
         """
-        pa, pq, ds = _import_arrow()
-        row = self._row(name, version)
-        info = self._to_version(row)
-        if columns is None and filters is None:
+        _check_to(to)
+        info = self.info(name, version)
+        if rows is not None and not isinstance(rows, slice):
+            raise ValueTypeError(f"rows= takes a slice, like rows=slice(0, 100), not {type(rows).__name__}")
+        if columns is None and filters is None and rows is None:
+            pa, pq, _ = _import_arrow()
             import numpy as np
 
             buf = np.empty(info.nbytes, dtype=np.uint8)  # not bytearray: that zero-fills 0.5 ms/MiB for nothing
@@ -172,44 +166,16 @@ class FrameStore(VersionedStore[FrameVersion]):
             pf = pq.ParquetFile(pa.BufferReader(buf))
             table = pq.read_table(pa.BufferReader(buf), use_threads=True,
                                   read_dictionary=_object_string_columns(pf.schema_arrow) or None)
-            return _to_pandas(table)
-        cols = self._check_columns(info, columns)
-        expr = _filter_expression(filters, pq, ds)
-        with self._open(info, progress) as f:
-            footer_schema = pq.ParquetFile(pa.PythonFile(f, mode="r")).schema_arrow
-            fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(
-                dictionary_columns=_object_string_columns(footer_schema)))
-            fragment = fmt.make_fragment(pa.PythonFile(f, mode="r"))
-            schema = fragment.physical_schema
-            wanted = None if cols is None else _with_index_columns(schema, cols)
-            try:
-                groups = None if expr is None else [rg.id for part in fragment.split_by_row_group(expr, schema=schema)
-                                                    for rg in part.row_groups]
-                needed = None if wanted is None else set(wanted) | _filter_columns(filters)
-                f.prefetch(_chunk_ranges(fragment.metadata, needed, groups))
-                table = fragment.to_table(schema=schema, columns=wanted, filter=expr)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-                raise ValueTypeError(f"cannot apply filters={filters!r} to frame {name!r}: {exc}") from None
-        return _to_pandas(table)
+            return _convert(table, to, _Rows(table.num_rows))
+        return self._read(info, columns=columns, filters=filters, rows=rows, head=None, to=to, progress=progress)
 
-    def head(self, name: str, n: int = 5, version: int | None = None) -> pd.DataFrame:
+    def head(self, name: str, n: int = 5, version: int | None = None, *, to: str | None = None) -> Any:
         """The first ``n`` rows, reading only the row groups that hold them."""
-        pa, pq, _ = _import_arrow()
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueTypeError("n must be a non-negative int")
-        info = self.info(name, version)
-        with self._open(info, None) as f:
-            pf = pq.ParquetFile(pa.PythonFile(f, mode="r"))
-            groups: list[int] = []
-            rows = 0
-            for i in range(pf.metadata.num_row_groups):
-                if rows >= max(n, 1):
-                    break
-                groups.append(i)
-                rows += pf.metadata.row_group(i).num_rows
-            f.prefetch(_chunk_ranges(pf.metadata, None, groups))
-            table = pf.read_row_groups(groups, use_pandas_metadata=True) if groups else pf.schema_arrow.empty_table()
-        return _to_pandas(table.slice(0, n))
+        _check_to(to)
+        return self._read(self.info(name, version), columns=None, filters=None, rows=None, head=n, to=to,
+                          progress=None)
 
     def schema(self, name: str, version: int | None = None) -> pa.Schema:
         """The Arrow schema of a stored frame, read from the Parquet footer only."""
@@ -218,17 +184,7 @@ class FrameStore(VersionedStore[FrameVersion]):
         with self._open(info, None) as f:
             return pq.ParquetFile(pa.PythonFile(f, mode="r")).schema_arrow
 
-    def url(self, name: str, version: int | None = None) -> ObjectURL:
-        """Where the Parquet blob is, for other readers: ``s3://bucket/key`` with ``.endpoint_url``, or a file URL."""
-        info = self.info(name, version)
-        bucket = self._files.bucket
-        key = self._files.object_key(info.bh_key)
-        root = getattr(bucket, "root", None)
-        if root is not None:
-            return ObjectURL((root / key).as_uri())
-        return ObjectURL(f"s3://{bucket.name}/{key}", getattr(bucket, "endpoint_url", None))  # type: ignore[union-attr]
-
-    def __getitem__(self, name: str) -> pd.DataFrame:
+    def __getitem__(self, name: str) -> Any:
         return self.get(name)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -239,21 +195,96 @@ class FrameStore(VersionedStore[FrameVersion]):
         f.prefetch([(max(0, info.nbytes - FOOTER_GUESS), info.nbytes)])
         return f
 
-    def _check_columns(self, info: FrameVersion, columns: list[str] | None) -> list[str] | None:
+    def _read(self, info: FrameVersion, *, columns: Any, filters: Any, rows: slice | None, head: int | None,
+              to: str | None, progress: ProgressCallback | None) -> Any:
+        """A partial read: only the footer, and the column chunks of the row groups needed."""
+        import numpy as np
+
+        pa, pq, ds = _import_arrow()
+        expr = _filter_expression(filters, pq, ds)
+        with self._open(info, progress) as f:
+            schema = pq.ParquetFile(pa.PythonFile(f, mode="r")).schema_arrow
+            pf = pq.ParquetFile(pa.PythonFile(f, mode="r"), read_dictionary=_object_string_columns(schema) or None)
+            md = pf.metadata
+            total = md.num_rows
+            cols = self._check_columns(info, schema, columns)
+            wanted = None if cols is None else _with_index_columns(schema, cols)
+            sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+            offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]) if sizes else np.zeros(1, np.int64)
+            wanted_rows: np.ndarray[Any, Any] | None = None
+            if head is not None:
+                wanted_rows = np.arange(min(head, total), dtype=np.int64)
+            elif rows is not None:
+                wanted_rows = np.arange(*rows.indices(total), dtype=np.int64)
+            groups = list(range(md.num_row_groups))
+            if wanted_rows is not None:
+                groups = (np.unique(np.searchsorted(offsets, wanted_rows, side="right")) - 1).tolist()
+            needed = None if wanted is None else set(wanted)
+            if expr is not None:
+                try:
+                    fragment = ds.ParquetFileFormat().make_fragment(pa.PythonFile(f, mode="r"))
+                    kept = {rg.id for part in fragment.split_by_row_group(expr, schema=fragment.physical_schema)
+                            for rg in part.row_groups}
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                    raise ValueTypeError(f"cannot apply filters={filters!r} to frame {info.name!r}: {exc}") from None
+                groups = [g for g in groups if g in kept]
+                if needed is not None:  # an Expression names no columns we can see: read them all, then select
+                    needed = needed | _filter_columns(filters) if isinstance(filters, (list, tuple)) else None
+            read_fields = None if needed is None else \
+                list(dict.fromkeys([*(wanted or []), *sorted(needed - set(wanted or []))]))
+            f.prefetch(_chunk_ranges(md, schema, needed, groups))
+            if groups:
+                table = pf.read_row_groups(groups, columns=read_fields, use_threads=True,
+                                           use_pandas_metadata=False)
+            else:
+                table = _empty_table(pf, read_fields)
+        table = table.replace_schema_metadata(schema.metadata)
+        positions = np.concatenate([np.arange(offsets[g], offsets[g + 1], dtype=np.int64) for g in groups]) \
+            if groups else np.zeros(0, np.int64)
+        if wanted_rows is not None and len(groups):
+            local = wanted_rows - offsets[groups[0]]
+            if len(local) and (rows is None or rows.step in (None, 1)):
+                table = table.slice(int(local[0]), len(local))
+            else:
+                table = table.take(pa.array(local))
+            positions = wanted_rows
+        if expr is not None:
+            table = table.append_column(_POSITION, pa.array(positions))
+            try:
+                table = table.filter(expr)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as exc:
+                raise ValueTypeError(f"cannot apply filters={filters!r} to frame {info.name!r}: {exc}") from None
+            positions = table.column(_POSITION).to_numpy()
+            keep = [n for n in table.column_names if n != _POSITION and (wanted is None or n in wanted)]
+            table = table.select(keep)
+            selection = _Rows(total, mask=positions)
+        elif head is not None:
+            selection = _Rows(total, slice(0, head))
+        elif rows is not None:
+            selection = _Rows(total, rows)
+        else:
+            selection = _Rows(total)
+        return _convert(table, to, selection)
+
+    def _check_columns(self, info: FrameVersion, schema: pa.Schema, columns: Any) -> list[str] | None:
+        """The Parquet field names of the columns asked for (labels of any type, as the frame had them)."""
         if columns is None:
             return None
-        if isinstance(columns, str):
+        if isinstance(columns, (str, int, float, tuple)):
             columns = [columns]
-        if not isinstance(columns, (list, tuple)) or not all(isinstance(c, str) for c in columns):
+        if not isinstance(columns, (list, tuple)):
             raise ValueTypeError("columns= takes a list of column names, like columns=['price', 'qty']")
-        missing = [c for c in columns if c not in info.columns and c not in info.index]
+        names = set(schema.names)
+        fields = [_field_name(c) for c in columns]
+        missing = [c for c, fname in zip(columns, fields) if fname not in names]
         if missing:
             from difflib import get_close_matches
 
-            hints = {m: get_close_matches(m, info.columns, n=1) for m in missing}
-            said = ", ".join(f"{m!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for m, h in hints.items())
-            raise NotFound(f"frame {info.name!r}@{info.version} has no column {said}; it has {info.columns}")
-        return list(columns)
+            hints = {repr(m): get_close_matches(str(m), info.columns, n=1) for m in missing}
+            said = ", ".join(m + (f" (did you mean {h[0]!r}?)" if h else "") for m, h in hints.items())
+            shown = info.columns if len(info.columns) <= 50 else [*info.columns[:50], "..."]
+            raise NotFound(f"frame {info.name!r}@{info.version} has no column {said}; it has {shown}")
+        return fields
 
 
 class RangeFile(SeekableReader):
@@ -331,15 +362,39 @@ class RangeFile(SeekableReader):
         return len(data)
 
 
-def _chunk_ranges(metadata: Any, columns: set[str] | None, row_groups: list[int] | None) -> list[tuple[int, int]]:
-    """Byte ranges of the column chunks of ``columns`` (all when None) in ``row_groups`` (all when None)."""
+def _leaves(t: pa.DataType) -> int:
+    """How many Parquet leaf columns an Arrow field of type ``t`` is written as."""
+    import pyarrow as pa
+
+    if isinstance(t, pa.ExtensionType):
+        return _leaves(t.storage_type)
+    if pa.types.is_dictionary(t):
+        return _leaves(t.value_type)
+    if pa.types.is_map(t):
+        return _leaves(t.key_type) + _leaves(t.item_type)
+    if pa.types.is_struct(t):
+        return sum(_leaves(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) \
+            or getattr(pa.types, "is_list_view", lambda _: False)(t):
+        return _leaves(t.value_type)
+    return 1
+
+
+def _chunk_ranges(metadata: Any, schema: pa.Schema, columns: set[str] | None,
+                  row_groups: list[int] | None) -> list[tuple[int, int]]:
+    """Byte ranges of the column chunks of the fields ``columns`` (all when None) in ``row_groups`` (all when
+    None). Leaf columns are matched to fields by counting, not by their dotted paths (names may hold dots)."""
+    owner: list[str] = []
+    for f in schema:
+        owner.extend([f.name] * _leaves(f.type))
+    if len(owner) != metadata.num_columns:  # pragma: no cover - an unknown nesting: fall back to the paths
+        owner = [metadata.schema.column(j).path.split(".")[0] for j in range(metadata.num_columns)]
+    chosen = [j for j, name in enumerate(owner) if columns is None or name in columns]
     ranges = []
     for g in range(metadata.num_row_groups) if row_groups is None else row_groups:
         rg = metadata.row_group(g)
-        for j in range(rg.num_columns):
+        for j in chosen:
             col = rg.column(j)
-            if columns is not None and col.path_in_schema.split(".")[0] not in columns:
-                continue
             start = col.dictionary_page_offset if col.has_dictionary_page and col.dictionary_page_offset else \
                 col.data_page_offset
             ranges.append((int(start), int(start) + int(col.total_compressed_size)))
@@ -358,32 +413,228 @@ def _filter_columns(filters: Any) -> set[str]:
     return names
 
 
-def _check_columns(df: pd.DataFrame) -> None:
-    import pandas as pd
-
-    if isinstance(df.columns, pd.MultiIndex):
-        raise ValueTypeError("MultiIndex columns cannot be stored as Parquet; flatten them first, e.g. "
-                             "df.columns = ['_'.join(map(str, c)) for c in df.columns]")
-    bad = [c for c in df.columns if not isinstance(c, str)]
-    if bad:
-        raise ValueTypeError(f"column names must be str for Parquet; these are not: {bad[:5]!r}. "
-                             "Rename them, e.g. df.columns = df.columns.map(str)")
-    dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
-    if dupes:
-        raise ValueTypeError(f"duplicate column names {dupes!r}: Parquet needs unique names; rename them first")
-    index_names = [n for n in df.index.names if n is not None]
-    clash = [n for n in index_names if n in set(df.columns)]
-    if clash:
-        raise ValueTypeError(f"index level(s) {clash!r} share a name with a column; rename one of them")
+_META_KEY = b"bh_notebook"
+#: A column appended while filtering, to know which rows (by position) passed.
+_POSITION = "__bh_position__"
+#: Rows of a frame converted back to pandas at put time, to prove the conversion exact before storing.
+_PROBE_ROWS = 3
+#: Contents of object columns that Parquet gives back exactly (pandas.api.types.infer_dtype's names).
+_EXACT_OBJECTS = {"string", "empty", "bytes", "date", "boolean"}
+TO = ("pandas", "polars", "arrow")
 
 
-def _to_arrow(df: pd.DataFrame) -> pa.Table:
+def _check_to(to: object) -> None:
+    if to is not None and to not in TO:
+        raise ValueTypeError(f"to={to!r}: use to='pandas', to='polars' or to='arrow' (or None: the type put)")
+
+
+def _import_polars() -> Any:
+    try:
+        import polars as pl
+    except ImportError:
+        raise ImportError("polars is not installed: pip install 'bh_notebook[polars]' (or pip install polars)") \
+            from None
+    return pl
+
+
+def _is_polars(obj: object) -> bool:
+    return type(obj).__module__.split(".")[0] == "polars"
+
+
+def _field_name(label: Any) -> str:
+    """The Parquet field name pyarrow gives a pandas column label (tuples of a MultiIndex: their repr)."""
+    if isinstance(label, str):
+        return label
+    if isinstance(label, bytes):
+        return label.decode("utf8")
+    if isinstance(label, tuple):
+        return str(tuple(map(_field_name, label)))
+    return str(label)
+
+
+@dataclass
+class _Prepared:
+    """A frame of any supported type as the Arrow table to write, with what the catalog records of it."""
+
+    table: pa.Table
+    columns: list[str]
+    dtypes: list[str]
+    index_names: list[str]
+
+
+def _with_ours(table: pa.Table, ours: dict[str, Any]) -> pa.Table:
+    meta = dict(table.schema.metadata or {})
+    meta[_META_KEY] = json.dumps(ours).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def _ours(schema: pa.Schema) -> dict[str, Any]:
+    raw = (schema.metadata or {}).get(_META_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def _prepare(obj: Any) -> _Prepared:
+    """Check ``obj`` and turn it into the Arrow table to store, or refuse it (before anything is stored)."""
     import pandas as pd
 
     pa, _, _ = _import_arrow()
+    if _is_polars(obj):
+        pl = _import_polars()
+        if isinstance(obj, pl.LazyFrame):
+            obj = obj.collect()
+        if isinstance(obj, pl.Series):
+            obj = obj.to_frame()
+        if not isinstance(obj, pl.DataFrame):
+            raise ValueTypeError(f"bh.frames stores polars DataFrames and LazyFrames, not {type(obj).__name__}")
+        table = obj.to_arrow()
+        table = _with_ours(table, {"kind": "polars", "schema": _schema_text(table.schema)})
+        return _Prepared(table, list(obj.columns), [str(t) for t in obj.dtypes], [])
+    if isinstance(obj, pa.RecordBatch):
+        obj = pa.Table.from_batches([obj])
+    if isinstance(obj, pa.Table):
+        ours = {"kind": "arrow", "metadata": obj.schema.metadata is not None, "schema": _schema_text(obj.schema)}
+        return _Prepared(_with_ours(obj, ours), list(obj.column_names), [str(t) for t in obj.schema.types], [])
+    if isinstance(obj, pd.Series):
+        name = obj.name
+        if not _json_exact(name):
+            raise InexactFrame(f"the Series name {name!r} would not come back exactly: use a str, int, float or "
+                               "None name (s.rename('x'))")
+        label = name if isinstance(name, str) else ("values" if name is None else _field_name(name))
+        frame = obj.to_frame(name=label)
+        frame.attrs = dict(obj.attrs)
+        prepared = _prepare_pandas(frame, {"kind": "series", "name": name})
+        return prepared
+    if isinstance(obj, pd.DataFrame):
+        return _prepare_pandas(obj, {})
+    raise ValueTypeError(f"bh.frames stores pandas DataFrames and Series, polars DataFrames and pyarrow Tables, "
+                         f"not {type(obj).__name__}" + ("; use bh.arrays for NumPy arrays"
+                                                        if type(obj).__name__ == "ndarray" else ""))
+
+
+def _schema_text(schema: pa.Schema) -> str:
+    """An Arrow schema's field types as text for our metadata (Parquet turns some types into others)."""
+    import base64
+
+    return base64.b64encode(schema.remove_metadata().serialize().to_pybytes()).decode()
+
+
+def _cast_to_stored(table: pa.Table, text: str) -> pa.Table:
+    """``table`` with the field types that were put (``timestamp[s]`` comes back from Parquet as ``[ms]``, list
+    items named ``element``): each cast is exact, the values having been those types."""
+    import base64
+
+    import pyarrow as pa
+
+    stored = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+    fields = []
+    changed = False
+    for field_ in table.schema:
+        i = stored.get_field_index(field_.name)
+        want = stored.field(i) if i >= 0 else field_
+        changed = changed or want.type != field_.type or not want.type.equals(field_.type, check_metadata=True)
+        fields.append(want)
+    if not changed:
+        return table
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+
+def _json_exact(value: Any) -> bool:
+    """Whether ``value`` comes back from JSON equal and of the same types (no tuples turned into lists...)."""
     try:
-        table = pa.Table.from_pandas(df, preserve_index=None)
-    except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        back = json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return False
+    return _same(value, back)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b) or (a != a and b != b)
+
+
+def _check_frame(df: pd.DataFrame) -> None:
+    """Refuse what Parquet cannot hold or would not give back exactly, in time linear in the width."""
+    import pandas as pd
+
+    columns = df.columns
+    if not columns.is_unique:
+        dupes = sorted({repr(c) for c in columns[columns.duplicated()]})
+        raise ValueTypeError(f"duplicate column names {', '.join(dupes[:10])}: Parquet needs unique names; rename "
+                             "them first")
+    if not isinstance(columns, pd.MultiIndex) and columns.dtype == object:
+        kinds = {type(c).__name__ for c in columns}
+        if len(kinds) > 1:
+            raise InexactFrame(f"column labels of mixed types ({', '.join(sorted(kinds))}) would come back as one "
+                               "type; make them one type first, e.g. df.columns = df.columns.map(str)")
+        fields = [_field_name(c) for c in columns]
+        if len(set(fields)) != len(fields):
+            raise ValueTypeError("column labels that differ only in type (like 1 and '1') would share one Parquet "
+                                 "name; rename them, e.g. df.columns = df.columns.map(str)")
+    index_names = {_field_name(n) for n in df.index.names if n is not None}
+    if index_names:
+        clash = sorted(index_names & set(map(_field_name, columns)))
+        if clash:
+            raise ValueTypeError(f"index level(s) {clash!r} share a name with a column; rename one of them")
+    if not _json_exact(df.attrs):
+        raise InexactFrame(f"df.attrs would not come back exactly ({df.attrs!r:.200}): keep str keys and JSON "
+                           "values (str, int, float, bool, None, lists and dicts of them)")
+    for i, dtype in enumerate(df.dtypes):
+        if dtype == object:
+            _check_objects(df.iloc[:, i], f"column {columns[i]!r}", f"df[{columns[i]!r}]")
+    for level in range(df.index.nlevels):
+        values = df.index.get_level_values(level) if df.index.nlevels > 1 else df.index
+        if values.dtype == object:
+            _check_objects(values, f"index level {df.index.names[level]!r}", "the index")
+
+
+def _check_objects(values: Any, where: str, ref: str) -> None:
+    import pandas as pd
+
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind in _EXACT_OBJECTS:
+        return
+    example = next((v for v in values if v is not None and not (isinstance(v, float) and v != v)), None)
+    raise InexactFrame(
+        f"{where} holds Python objects ({kind}, e.g. {type(example).__name__} {example!r:.80}) that Parquet would "
+        f"not give back exactly; convert them first: to JSON strings ({ref}.map(json.dumps)), to one type "
+        f"({ref}.astype(str), {ref}.astype(float)), or to an Arrow nested dtype "
+        f"({ref}.astype(pd.ArrowDtype(pa.list_(pa.int64()))), or pa.struct([...]))"
+    )
+
+
+def _simple(dtype: Any) -> bool:
+    """Dtypes that pyarrow's pandas conversion gives back exactly without help (no probe needed)."""
+    import numpy as np
+
+    return isinstance(dtype, np.dtype) and (dtype.kind in "biuf" or dtype == np.dtype("datetime64[ns]"))
+
+
+def _prepare_pandas(df: pd.DataFrame, ours: dict[str, Any]) -> _Prepared:
+    import pandas as pd
+
+    pa, _, _ = _import_arrow()
+    _check_frame(df)
+    dtypes = list(df.dtypes)
+    source = df
+    sparse: dict[str, str] = {}
+    casts: dict[str, str] = {}
+    fields = [_field_name(c) for c in df.columns]
+    for i, (field_, dtype) in enumerate(zip(fields, dtypes)):
+        if isinstance(dtype, pd.SparseDtype):
+            if source is df:
+                source = df.copy(deep=False)
+            source.isetitem(i, df.iloc[:, i].sparse.to_dense())
+            sparse[field_] = str(dtype)
+        elif getattr(dtype, "kind", "") in "mM" and str(dtype) not in ("datetime64[ns]", "timedelta64[ns]"):
+            casts[field_] = str(dtype)
+    try:
+        table = pa.Table.from_pandas(source, preserve_index=None)
+    except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
         message = str(exc)
         column = next((c for c in df.columns if f"column {c} " in message or f"column {c!s}" in message), None)
         where = f"column {column!r}" if column is not None else "a column"
@@ -391,35 +642,83 @@ def _to_arrow(df: pd.DataFrame) -> pa.Table:
             f"{where} cannot be stored as Parquet ({message.splitlines()[0]}). Columns of mixed Python objects "
             f"need one type: convert with df[{column or 'col'!r}].astype(str) (or a numeric type) first"
         ) from None
-    ours: dict[str, Any] = {}
-    categoricals = _categorical_metadata(df)
+    ours = dict(ours)
+    if sparse:
+        ours["sparse"] = sparse
+    if casts:
+        ours["casts"] = casts
+    categoricals = _categorical_metadata(fields, dtypes)
     if categoricals:
         ours["categoricals"] = categoricals
     # ArrowDtype columns read back as pandas' own extension dtypes unless told otherwise.
-    arrow_columns = [str(c) for c, t in df.dtypes.items() if isinstance(t, pd.ArrowDtype)]
+    arrow_columns = [f for f, t in zip(fields, dtypes) if isinstance(t, pd.ArrowDtype)]
     if arrow_columns:
         ours["arrow_columns"] = arrow_columns
     # StringDtype comes in storages (python, pyarrow) and NA flavours (NA, nan) that Parquet does not tell apart.
-    strings = {str(c): {"storage": t.storage, "na": "nan" if t.na_value is not pd.NA else "NA"}
-               for c, t in df.dtypes.items() if isinstance(t, pd.StringDtype)}
+    strings = {f: {"storage": t.storage, "na": "nan" if t.na_value is not pd.NA else "NA"}
+               for f, t in zip(fields, dtypes) if isinstance(t, pd.StringDtype)}
     if strings:
         ours["string_dtypes"] = strings
-    if ours:
-        meta = dict(table.schema.metadata or {})
-        meta[_META_KEY] = json.dumps(ours).encode()
-        table = table.replace_schema_metadata(meta)
-    return table
+    index = df.index
+    if isinstance(index, (pd.DatetimeIndex, pd.TimedeltaIndex)) and index.freq is not None:
+        ours["freq"] = index.freqstr
+    levels = [index] if index.nlevels == 1 else [index.levels[i] for i in range(index.nlevels)]
+    object_levels = [i for i, lv in enumerate(levels) if lv.dtype == object]
+    if object_levels and not isinstance(index, pd.RangeIndex):
+        ours["object_index"] = object_levels
+    index_casts = {str(i): str(lv.dtype) for i, lv in enumerate(levels)
+                   if getattr(lv.dtype, "kind", "") in "mM" and str(lv.dtype) not in ("datetime64[ns]",
+                                                                                     "timedelta64[ns]")}
+    if index_casts:
+        ours["index_casts"] = index_casts
+    if isinstance(index, pd.CategoricalIndex):  # Parquet loses the categories of an empty or sliced index
+        ours["index_categories"] = _categorical_metadata(["index"], [index.dtype]).get("index")
+    if not df.flags.allows_duplicate_labels:
+        ours["allows_duplicate_labels"] = False
+    if df.attrs:
+        ours["attrs"] = df.attrs
+    table = _with_ours(table, ours)
+    _probe(df, table, dtypes, fields)
+    pandas_meta = table.schema.pandas_metadata or {}
+    index_names = [c if isinstance(c, str) else f"level_{i}"
+                   for i, c in enumerate(pandas_meta.get("index_columns", [])) if isinstance(c, str)]
+    return _Prepared(table, fields, [str(t) for t in dtypes], index_names)
 
 
-_META_KEY = b"bh_notebook"
+def _probe(df: pd.DataFrame, table: pa.Table, dtypes: list[Any], fields: list[str]) -> None:
+    """Convert the first rows back as ``get`` will, and refuse the frame unless they come back exactly.
+
+    Only columns whose dtype needs more than pyarrow's own conversion are probed, so this costs the same at any
+    width: a frame of 20,000 float columns probes one.
+    """
+    import pandas as pd
+
+    k = min(len(df), _PROBE_ROWS)
+    chosen = [i for i, t in enumerate(dtypes) if not _simple(t)]
+    if not chosen and dtypes:
+        chosen = [0]
+    if len(chosen) == len(dtypes):
+        want, sub = df.iloc[:k], table.slice(0, k)
+    else:
+        index_fields = [c for c in (table.schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)]
+        want = df.iloc[:k, chosen]
+        sub = table.select([fields[i] for i in chosen] + index_fields).slice(0, k)
+    got = _to_pandas(sub, _ours(table.schema), _Rows(len(df), slice(0, k)))
+    try:
+        pd.testing.assert_frame_equal(got, want, check_exact=True, check_freq=True, check_flags=True)
+        assert got.attrs == want.attrs, f"attrs differ: {got.attrs!r} != {want.attrs!r}"
+    except AssertionError as exc:
+        said = " ".join(str(exc).split())[:300]
+        raise InexactFrame(f"this frame would not come back exactly from Parquet ({said}); convert the columns or "
+                           "labels involved to a plain type first (e.g. df.columns = df.columns.map(str))") from None
 
 
-def _categorical_metadata(df: pd.DataFrame) -> dict[str, Any]:
+def _categorical_metadata(fields: list[str], dtypes: list[Any]) -> dict[str, Any]:
     """Categories of categorical columns, which Parquet loses when they are empty or not strings."""
     import pandas as pd
 
     out: dict[str, Any] = {}
-    for name, dtype in df.dtypes.items():
+    for name, dtype in zip(fields, dtypes):
         if not isinstance(dtype, pd.CategoricalDtype):
             continue
         cats = dtype.categories
@@ -430,54 +729,212 @@ def _categorical_metadata(df: pd.DataFrame) -> dict[str, Any]:
             json.dumps(values)
         except (TypeError, ValueError):
             continue
-        out[str(name)] = {"categories": values, "ordered": bool(dtype.ordered), "dtype": str(cats.dtype)}
+        out[name] = {"categories": values, "ordered": bool(dtype.ordered), "dtype": str(cats.dtype)}
     return out
 
 
-def _restore_dtypes(table: pa.Table, df: pd.DataFrame) -> pd.DataFrame:
-    """Put back what Parquet's pandas metadata cannot: categories, and Arrow-backed column dtypes."""
+def _categorical_dtype(spec: dict[str, Any]) -> Any:
+    import pandas as pd
+
+    try:
+        index = pd.Index(spec["categories"], dtype=spec["dtype"])
+    except (TypeError, ValueError):
+        index = pd.Index(spec["categories"])
+    return pd.CategoricalDtype(index, ordered=spec["ordered"])
+
+
+class _Rows:
+    """Which rows of a stored frame a table holds: all, a slice (as ``iloc``) or positions (as a boolean mask)."""
+
+    def __init__(self, total: int, rows: slice | None = None, mask: Any = None) -> None:
+        self.total = total
+        self.rows = rows
+        self.mask = mask
+
+    def index(self, full: Any) -> Any:
+        import numpy as np
+
+        if self.mask is not None:  # df[mask] takes the rows it keeps: so do we
+            return full.take(np.asarray(self.mask, dtype=np.intp))
+        return full if self.rows is None else full[self.rows]
+
+    def freq(self, freq: Any, index: Any) -> Any:
+        """The freq pandas gives these rows of an index with ``freq`` (``index`` holds the rows read): worked out
+        by pandas itself, on a stand-in index of the same freq."""
+        import pandas as pd
+
+        if self.rows is None and self.mask is None:
+            return freq
+        first = int(self.mask[0]) if self.mask is not None and len(self.mask) else \
+            next(iter(range(*self.rows.indices(self.total))), 0) if self.rows is not None else 0
+        if isinstance(index, pd.DatetimeIndex):
+            anchor = index[0] - first * freq if len(index) else \
+                freq.rollforward(pd.Timestamp("2000-01-01", tz=index.tz))
+            stand_in = pd.date_range(anchor, periods=self.total, freq=freq, unit=index.unit)
+        else:
+            anchor = index[0] - first * freq if len(index) else pd.Timedelta(0)
+            stand_in = pd.timedelta_range(anchor, periods=self.total, freq=freq, unit=index.unit)
+        return self.index(stand_in).freq
+
+
+def _convert(table: pa.Table, to: str | None, rows: _Rows) -> Any:
+    """The stored type (or ``to``) from a table read back; ``rows`` says which rows it holds."""
+    ours = _ours(table.schema)
+    kind = ours.get("kind", "pandas")
+    stored = "pandas" if kind in ("pandas", "series") else kind
+    to = to or stored
+    if stored != "pandas" or to != "pandas":
+        meta = dict(table.schema.metadata or {})
+        meta.pop(_META_KEY, None)
+        if stored == "arrow" and not ours.get("metadata"):
+            meta = {}
+        plain = table.replace_schema_metadata(meta or None)
+        if "schema" in ours:
+            plain = _cast_to_stored(plain, ours["schema"])
+        if to == "arrow":
+            return plain
+        if to == "polars":
+            return _import_polars().from_arrow(plain)
+        if stored != "pandas":
+            return plain.to_pandas()
+    df = _to_pandas(table, ours, rows)
+    if kind == "series":
+        s = df.iloc[:, 0]
+        s.name = ours.get("name")
+        s.attrs = dict(df.attrs)
+        if not df.flags.allows_duplicate_labels:
+            s = s.set_flags(allows_duplicate_labels=False)
+        return s
+    return df
+
+
+def _to_pandas(table: pa.Table, ours: dict[str, Any], rows: _Rows) -> pd.DataFrame:
+    import pandas as pd
+
+    import pyarrow as pa
+
+    pandas_meta = table.schema.pandas_metadata or {}
+    arrow_columns = set(ours.get("arrow_columns", []))
+    light = table
+    if arrow_columns and pandas_meta:
+        # ArrowDtype columns are taken from the table as they are (below); pyarrow's pandas conversion gets a
+        # column of nulls in their place (it cannot parse the dtype names of nested ArrowDtypes, and a
+        # ``types_mapper`` would turn off its handling of the other columns' extension types).
+        for col in pandas_meta.get("columns", []):
+            if col.get("field_name", col.get("name")) in arrow_columns:
+                col["numpy_type"] = "object"
+        for i, name in enumerate(table.column_names):
+            if name in arrow_columns:
+                light = light.set_column(i, name, pa.nulls(table.num_rows, pa.null()))
+        meta = dict(table.schema.metadata or {})
+        meta[b"pandas"] = json.dumps(pandas_meta).encode()
+        light = light.replace_schema_metadata(meta)
+    # Strings that were read through a dictionary are turned back into their own dtype below; other strings are
+    # not worth deduplicating (that hashes every value; pandas 3 keeps them in Arrow anyway).
+    df = light.to_pandas(deduplicate_objects=False)
+    df = _restore_dtypes(table, df, ours, pandas_meta)
+    return _restore_rows(df, ours, pandas_meta, rows)
+
+
+def _restore_rows(df: pd.DataFrame, ours: dict[str, Any], pandas_meta: dict[str, Any], rows: _Rows) -> pd.DataFrame:
+    """Row labels as the matching pandas operation keeps them; index dtypes, freq, flags and attrs."""
+    import pandas as pd
+
+    index_columns = pandas_meta.get("index_columns", [])
+    if len(index_columns) == 1 and isinstance(index_columns[0], dict) and index_columns[0].get("kind") == "range":
+        spec = index_columns[0]
+        full = pd.RangeIndex(int(spec["start"]), int(spec["stop"]), int(spec["step"]), name=spec.get("name"))
+        index = rows.index(full)
+        if len(df) != len(index):  # no columns: Parquet kept no rows
+            df = df.reindex(index)
+        else:
+            df.index = index
+    levels = ours.get("object_index", [])
+    if levels or ours.get("index_casts"):
+        casts = {int(k): v for k, v in ours.get("index_casts", {}).items()}
+        if df.index.nlevels == 1:
+            if levels:
+                df.index = df.index.astype(object)
+            elif 0 in casts and str(df.index.dtype) != casts[0]:
+                df.index = df.index.astype(casts[0])
+        else:
+            new = [lv.astype(object) if i in levels else lv.astype(casts[i]) if i in casts else lv
+                   for i, lv in enumerate(df.index.levels)]
+            df.index = df.index.set_levels(new)
+    if ours.get("index_categories"):
+        wanted = _categorical_dtype(ours["index_categories"])
+        if df.index.dtype != wanted:
+            df.index = pd.CategoricalIndex(df.index.astype(object), dtype=wanted, name=df.index.name)
+    freq = ours.get("freq")
+    if freq is not None and isinstance(df.index, (pd.DatetimeIndex, pd.TimedeltaIndex)):
+        from pandas.tseries.frequencies import to_offset
+
+        wanted = rows.freq(to_offset(freq), df.index)
+        if wanted is not None:
+            df.index = type(df.index)(df.index, freq=wanted)
+    if "attrs" in ours:
+        df.attrs = ours["attrs"]
+    if ours.get("allows_duplicate_labels") is False:
+        df = df.set_flags(allows_duplicate_labels=False)
+    return df
+
+
+def _restore_dtypes(table: pa.Table, df: pd.DataFrame, ours: dict[str, Any],
+                    pandas_meta: dict[str, Any]) -> pd.DataFrame:
+    """Put back what Parquet's pandas metadata cannot: categories, Arrow-backed dtypes, units, sparse, ...
+
+    Columns are found by position (labels may be ints or tuples), each in constant time: linear in the width.
+    """
     import numpy as np
     import pandas as pd
 
-    ours = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
-    pandas_meta = table.schema.pandas_metadata or {}
-    original = {c.get("name"): c for c in pandas_meta.get("columns", [])}
-    for name in ours.get("repetitive_strings", []):
-        col = original.get(name)
-        if name in df.columns and col is not None and isinstance(df[name].dtype, pd.CategoricalDtype) \
-                and col.get("numpy_type") == "object":
+    index_fields = {c for c in pandas_meta.get("index_columns", []) if isinstance(c, str)}
+    fields = [n for n in table.column_names if n not in index_fields]
+    if len(fields) != df.shape[1]:  # pragma: no cover - pyarrow keeps one pandas column per data field
+        raise AssertionError(f"{df.shape[1]} columns for {len(fields)} fields")
+    position = {f: i for i, f in enumerate(fields)}
+    dtypes = list(df.dtypes)
+
+    def column(field_: str) -> pd.Series:
+        return df.iloc[:, position[field_]]
+
+    original = {c.get("field_name", c.get("name")): c for c in pandas_meta.get("columns", [])}
+    repetitive = set(ours.get("repetitive_strings", []))
+    for name, col in original.items():
+        i = position.get(name)
+        if i is None or col.get("numpy_type") != "object" or name in ours.get("arrow_columns", ()):
+            continue
+        dtype = dtypes[i]
+        if name in repetitive and isinstance(dtype, pd.CategoricalDtype):
             # Categorical -> object by a take on the categories: one str object per distinct value; nulls None.
-            codes = df[name].cat.codes.to_numpy()
-            values = np.asarray(df[name].cat.categories, dtype=object)
+            cat = column(name)
+            codes = cat.cat.codes.to_numpy()
+            values = np.asarray(cat.cat.categories, dtype=object)
             out = np.empty(len(codes), dtype=object)
             present = codes >= 0
             out[present] = values[codes[present]]
-            df[name] = pd.Series(out, index=df.index, name=name, dtype=object)
-    for name, col in original.items():
-        # pandas 3 reads object columns of strings back as its str dtype: keep what was stored (None stays None).
-        if name in df.columns and name in table.column_names and col.get("numpy_type") == "object" \
-                and df[name].dtype != object and not isinstance(df[name].dtype, pd.CategoricalDtype):
+            df.isetitem(i, pd.Series(out, index=df.index, dtype=object))
+        elif dtype != object and not isinstance(dtype, pd.CategoricalDtype):
+            # pandas 3 reads object columns of strings back as its str dtype: keep what was stored (None stays None).
             values = table.column(name).to_numpy(zero_copy_only=False)
-            df[name] = pd.Series(values, index=df.index, name=name, dtype=object)
+            df.isetitem(i, pd.Series(values, index=df.index, dtype=object))
     for name, spec in ours.get("string_dtypes", {}).items():
-        if name in df.columns:
+        if name in position:
             wanted = pd.StringDtype(spec["storage"], na_value=np.nan if spec["na"] == "nan" else pd.NA)
-            if df[name].dtype != wanted:
-                df[name] = df[name].astype(wanted)
+            if dtypes[position[name]] != wanted:
+                df.isetitem(position[name], column(name).astype(wanted))
     for name in ours.get("arrow_columns", []):
-        if name in df.columns and name in table.column_names and not isinstance(df[name].dtype, pd.ArrowDtype):
-            df[name] = pd.Series(pd.arrays.ArrowExtensionArray(table.column(name)), index=df.index, name=name)
-    cats = ours.get("categoricals", {})
-    for name, spec in cats.items():
-        if name not in df.columns:
+        if name in position and not isinstance(df.iloc[:, position[name]].dtype, pd.ArrowDtype):
+            df.isetitem(position[name], pd.Series(pd.arrays.ArrowExtensionArray(table.column(name)), index=df.index))
+    for name, dtype_name in {**ours.get("casts", {}), **ours.get("sparse", {})}.items():
+        if name in position and str(df.iloc[:, position[name]].dtype) != dtype_name:
+            df.isetitem(position[name], column(name).astype(pd.api.types.pandas_dtype(dtype_name)))
+    for name, spec in ours.get("categoricals", {}).items():
+        if name not in position:
             continue
-        try:
-            index = pd.Index(spec["categories"], dtype=spec["dtype"])
-        except (TypeError, ValueError):
-            index = pd.Index(spec["categories"])
-        wanted = pd.CategoricalDtype(index, ordered=spec["ordered"])
-        if df[name].dtype != wanted:
-            df[name] = df[name].astype(wanted)
+        wanted = _categorical_dtype(spec)
+        if df.iloc[:, position[name]].dtype != wanted:
+            df.isetitem(position[name], column(name).astype(wanted))
     return df
 
 
@@ -487,11 +944,9 @@ def _write_parquet(table: pa.Table, sink: Any, compression: str, level: int | No
     low_card, high_card = _string_columns(table)
     repetitive = [c for c in low_card if not _is_dictionary(table.schema.field(c).type)]
     if repetitive:  # read back through a dictionary: one Python str per distinct value, not per row
-        meta = dict(table.schema.metadata or {})
-        ours = json.loads(meta.get(_META_KEY, b"{}"))
+        ours = _ours(table.schema)
         ours["repetitive_strings"] = repetitive
-        meta[_META_KEY] = json.dumps(ours).encode()
-        table = table.replace_schema_metadata(meta)
+        table = _with_ours(table, ours)
     row_bytes = max(1, table.nbytes // max(1, table.num_rows))
     row_group_size = max(MIN_ROW_GROUP, min(ROW_GROUP_SIZE, ROW_GROUP_BYTES // row_bytes))
     pq.write_table(
@@ -500,6 +955,7 @@ def _write_parquet(table: pa.Table, sink: Any, compression: str, level: int | No
         # high-cardinality strings, where they cost time and rarely prune a row group.
         use_dictionary=low_card,
         write_statistics=[c for c in table.column_names if c not in high_card] if high_card else True,
+        store_schema=True,
     )
     return row_group_size
 
@@ -508,11 +964,10 @@ def _object_string_columns(schema: pa.Schema) -> list[str]:
     """Repetitive string columns that pandas holds as Python objects (pandas < 3, or dtype=object): reading them
     through a dictionary makes one str per distinct value instead of one per row. pandas 3's str columns stay
     in Arrow and need none of this."""
-    raw = (schema.metadata or {}).get(_META_KEY)
-    if not raw:
+    repetitive = _ours(schema).get("repetitive_strings", [])
+    if not repetitive:
         return []
-    repetitive = json.loads(raw).get("repetitive_strings", [])
-    columns = {c.get("name"): c for c in (schema.pandas_metadata or {}).get("columns", [])}
+    columns = {c.get("field_name", c.get("name")): c for c in (schema.pandas_metadata or {}).get("columns", [])}
     return [c for c in repetitive if columns.get(c, {}).get("numpy_type") == "object"]
 
 
@@ -529,13 +984,13 @@ def _string_columns(table: pa.Table) -> tuple[list[str], set[str]]:
 
     low: list[str] = []
     high: set[str] = set()
-    for name, column in zip(table.column_names, table.columns):
-        t = column.type
+    is_view = getattr(pa.types, "is_string_view", lambda _: False)
+    for name, t in zip(table.column_names, table.schema.types):
         if pa.types.is_dictionary(t):
             low.append(name)
         elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) \
-                or pa.types.is_large_binary(t) or getattr(pa.types, "is_string_view", lambda _: False)(t):
-            sample = column.slice(0, _SAMPLE)
+                or pa.types.is_large_binary(t) or is_view(t):
+            sample = table.column(name).slice(0, _SAMPLE)
             if len(sample) and pc.count_distinct(sample).as_py() / len(sample) < DICTIONARY_RATIO:
                 low.append(name)
             else:
@@ -562,11 +1017,12 @@ def _filter_expression(filters: Any, pq: Any, ds: Any) -> Any:
 def _with_index_columns(schema: pa.Schema, columns: list[str]) -> list[str]:
     """The requested columns plus the stored index columns, so the frame comes back with its index."""
     meta = schema.pandas_metadata or {}
-    extra = [c for c in meta.get("index_columns", []) if isinstance(c, str) and c not in columns]
+    chosen = set(columns)
+    extra = [c for c in meta.get("index_columns", []) if isinstance(c, str) and c not in chosen]
     return [*columns, *extra]
 
 
-def _to_pandas(table: pa.Table) -> pd.DataFrame:
-    # Strings that were read through a dictionary are turned back into their own dtype below; other strings are
-    # not worth deduplicating (that hashes every value; pandas 3 keeps them in Arrow anyway).
-    return _restore_dtypes(table, table.to_pandas(deduplicate_objects=False))
+def _empty_table(pf: Any, fields: list[str] | None) -> pa.Table:
+    """No rows, with the schema the reader would give (dictionary-read columns included)."""
+    table = pf.schema_arrow.empty_table()
+    return table if fields is None else table.select(fields)

@@ -37,6 +37,31 @@ def check_metadata(metadata: object) -> dict[str, str]:
     return dict(metadata)
 
 
+class ObjectURL(str):
+    """Where a blob lives: ``s3://bucket/key`` (or ``file:///path``), with the endpoint to reach it."""
+
+    endpoint_url: str | None
+
+    def __new__(cls, url: str, endpoint_url: str | None = None) -> ObjectURL:
+        obj = super().__new__(cls, url)
+        obj.endpoint_url = endpoint_url
+        return obj
+
+    def __repr__(self) -> str:
+        extra = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
+        return f"ObjectURL({str(self)!r}{extra})"
+
+
+def object_url(files: Any, bh_key: str) -> ObjectURL:
+    """Where the blob ``bh_key`` of a FileStore is: ``s3://bucket/key`` with ``.endpoint_url``, or a file URL."""
+    bucket = files.bucket
+    key = files.object_key(bh_key)
+    root = getattr(bucket, "root", None)
+    if root is not None:
+        return ObjectURL((root / key).as_uri())
+    return ObjectURL(f"s3://{bucket.name}/{key}", getattr(bucket, "endpoint_url", None))
+
+
 class VersionedStore(Interface, Generic[V]):
     """Named, versioned entries in one ``bh_`` table; the bytes of each version are a FileStore blob."""
 
@@ -158,6 +183,11 @@ class VersionedStore(Interface, Generic[V]):
         if not rows:
             raise NotFound(self._not_found(name, None))
         return [self._to_version(r) for r in rows]
+
+    def url(self, name: str, version: int | None = None) -> ObjectURL:
+        """Where the blob of a version is, for other readers: ``s3://bucket/key`` with ``.endpoint_url``, or a
+        ``file://`` URL for the local store (a ``.npy`` for arrays, a Parquet file for frames)."""
+        return object_url(self._files, self._row(name, version)["bh_key"])
 
     def names(self, prefix: str = "") -> list[str]:
         """The names stored, sorted; only those starting with ``prefix`` when given."""

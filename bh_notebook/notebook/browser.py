@@ -27,6 +27,8 @@ KIND_FILTERS = [("all", None), ("frames", "frames"), ("arrays", "arrays"), ("fil
 SORT_COLUMNS = ["modified", "name", "kind", "version", "size", "shape"]
 #: A preview reads at most this many bytes of an array or a file.
 PREVIEW_BYTES = 4 * 1024 * 1024
+#: Columns of a frame the preview shows (its schema and first rows); wider frames say how many more.
+PREVIEW_COLUMNS = 200
 TEXT_PREVIEW = 2000
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif"}
 
@@ -273,9 +275,15 @@ class Browser(widgets.VBox):
         info: Any  # a FrameVersion, ArrayVersion or NamedFileVersion, by kind
         if kind == "frame":
             info = bh.frames.info(name, version)
+            first_columns = info.columns[:PREVIEW_COLUMNS]  # a 20,000-column frame previews its first columns
             schema = "".join(f"<tr><td>{html.escape(c)}</td><td>{html.escape(info.dtypes.get(c, ''))}</td></tr>"
-                             for c in info.columns)
-            head = bh.frames.head(name, 5, version)
+                             for c in first_columns)
+            if len(info.columns) > len(first_columns):
+                schema += f"<tr><td colspan=2>... {len(info.columns) - len(first_columns):,} more columns</td></tr>"
+            head = bh.frames.head(name, 5, version, to="pandas") if len(first_columns) == len(info.columns) else \
+                bh.frames.get(name, version, columns=first_columns, rows=slice(0, 5), to="pandas")
+            if head.ndim == 1:  # a stored Series
+                head = head.to_frame()
             box = widgets.VBox([
                 widgets.HTML(f"<b>{html.escape(name)}</b> v{info.version}: {info.n_rows:,} rows x "
                              f"{len(info.columns)} columns, {human_bytes(info.nbytes)} stored, "

@@ -476,13 +476,14 @@ class BHMagics(Magics):
 
     def _put_one(self, name: str, value: Any, metadata: dict[str, str]) -> None:
         import numpy as np
-        import pandas as pd
 
         full = self._name(name)
         bh = self.bh
         started = time.perf_counter()
         store: Any
-        if isinstance(value, pd.DataFrame):
+        if isinstance(value, (np.str_, np.bytes_)):  # numpy scalars of text go where str and bytes go
+            value = value.item()
+        if _is_frame(value):
             store, kind = bh.frames, "frame"
         elif isinstance(value, (np.ndarray, np.generic)):
             store, kind = bh.arrays, "array"
@@ -497,14 +498,9 @@ class BHMagics(Magics):
             outcome = "unchanged" if unchanged else f"{human_bytes(len(value.encode()))} saved"  # inline in the catalog
             print(f"{full}  kv  -  {len(value):,} chars  {outcome}  {human_seconds(time.perf_counter() - started)}")
             return
-        elif isinstance(value, pd.Series):
-            raise UsageError(f"{name!r} is a Series; store it as a frame: %bh_put {name}.to_frame() --as {name}")
-        elif type(value).__module__.split(".")[0] == "polars":
-            raise UsageError(f"{name!r} is a polars {type(value).__name__}, which %bh_put does not store yet; "
-                             f"store a pandas copy: %bh_put {name}.to_pandas() --as {name}")
         else:
-            raise UsageError(f"cannot store {name!r}, a {type(value).__name__}: %bh_put takes a pandas DataFrame, a "
-                             "NumPy ndarray, bytes, a pathlib.Path or a str")
+            raise UsageError(f"cannot store {name!r}, a {type(value).__name__}: %bh_put takes a DataFrame or "
+                             "Series (pandas, polars) or a pyarrow Table, an ndarray, bytes, a pathlib.Path or a str")
         before = store.info(full).version if full in store else None
         with _counting_transfers(bh) as moved:  # the store's own progress bars show, and we learn the bytes sent
             v = store.put(full, value, metadata=metadata)
@@ -555,9 +551,7 @@ class BHMagics(Magics):
             raise UsageError(f"--columns is for frames; {full!r} is {_article(kind)}")
         bh = self.bh
         if kind == "frames":
-            value: Any = bh.frames.get(full, version, columns=columns)
-            if rows is not None:
-                value = value.iloc[rows]
+            value: Any = bh.frames.get(full, version, columns=columns, rows=rows)
         elif kind == "arrays":
             value = bh.arrays.get(full, version, rows=rows)
         elif kind == "files":
@@ -843,3 +837,15 @@ def listing(bh: BucketSQLite, pattern: str | None = None, kind: str | None = Non
     df = df.sort_values("modified", ascending=False, kind="stable").reset_index(drop=True)  # exact times first
     df["modified"] = timestamps(df["modified"])  # then shown to the second, in local time with its zone
     return df
+
+
+def _is_frame(value: Any) -> bool:
+    """A value %bh_put stores as a frame: a pandas DataFrame or Series, a polars DataFrame, LazyFrame or Series,
+    a pyarrow Table (polars is never imported for this)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    if isinstance(value, (pd.DataFrame, pd.Series, pa.Table, pa.RecordBatch)):
+        return True
+    return type(value).__module__.split(".")[0] == "polars" and type(value).__name__ in (
+        "DataFrame", "LazyFrame", "Series")
