@@ -5,13 +5,29 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import ObjectNotFound
 from .merge import VERSIONED
 
 if TYPE_CHECKING:
-    from .database import BucketSQLite
+    import sqlite3
+
+    from .interfaces.files import FileStore
+    from .storage.bucket import BucketClient
+
+
+class Catalog(Protocol):
+    """What the check reads: the catalog's connection, its FileStore and the bucket (a started BucketSQLite)."""
+
+    @property
+    def files(self) -> FileStore: ...
+
+    @property
+    def connection(self) -> sqlite3.Connection: ...
+
+    @property
+    def bucket(self) -> BucketClient: ...
 
 
 @dataclass
@@ -40,7 +56,7 @@ class CheckReport:
         return text + (f"; fixed: {'; '.join(self.fixed)}" if self.fixed else "")
 
 
-def check(bh: BucketSQLite, fix: bool = False, *, verify: bool = True, grace_seconds: float = 300.0) -> CheckReport:
+def check(bh: Catalog, fix: bool = False, *, verify: bool = True, grace_seconds: float = 300.0) -> CheckReport:
     """Compare the catalog's rows with the bucket's objects. See ``BucketSQLite.check``."""
     report = CheckReport()
     files = bh.files

@@ -31,13 +31,17 @@ CHILD = textwrap.dedent('''
     if mode == "put":
         big = np.random.default_rng(0).random(40_000_000)  # 320 MB
         sent = [0]
+        lock = threading.Lock()
 
         def progress(n):
             # Once a share `at` of the bytes has gone, say so and stop here: the kill provably lands mid-upload,
-            # however fast the disk or the network.
-            sent[0] += n
-            if sent[0] >= at * big.nbytes:
+            # however fast the disk or the network. Parts upload on several threads: only the first one says it.
+            with lock:
+                sent[0] += n
+                first = sent[0] >= at * big.nbytes and sent[0] - n < at * big.nbytes
+            if first:
                 print("mid-put", flush=True)
+            if sent[0] >= at * big.nbytes:
                 threading.Event().wait()
 
         print("ready", flush=True)

@@ -21,7 +21,7 @@ import numpy as np
 from ..database import BucketSQLite
 from ..errors import BhError
 from .display import human_bytes, when
-from .magics import listing, versioned_stores
+from .listing import listing, versioned_stores
 
 KIND_FILTERS = [("all", None), ("frames", "frames"), ("arrays", "arrays"), ("files", "files"), ("kv", "kv")]
 SORT_COLUMNS = ["modified", "name", "kind", "version", "size", "shape"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dis
-import fnmatch
 import functools
 import keyword
 import logging
@@ -33,6 +32,7 @@ from ..config import BucketConfig
 from ..database import BucketSQLite
 from ..errors import BhError
 from .display import human_bytes, human_seconds, shape_text, timestamps, when
+from .listing import listing, versioned_stores
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,11 +58,6 @@ def _friendly(fn: F) -> F:
             raise
 
     return wrapper  # type: ignore[return-value]
-
-
-def versioned_stores(bh: BucketSQLite) -> dict[str, Any]:
-    """The versioned stores by the kind names the listing shows: frame, array, file (kv has no versions)."""
-    return {"frame": bh.frames, "array": bh.arrays, "file": bh.named_files}
 
 
 def _one_line(text: str) -> str:
@@ -807,36 +802,6 @@ def _result_is_assigned(shell: Any) -> bool:
 
 def _article(kind: str) -> str:
     return {"frames": "a frame", "arrays": "an array", "files": "a file", "kv": "a kv value"}[kind]
-
-
-def listing(bh: BucketSQLite, pattern: str | None = None, kind: str | None = None, prefix: str = "") -> Any:
-    """What is stored, newest first, as a DataFrame: name, kind, version, size, shape, modified, note."""
-    import pandas as pd
-
-    rows: list[dict[str, Any]] = []
-    for k, store in versioned_stores(bh).items():
-        if kind not in (None, k + "s"):
-            continue
-        for v in store.latest():
-            rows.append({"name": v.name, "kind": k, "version": v.version, "size": v.nbytes,
-                         "shape": shape_text(k, v), "modified": v.created_at,
-                         "note": v.metadata.get("note", "")})
-    if kind in (None, "kv"):
-        for key in bh.kv.keys(prefix):
-            data = bh.kv.get_bytes(key) or b""
-            rows.append({"name": key, "kind": "kv", "version": None, "size": len(data), "shape": "",
-                         "modified": bh.kv.updated_at(key), "note": ""})
-    if prefix:
-        rows = [r for r in rows if r["name"].startswith(prefix)]
-    if pattern:
-        glob = any(ch in pattern for ch in "*?[")
-        rows = [r for r in rows if (fnmatch.fnmatchcase(r["name"], pattern) if glob else
-                                    pattern.lower() in r["name"].lower() or pattern.lower() in r["note"].lower())]
-    df = pd.DataFrame(rows, columns=["name", "kind", "version", "size", "shape", "modified", "note"])
-    df["version"] = df["version"].astype("Int64")
-    df = df.sort_values("modified", ascending=False, kind="stable").reset_index(drop=True)  # exact times first
-    df["modified"] = timestamps(df["modified"])  # then shown to the second, in local time with its zone
-    return df
 
 
 def _is_frame(value: Any) -> bool:
