@@ -110,6 +110,10 @@ class FileStore(Interface):
         self._prefix = prefix if prefix.endswith("/") else prefix + "/"
         super().__init__(conn, bucket_client)
         self._store: BucketClient = bucket_client
+        # Blobs this process uploaded, or saw in the bucket, in this session: a re-put of one sends no request.
+        # A blob known only from the catalog costs one HEAD on its first re-put, so a row whose object is gone
+        # is repaired by uploading the bytes again instead of being trusted.
+        self._present: set[str] = set()
 
     def _init_schema(self) -> None:
         self._conn.execute(
@@ -172,13 +176,16 @@ class FileStore(Interface):
             filename = filename if filename is not None else path.name
             if mime is None and filename:
                 mime = mimetypes.guess_type(filename)[0]
-            if self._has_row(bh_key):
+            has_row = self._has_row(bh_key)
+            if has_row and bh_key in self._present:
                 return bh_key
             object_key = self._prefix + bh_key
             if not self._store.exists(object_key):
                 with self._progress(progress, f"put {filename or path.name}", size) as cb:
                     self._store.upload(path, object_key, progress=cb, **_describe(mime, entry))
-            self._insert(bh_key, object_key, size, mime, filename, metadata)
+            self._present.add(bh_key)
+            if not has_row:
+                self._insert(bh_key, object_key, size, mime, filename, metadata)
             return bh_key
         if isinstance(data, (bytes, bytearray, memoryview)):
             if mime is None and filename:
@@ -229,8 +236,12 @@ class FileStore(Interface):
     def _store_hashed(self, bh_key: str, views: list[memoryview], *, filename: str | None, mime: str | None,
                       metadata: dict[str, str] | None, progress: ProgressCallback | None,
                       entry: tuple[str, str] | None = None) -> str:
-        """Store ``views`` (whose SHA-256 hex is ``bh_key``, computed by the caller from exactly these bytes)."""
-        if self._has_row(bh_key):
+        """Store ``views`` (whose SHA-256 hex is ``bh_key``, computed by the caller from exactly these bytes).
+
+        A no-op when the row exists and the object is known to be in the bucket; a row whose object is gone is
+        repaired by uploading again (the seed's rule: a put is a no-op only when the blob is in both tiers)."""
+        has_row = self._has_row(bh_key)
+        if has_row and bh_key in self._present:
             return bh_key
         size = sum(v.nbytes for v in views)
         object_key = self._prefix + bh_key
@@ -239,7 +250,9 @@ class FileStore(Interface):
             with self._progress(progress, f"put {filename or bh_key[:12]}", size) as cb:
                 self._store.put_stream(reader, object_key, size=size, progress=cb,
                                        **_describe(mime, entry))
-        self._insert(bh_key, object_key, size, mime, filename, metadata)
+        self._present.add(bh_key)
+        if not has_row:
+            self._insert(bh_key, object_key, size, mime, filename, metadata)
         return bh_key
 
     def _insert(self, bh_key: str, object_key: str, size: int, mime: str | None, filename: str | None,
@@ -256,6 +269,7 @@ class FileStore(Interface):
         """Remove the row and the object; return whether the row existed. A missing key is not an error."""
         check_bh_key(bh_key)
         row = self._fetch_row(bh_key)
+        self._present.discard(bh_key)
         with self._conn:
             self._conn.execute("DELETE FROM filestore WHERE bh_key = ?", (bh_key,))
         self._store.delete(row["object_key"] if row else self._prefix + bh_key)
@@ -272,6 +286,7 @@ class FileStore(Interface):
         check_bh_key(bh_key)
         with self._conn:
             cur = self._conn.execute("DELETE FROM filestore WHERE bh_key = ?", (bh_key,))
+        self._present.discard(bh_key)  # gc may take the object from now on
         return cur.rowcount > 0
 
     # -- reads ------------------------------------------------------------------------------
@@ -393,6 +408,7 @@ class FileStore(Interface):
             raise self._missing(bh_key) from None
         if hasher.hexdigest() != bh_key:
             raise self._corrupt(bh_key)
+        self._present.add(bh_key)  # read and verified: a re-put of these bytes needs no request
 
     def _missing(self, bh_key: str) -> NotFound:
         return NotFound(f"blob {bh_key[:12]}... is in the catalog but its object is missing from the bucket; "
