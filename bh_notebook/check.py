@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import ObjectNotFound
-from .merge import VERSIONED
 
 if TYPE_CHECKING:
     import sqlite3
@@ -38,12 +37,15 @@ class CheckReport:
     orphan_blobs: list[str] = field(default_factory=list)
     corrupt_blobs: list[str] = field(default_factory=list)
     unregistered_blobs: list[str] = field(default_factory=list)
+    #: Blobs entries use that have neither a file row nor an object: those entries' data is gone.
+    lost_blobs: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """True when nothing is wrong."""
-        return not (self.dangling_rows or self.orphan_blobs or self.corrupt_blobs or self.unregistered_blobs)
+        return not (self.dangling_rows or self.orphan_blobs or self.corrupt_blobs or self.unregistered_blobs
+                    or self.lost_blobs)
 
     def __str__(self) -> str:
         if self.ok:
@@ -51,7 +53,8 @@ class CheckReport:
         parts = [f"{len(self.dangling_rows)} rows point at missing blobs",
                  f"{len(self.orphan_blobs)} blobs no row points at",
                  f"{len(self.corrupt_blobs)} blobs whose bytes do not match their key",
-                 f"{len(self.unregistered_blobs)} blobs used by entries but missing from the file table"]
+                 f"{len(self.unregistered_blobs)} blobs used by entries but missing from the file table",
+                 f"{len(self.lost_blobs)} blobs entries use that are gone (row and object)"]
         text = "; ".join(parts)
         return text + (f"; fixed: {'; '.join(self.fixed)}" if self.fixed else "")
 
@@ -64,12 +67,11 @@ def check(bh: Catalog, fix: bool = False, *, verify: bool = True, grace_seconds:
     prefix = files.prefix
     objects = {info.key[len(prefix):]: info for info in bh.bucket.list_info(prefix)}
     rows = {r[0]: int(r[1]) for r in conn.execute("SELECT bh_key, size FROM filestore")}
-    used: set[str] = set()
-    for table in VERSIONED:
-        used |= {r[0] for r in conn.execute(f"SELECT DISTINCT bh_key FROM {table}")}
+    used = files.referenced_keys()  # every table with a bh_key column: arrays, frames, named files, and more
 
     report.dangling_rows = sorted(k for k in rows if k not in objects)
     report.unregistered_blobs = sorted(k for k in used if k not in rows and k in objects)
+    report.lost_blobs = sorted(k for k in used if k not in rows and k not in objects)
     report.orphan_blobs = sorted(k for k in objects if k not in rows and k not in used)
     for key in sorted(set(rows) & set(objects)):
         info = objects[key]

@@ -91,6 +91,10 @@ def _rebuild(cls: type[BhError], args: tuple[object, ...], code: str | None, sta
     return cls(*args, code=code, status=status)
 
 
+class BlobInUse(BhError, ValueError):
+    """A blob cannot be deleted while entries use it; delete the entries (gc then removes the blob)."""
+
+
 class IntegrityError(BhError):
     """Stored bytes do not match the hash they are stored under."""
 
@@ -119,6 +123,7 @@ __all__ = [
     "AccessDenied",
     "BackendError",
     "BhError",
+    "BlobInUse",
     "BucketNotFound",
     "CatalogBusy",
     "ConfigError",

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig
+from bh_notebook.errors import BlobInUse
 from bh_notebook.storage import open_bucket
 from bh_notebook.testing.counting import CountingBucket
 
@@ -52,3 +54,41 @@ def test_re_puts_cost_nothing_once_known_and_one_head_the_first_time(config: Buc
         b.frames.put("f", df)  # now known present in this session: no request at all
         b.frames.put("g", df)
         assert counting.calls == {} and counting.bytes_out == 0
+
+
+def test_deleting_one_user_of_a_shared_blob_keeps_it_for_the_others(config: BucketConfig) -> None:
+    arr = np.arange(50, dtype="int64")
+    with BucketSQLite(config, NO_TIMER) as bh:
+        key = bh.arrays.put("weights", arr).bh_key
+        npy = bh.files.get(key)  # the same .npy bytes, stored again as a named file: one shared blob
+        assert bh.named_files.put("weights.npy", npy).bh_key == key
+        bh.named_files.delete("weights.npy")
+        bh.files.gc(grace_seconds=0)
+        np.testing.assert_array_equal(bh.arrays.get("weights"), arr)  # the array still has its bytes
+        assert bh.check().ok
+
+
+def test_files_delete_refuses_while_an_entry_uses_the_blob(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as bh:
+        key = bh.arrays.put("x", np.arange(5)).bh_key
+        with pytest.raises(BlobInUse, match=r"bh_arrays:x@1.*delete those entries"):
+            bh.files.delete(key)
+        np.testing.assert_array_equal(bh.arrays.get("x"), np.arange(5))
+        loose = bh.files.put(b"a file nobody's entry uses")
+        assert bh.files.delete(loose) is True  # the seed's verb, unchanged for blobs no entry uses
+        assert bh.files.delete(key, force=True) is True  # on purpose: the entry is now broken ...
+        report = bh.check()
+        assert report.lost_blobs == [key] and not report.ok  # ... and check says so
+
+
+def test_gc_never_takes_the_blob_of_an_entry_whose_file_row_was_lost(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as bh:
+        key = bh.frames.put("f", pd.DataFrame({"a": [1, 2, 3]})).bh_key
+        with bh.connection:
+            bh.connection.execute("DELETE FROM filestore WHERE bh_key = ?", (key,))  # a lost file row
+        assert bh.check().unregistered_blobs == [key]  # reported as repairable ...
+        report = bh.files.gc(grace_seconds=0)  # ... and gc must not delete it meanwhile
+        assert report.orphans_deleted == 0
+        assert bh.check(fix=True).fixed
+        assert bh.frames.get("f")["a"].tolist() == [1, 2, 3]
+        assert bh.check().ok

@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import IntegrityError, InvalidKey, KeyTypeError, NotFound, ObjectNotFound, ValueTypeError
+from ..errors import (
+    BlobInUse,
+    IntegrityError,
+    InvalidKey,
+    KeyTypeError,
+    NotFound,
+    ObjectNotFound,
+    ValueTypeError,
+)
 from ..storage.bucket import CHUNK_SIZE, ChainReader, ProgressCallback, atomic_file
 from .base import Interface
 
@@ -265,9 +273,44 @@ class FileStore(Interface):
                  json.dumps(metadata, sort_keys=True) if metadata else None),
             )
 
-    def delete(self, bh_key: str) -> bool:
-        """Remove the row and the object; return whether the row existed. A missing key is not an error."""
+    def _referencing_tables(self) -> list[str]:
+        """Every catalog table other than ``filestore`` with a ``bh_key`` column: the entries that use blobs."""
+        tables = [r[0] for r in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'filestore' AND name NOT LIKE 'sqlite_%'")]
+        return [t for t in tables
+                if "bh_key" in {r[1] for r in self._conn.execute(f"PRAGMA table_info({_quote(t)})")}]
+
+    def references(self, bh_key: str) -> list[str]:
+        """The entries that use blob ``bh_key``, as ``table:name@version`` (or ``table:row`` for other tables)."""
+        found: list[str] = []
+        for table in self._referencing_tables():
+            cols = {r[1] for r in self._conn.execute(f"PRAGMA table_info({_quote(table)})")}
+            what = "name, version" if {"name", "version"} <= cols else "NULL, NULL"
+            for name, version in self._conn.execute(
+                    f"SELECT {what} FROM {_quote(table)} WHERE bh_key = ?", (bh_key,)):
+                found.append(f"{table}:{name}@{version}" if name is not None else f"{table}:row")
+        return found
+
+    def referenced_keys(self) -> set[str]:
+        """Every blob some entry uses (whether or not its file row is there)."""
+        keys: set[str] = set()
+        for table in self._referencing_tables():
+            keys |= {r[0] for r in self._conn.execute(f"SELECT DISTINCT bh_key FROM {_quote(table)}")}
+        return keys
+
+    def delete(self, bh_key: str, *, force: bool = False) -> bool:
+        """Remove the row and the object; return whether the row existed. A missing key is not an error.
+
+        Refused with BlobInUse while an entry (an array, frame or named file version) uses the blob: deleting
+        the entry frees it for ``gc()``. ``force=True`` deletes anyway, breaking those entries.
+        """
         check_bh_key(bh_key)
+        if not force:
+            users = self.references(bh_key)
+            if users:
+                shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+                raise BlobInUse(f"blob {bh_key[:12]}... is used by {shown}; delete those entries instead (gc "
+                                "removes the blob once nothing uses it), or pass force=True to break them")
         row = self._fetch_row(bh_key)
         self._present.discard(bh_key)
         with self._conn:
@@ -460,7 +503,8 @@ class FileStore(Interface):
         deleted: a person decides.
         """
         report = GCReport()
-        known = {r[0] for r in self._conn.execute("SELECT bh_key FROM filestore")}
+        rows = {r[0] for r in self._conn.execute("SELECT bh_key FROM filestore")}
+        known = rows | self.referenced_keys()  # an entry whose file row was lost still owns its blob
         seen: set[str] = set()
         now = time.time()
         for info in self._store.list_info(self._prefix):
@@ -475,10 +519,14 @@ class FileStore(Interface):
             if not dry_run:
                 self._store.delete(info.key)
             report.orphans_deleted += 1
-        report.dangling_rows_found = len(known - seen)
+        report.dangling_rows_found = len(rows - seen)
         if not dry_run:
             report.incomplete_removed = self._store.cleanup_incomplete(grace_seconds)
         return report
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 class BlobWriter(io.RawIOBase):

@@ -247,7 +247,6 @@ class VersionedStore(Interface, Generic[V]):
             else:
                 self._conn.execute(f"DELETE FROM {self.table} WHERE name = ? AND version = ?", (name, version))
         for key in {r["bh_key"] for r in rows}:
-            still_used = self._conn.execute(f"SELECT 1 FROM {self.table} WHERE bh_key = ? LIMIT 1", (key,)).fetchone()
-            if still_used is None:
+            if not self._files.references(key):  # no entry of any kind uses it (an array and a file may share it)
                 self._files.release(key)  # the row goes; the object waits for gc (see FileStore.release)
         return [self._to_version(r) for r in rows]
