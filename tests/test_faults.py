@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from bh_notebook import BucketSQLite, SnapshotConfig
+from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig
 from bh_notebook.errors import BackendError, EndpointUnreachable
 from bh_notebook.storage.s3 import S3Bucket
 from bh_notebook.testing.faults import FaultProxy
@@ -108,11 +108,16 @@ def test_slow_endpoint_times_out_clearly(through, proxy: FaultProxy) -> None:  #
     np.testing.assert_array_equal(bh.arrays.get("a"), np.arange(10))
 
 
-def test_endpoint_down_at_stop_keeps_the_work_for_the_next_start(proxy: FaultProxy, moto_server) -> None:  # type: ignore[no-untyped-def]
+def _proxied_bucket(proxy: FaultProxy, moto_server) -> tuple[S3Bucket, BucketConfig]:  # type: ignore[no-untyped-def]
+    """A fresh bucket: a client that reaches it through the proxy, and a config that reaches it directly."""
     bucket = moto_server.new_bucket()
     client = S3Bucket(bucket, endpoint_url=proxy.endpoint_url, region="us-east-1", access_key_id=ACCESS_KEY,
                       secret_access_key=SECRET_KEY, max_attempts=2, connect_timeout=1, read_timeout=1)
-    direct = moto_server.config(bucket)
+    return client, moto_server.config(bucket)
+
+
+def test_endpoint_down_at_stop_keeps_the_work_for_the_next_start(proxy: FaultProxy, moto_server) -> None:  # type: ignore[no-untyped-def]
+    client, direct = _proxied_bucket(proxy, moto_server)
     bh = BucketSQLite(direct, NO_TIMER, bucket_client=client).start()
     bh.kv["saved"] = "before"
     bh.force_flush()
@@ -137,10 +142,7 @@ def test_endpoint_down_at_stop_keeps_the_work_for_the_next_start(proxy: FaultPro
 
 
 def test_unsaved_work_of_a_never_synced_store_is_kept_too(proxy: FaultProxy, moto_server) -> None:  # type: ignore[no-untyped-def]
-    bucket = moto_server.new_bucket()
-    client = S3Bucket(bucket, endpoint_url=proxy.endpoint_url, region="us-east-1", access_key_id=ACCESS_KEY,
-                      secret_access_key=SECRET_KEY, max_attempts=2, connect_timeout=1, read_timeout=1)
-    direct = moto_server.config(bucket)
+    client, direct = _proxied_bucket(proxy, moto_server)
     bh = BucketSQLite(direct, NO_TIMER, bucket_client=client).start()
     bh.kv["first"] = "never flushed"
     proxy.set("refuse")
