@@ -1,4 +1,4 @@
-"""Catalog connections that wait for each other instead of failing.
+"""Catalog connections that wait for each other instead of failing, and the SQL helpers every catalog user shares.
 
 The catalog is one shared-cache in-memory SQLite database that several connections of this process use: the
 notebook's thread, per-thread connections from ``BucketSQLite.connect()``, and the background flusher while it
@@ -10,6 +10,7 @@ waits and tries again, and only a lock held past ``wait_seconds`` becomes the na
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -18,6 +19,15 @@ from typing import Any, Literal, TypeVar
 from .errors import CatalogBusy
 
 T = TypeVar("T")
+
+#: A plain table's definition: the only kind of SQL from another writer's catalog this library ever executes.
+PLAIN_TABLE_SQL = re.compile(r"\s*CREATE\s+TABLE\s", re.IGNORECASE)
+
+
+def quote_ident(name: str) -> str:
+    """An SQL identifier (a table or column name) quoted for use in a statement."""
+    return '"' + name.replace('"', '""') + '"'
+
 
 _BUSY = 5  # SQLITE_BUSY
 _LOCKED = 6  # SQLITE_LOCKED (and SQLITE_LOCKED_SHAREDCACHE, 262, in its low byte)

@@ -20,15 +20,17 @@ The rules, one per kind of table:
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .connection import PLAIN_TABLE_SQL
+from .connection import quote_ident as _q
+
 VERSIONED = ("bh_arrays", "bh_frames", "bh_named_files")
-RETIRED_TABLE = "bh_retired_versions"  # see interfaces/versioned.py
-# The only SQL from another writer's catalog ever executed here: a plain table's definition (vetted before).
-_PLAIN_TABLE = re.compile(r"\s*CREATE\s+TABLE\s", re.IGNORECASE)
+#: The highest version number each name ever had, per table, kept when versions are deleted: a number is never
+#: given out twice, so ``x@2`` always means the same data (and a merge never mistakes a new put for a deleted one).
+RETIRED_TABLE = "bh_retired_versions"
 
 
 @dataclass
@@ -58,9 +60,6 @@ def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
     return [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({_q(table)})")]
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
 
 def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> MergeReport:
     """Merge ``theirs`` into the catalog behind ``conn`` (ours), relative to ``base`` (None: nothing in common).
@@ -80,7 +79,7 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> 
                 if table not in ours_tables:  # a table only they have: copy it whole
                     sql = conn.execute("SELECT sql FROM theirs.sqlite_master WHERE type='table' AND name=?",
                                        (table,)).fetchone()[0]
-                    if not (isinstance(sql, str) and _PLAIN_TABLE.match(sql)):
+                    if not (isinstance(sql, str) and PLAIN_TABLE_SQL.match(sql)):
                         report.conflicts.append(f"table {table} is not a plain table; not taken")
                         continue
                     conn.execute(sql)

@@ -129,9 +129,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    except OSError:
+    except OSError:  # it exists but is not ours to signal, or we cannot tell: leave its folder alone
         return True
     return True
 

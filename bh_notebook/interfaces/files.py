@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..connection import quote_ident
 from ..errors import (
     BlobInUse,
     IntegrityError,
@@ -273,21 +274,25 @@ class FileStore(Interface):
                  json.dumps(metadata, sort_keys=True) if metadata else None),
             )
 
-    def _referencing_tables(self) -> list[str]:
-        """Every catalog table other than ``filestore`` with a ``bh_key`` column: the entries that use blobs."""
-        tables = [r[0] for r in self._conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'filestore' AND name NOT LIKE 'sqlite_%'")]
-        return [t for t in tables
-                if "bh_key" in {r[1] for r in self._conn.execute(f"PRAGMA table_info({_quote(t)})")}]
+    def _referencing_tables(self) -> dict[str, set[str]]:
+        """Every catalog table other than ``filestore`` with a ``bh_key`` column (the entries that use blobs), with
+        its columns."""
+        found: dict[str, set[str]] = {}
+        for (table,) in self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'filestore' "
+                "AND name NOT LIKE 'sqlite_%'").fetchall():
+            cols = {r[1] for r in self._conn.execute(f"PRAGMA table_info({quote_ident(table)})")}
+            if "bh_key" in cols:
+                found[table] = cols
+        return found
 
     def references(self, bh_key: str) -> list[str]:
         """The entries that use blob ``bh_key``, as ``table:name@version`` (or ``table:row`` for other tables)."""
         found: list[str] = []
-        for table in self._referencing_tables():
-            cols = {r[1] for r in self._conn.execute(f"PRAGMA table_info({_quote(table)})")}
+        for table, cols in self._referencing_tables().items():
             what = "name, version" if {"name", "version"} <= cols else "NULL, NULL"
             for name, version in self._conn.execute(
-                    f"SELECT {what} FROM {_quote(table)} WHERE bh_key = ?", (bh_key,)):
+                    f"SELECT {what} FROM {quote_ident(table)} WHERE bh_key = ?", (bh_key,)):
                 found.append(f"{table}:{name}@{version}" if name is not None else f"{table}:row")
         return found
 
@@ -295,7 +300,7 @@ class FileStore(Interface):
         """Every blob some entry uses (whether or not its file row is there)."""
         keys: set[str] = set()
         for table in self._referencing_tables():
-            keys |= {r[0] for r in self._conn.execute(f"SELECT DISTINCT bh_key FROM {_quote(table)}")}
+            keys |= {r[0] for r in self._conn.execute(f"SELECT DISTINCT bh_key FROM {quote_ident(table)}")}
         return keys
 
     def delete(self, bh_key: str, *, force: bool = False) -> bool:
@@ -523,10 +528,6 @@ class FileStore(Interface):
         if not dry_run:
             report.incomplete_removed = self._store.cleanup_incomplete(grace_seconds)
         return report
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class BlobWriter(io.RawIOBase):

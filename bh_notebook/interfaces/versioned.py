@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import NotFound, ValueTypeError
+from ..merge import RETIRED_TABLE
 from .base import Interface, check_name, check_version
 from .files import FileStore
 
@@ -22,9 +23,6 @@ V = TypeVar("V")
 #: Columns every versioned table has, in this order, before the subclass's own.
 COMMON_COLUMNS = ("name", "version", "bh_key", "nbytes", "created_at", "metadata")
 
-#: The highest version number each name ever had, per table, kept when versions are deleted: a number is never
-#: given out twice, so ``x@2`` always means the same data (and a merge never mistakes a new put for a deleted one).
-RETIRED_TABLE = "bh_retired_versions"
 
 
 def check_metadata(metadata: object) -> dict[str, str]:
@@ -224,7 +222,7 @@ class VersionedStore(Interface, Generic[V]):
     def delete(self, name: str, version: int | None = None) -> list[V]:
         """Remove one version, or every version of ``name`` when ``version`` is None; return what was removed.
 
-        Rows only: a blob no remaining version of this store points at loses its file row and becomes an orphan,
+        Rows only: a blob no remaining entry of any kind points at loses its file row and becomes an orphan,
         which ``bh.files.gc()`` / ``%bh_gc`` removes from the bucket after its grace period. Nothing is deleted
         from the bucket here, so a writer killed before its next flush never leaves a committed catalog pointing
         at a deleted blob.

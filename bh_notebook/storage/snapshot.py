@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..connection import PLAIN_TABLE_SQL, quote_ident
 from ..errors import SnapshotCorruptError, UntrustedCatalog
 
 
@@ -69,12 +70,8 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-_TABLE_SQL = re.compile(r"\s*CREATE\s+TABLE\s", re.IGNORECASE)
 _INDEX_SQL = re.compile(r"\s*CREATE\s+(UNIQUE\s+)?INDEX\s", re.IGNORECASE)
 
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def vet_catalog_file(path: Path, *, label: str = "snapshot", hint: str = "") -> list[str]:
@@ -108,9 +105,9 @@ def vet_catalog_file(path: Path, *, label: str = "snapshot", hint: str = "") -> 
         tables = 0
         for kind, name, sql in schema:
             if kind in ("trigger", "view"):
-                db.execute(f"DROP {kind.upper()} IF EXISTS {_q(name)}")
+                db.execute(f"DROP {kind.upper()} IF EXISTS {quote_ident(name)}")
                 removed.append(f"{kind} {name!r}")
-            elif kind == "table" and isinstance(sql, str) and _TABLE_SQL.match(sql):
+            elif kind == "table" and isinstance(sql, str) and PLAIN_TABLE_SQL.match(sql):
                 tables += not name.startswith("sqlite_")
             elif kind == "index" and (sql is None or (isinstance(sql, str) and _INDEX_SQL.match(sql))):
                 pass
