@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -90,14 +89,15 @@ def check(bh: Catalog, fix: bool = False, *, verify: bool = True, grace_seconds:
             if h.hexdigest() != key:
                 report.corrupt_blobs.append(key)
     if fix:
-        now = time.time()
         for key in report.unregistered_blobs:  # the bytes are there and entries use them: put the row back
             info = objects[key]
             files._insert(key, info.key, info.size, None, None, None)
             report.fixed.append(f"file row restored for {key[:12]}")
-        for key in report.orphan_blobs:
-            if now - objects[key].last_modified >= grace_seconds:
-                bh.bucket.delete(objects[key].key)
+        if report.orphan_blobs:
+            # Orphans go through the one collector: it takes in other writers' commits first, spares young or
+            # touched blobs and anything the shared catalog uses, and judges age by the bucket's clock.
+            gc = files.gc(grace_seconds)
+            for key in gc.deleted:
                 report.fixed.append(f"orphan blob {key[:12]} deleted")
         # Dangling rows and corrupt blobs are reported, never removed: they may be the only trace of the data.
     return report

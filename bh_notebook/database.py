@@ -29,6 +29,7 @@ from . import spool
 from .connection import connect_catalog
 from .errors import (
     BhError,
+    NotCommitted,
     NotStarted,
     SnapshotCorruptError,
     ObjectNotFound,
@@ -36,7 +37,7 @@ from .errors import (
     SnapshotConflict,
 )
 from .interfaces.arrays import ArrayStore
-from .interfaces.files import FileStore
+from .interfaces.files import FileStore, referenced_keys
 from .interfaces.frames import LOCAL_COMPRESSION, FrameStore
 from .interfaces.kv import KVStore
 from .interfaces.named_files import NamedFileStore
@@ -216,6 +217,7 @@ class BucketSQLite:
         self._kv = KVStore(self._conn)
         files = self._files = FileStore(self._conn, self._bucket, prefix=self.config.files_prefix)
         files.progress_factory = self.progress_factory
+        files.before_collect = self._settle_for_collect
         self._arrays = ArrayStore(self._conn, self._bucket, files=files)
         self._frames = FrameStore(self._conn, self._bucket, files=files)
         self._named_files = NamedFileStore(self._conn, self._bucket, files=files)
@@ -680,14 +682,36 @@ class BucketSQLite:
                     "run; dropped from this process's catalog (the next flush writes it without them)",
                     key, self.config.location, ", ".join(removed))
 
+    def _settle_for_collect(self) -> set[str]:
+        """What gc does before it judges any blob: take in what others committed, commit what we changed, and
+        return the blobs the committed catalog uses (spared even if a change made since drops their last use)."""
+        self.pull()
+        self.force_flush()
+        if self.dirty and self._last_error is not None:
+            raise NotCommitted(f"gc did not run: this process's catalog changes could not be committed "
+                               f"({self._last_error}); nothing was deleted. Try again when "
+                               f"{self.config.location} is reachable")
+        assert self._workdir is not None
+        with self._flush_lock:
+            base = self._workdir / "base.db"
+            if not base.exists():
+                return set()
+            conn = sqlite3.connect(f"file:{base}?mode=ro", uri=True)
+            try:
+                return referenced_keys(conn, with_rows=True)
+            finally:
+                conn.close()
+
     # -- checks ------------------------------------------------------------------------------
 
     def check(self, fix: bool = False, *, verify: bool = True, grace_seconds: float = 300.0) -> CheckReport:
         """Compare the catalog with the bucket: rows pointing at missing blobs, blobs nothing points at, blobs whose
         bytes do not match their SHA-256 key (``verify=False`` skips reading them), blobs entries use that lost their
         file row. Repairs only with ``fix=True``: file rows are restored and orphans older than ``grace_seconds``
-        deleted; nothing that may be a row's only copy of anything is deleted."""
+        deleted (by ``files.gc``, the one collector); nothing that may be a row's only copy of anything is deleted.
+        Other writers' commits are taken in first (``pull()``), so their new blobs are not mistaken for orphans."""
         self._require_started()
+        self.pull()
         return run_check(self, fix, verify=verify, grace_seconds=grace_seconds)
 
     # -- status ------------------------------------------------------------------------------

@@ -111,6 +111,11 @@ class SnapshotConflict(BhError):
     """Another writer committed a snapshot that could not be merged with ours."""
 
 
+class NotCommitted(BhError):
+    """This process's catalog changes could not be committed, so an operation that needs them shared (gc) did not
+    run; nothing was deleted. Try again when the bucket is reachable."""
+
+
 class CatalogBusy(BhError, TimeoutError):
     """Another thread of this process held the catalog locked for too long; try again."""
 
@@ -132,6 +137,7 @@ __all__ = [
     "IntegrityError",
     "InvalidKey",
     "KeyTypeError",
+    "NotCommitted",
     "NotFound",
     "NotStarted",
     "ObjectNotFound",

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .connection import PLAIN_TABLE_SQL
 from .connection import quote_ident as _q
+from .interfaces.files import referencing_tables
 
 VERSIONED = ("bh_arrays", "bh_frames", "bh_named_files")
 #: The highest version number each name ever had, per table, kept when versions are deleted: a number is never
@@ -106,6 +107,8 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> 
                     _merge_kv(conn, report)
                 else:
                     _merge_other(conn, table, report)
+            if "filestore" in ours_tables:
+                _keep_rows_in_use(conn, report)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -164,6 +167,31 @@ def _merge_keyed(conn: sqlite3.Connection, table: str, key: list[str], report: M
         f"INSERT OR IGNORE INTO main.{t} SELECT * FROM theirs.{t} x "
         f"WHERE NOT EXISTS (SELECT 1 FROM base.{t} y WHERE {match})")
     report.taken += cur.rowcount
+
+
+def _keep_rows_in_use(conn: sqlite3.Connection, report: MergeReport) -> None:
+    """A file row one side dropped (its last entry went) stays while a merged entry of the other side uses it.
+
+    One writer deletes its last entry using blob K and drops K's row; the other puts the same bytes again under a
+    new name, relying on the row it still has. Without this the merged catalog holds an entry whose blob has no
+    row: unreadable, and fair game for the collector."""
+    have = {r[0] for r in conn.execute("SELECT bh_key FROM main.filestore")}
+    used: set[str] = set()
+    for table in referencing_tables(conn):
+        used |= {r[0] for r in conn.execute(f"SELECT DISTINCT bh_key FROM main.{_q(table)}")}
+    cols = ", ".join(_q(c) for c in _columns(conn, "main", "filestore"))
+    for key in sorted(used - have):
+        for schema in ("theirs", "base"):
+            if not conn.execute(f"SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' AND name = "
+                                "'filestore'").fetchone():
+                continue
+            if set(_columns(conn, schema, "filestore")) < set(_columns(conn, "main", "filestore")):
+                continue
+            cur = conn.execute(f"INSERT OR IGNORE INTO main.filestore ({cols}) SELECT {cols} FROM "
+                               f"{schema}.filestore WHERE bh_key = ?", (key,))
+            if cur.rowcount > 0:
+                report.taken += 1
+                break
 
 
 def _merge_kv(conn: sqlite3.Connection, report: MergeReport) -> None:

@@ -246,6 +246,8 @@ def test_status_flush_gc(ip: InteractiveShell, capsys: pytest.CaptureFixture[str
     ip.run_line_magic("bh_gc", "--grace 0")
     assert "deleted 1" in capsys.readouterr().out
     assert not bh.bucket.exists(bh.files.prefix + "f" * 64)
+    with pytest.raises(UsageError, match="--grace takes a number of seconds >= 0"):
+        ip.run_line_magic("bh_gc", "--grace -5")
 
 
 def test_connect_to_s3_and_branches(ip: InteractiveShell, moto_server, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]

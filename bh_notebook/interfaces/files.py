@@ -63,6 +63,8 @@ class GCReport:
     dangling_rows_found: int = 0
     #: Leftovers of writes killed half-way (temp files, unfinished multipart uploads) removed; ours, not the seed's.
     incomplete_removed: int = 0
+    #: The bh-keys of the orphans deleted (or, with ``dry_run``, that would be); ours, not the seed's.
+    deleted: list[str] = field(default_factory=list, compare=False)
 
 
 #: Content-Type of a blob whose type is not known.
@@ -115,14 +117,44 @@ class FileStore(Interface):
         finally:
             bar.close()
 
+    #: How long (seconds) a blob this process uploaded or checked stays trusted: a re-put within it sends no
+    #: request. Later, or for a blob known only from the catalog, a re-put costs one HEAD, and a row whose object
+    #: is gone (or has the wrong size) is repaired by uploading the bytes again instead of being trusted.
+    trust_seconds: float = 60.0
+    #: A blob a put relies on without uploading it must have been written at most this long ago by the bucket's
+    #: clock; an older one is touched (its last-modified set to now, its bytes kept). With ``trust_seconds`` this
+    #: bounds the age of anything a new row points at to 120 s, well inside the collector's default grace (300 s):
+    #: a blob whose last entry another writer deleted survives until this writer's commit shows it is used again.
+    fresh_seconds: float = 60.0
+    #: Set by BucketSQLite: brings the catalog to the latest shared state (pull, then commit) before ``gc()``
+    #: decides anything, and returns the blobs that committed state uses, which are spared too: no blob is judged
+    #: by a stale catalog or by a change only this process has made.
+    before_collect: Callable[[], set[str]] | None = None
+
     def __init__(self, conn: sqlite3.Connection, bucket_client: BucketClient, prefix: str = "files/") -> None:
         self._prefix = prefix if prefix.endswith("/") else prefix + "/"
         super().__init__(conn, bucket_client)
         self._store: BucketClient = bucket_client
-        # Blobs this process uploaded, or saw in the bucket, in this session: a re-put of one sends no request.
-        # A blob known only from the catalog costs one HEAD on its first re-put, so a row whose object is gone
-        # is repaired by uploading the bytes again instead of being trusted.
-        self._present: set[str] = set()
+        # Blobs this process uploaded or checked, with when (monotonic): see ``trust_seconds``.
+        self._present: dict[str, float] = {}
+        self._clock: Callable[[], float] = time.monotonic
+
+    def _trusted(self, bh_key: str) -> bool:
+        """True when this process uploaded or checked the blob within ``trust_seconds``."""
+        seen = self._present.get(bh_key)
+        return seen is not None and self._clock() - seen < self.trust_seconds
+
+    def _rely_on(self, object_key: str, size: int, describe: dict[str, Any]) -> bool:
+        """Whether the object is in the bucket with the right size, made fresh enough to outlive our commit.
+
+        One HEAD; plus a touch when the object is older than ``fresh_seconds``. False means: upload it."""
+        info = self._store.head(object_key)
+        if info is None or info.size != size:  # gone, or an empty or truncated object: put the bytes again
+            return False
+        age = info.age if info.age is not None else time.time() - info.last_modified
+        if age > self.fresh_seconds:
+            return self._store.touch(object_key, **describe)
+        return True
 
     def _init_schema(self) -> None:
         self._conn.execute(
@@ -186,13 +218,14 @@ class FileStore(Interface):
             if mime is None and filename:
                 mime = mimetypes.guess_type(filename)[0]
             has_row = self._has_row(bh_key)
-            if has_row and bh_key in self._present:
+            if has_row and self._trusted(bh_key):
                 return bh_key
             object_key = self._prefix + bh_key
-            if not self._store.exists(object_key):
+            describe = _describe(mime, entry)
+            if not self._rely_on(object_key, size, describe):
                 with self._progress(progress, f"put {filename or path.name}", size) as cb:
-                    self._store.upload(path, object_key, progress=cb, **_describe(mime, entry))
-            self._present.add(bh_key)
+                    self._store.upload(path, object_key, progress=cb, **describe)
+            self._present[bh_key] = self._clock()
             if not has_row:
                 self._insert(bh_key, object_key, size, mime, filename, metadata)
             return bh_key
@@ -250,16 +283,16 @@ class FileStore(Interface):
         A no-op when the row exists and the object is known to be in the bucket; a row whose object is gone is
         repaired by uploading again (the seed's rule: a put is a no-op only when the blob is in both tiers)."""
         has_row = self._has_row(bh_key)
-        if has_row and bh_key in self._present:
+        if has_row and self._trusted(bh_key):
             return bh_key
         size = sum(v.nbytes for v in views)
         object_key = self._prefix + bh_key
-        if not self._store.exists(object_key):
+        describe = _describe(mime, entry)
+        if not self._rely_on(object_key, size, describe):
             reader = ChainReader(*views)
             with self._progress(progress, f"put {filename or bh_key[:12]}", size) as cb:
-                self._store.put_stream(reader, object_key, size=size, progress=cb,
-                                       **_describe(mime, entry))
-        self._present.add(bh_key)
+                self._store.put_stream(reader, object_key, size=size, progress=cb, **describe)
+        self._present[bh_key] = self._clock()
         if not has_row:
             self._insert(bh_key, object_key, size, mime, filename, metadata)
         return bh_key
@@ -277,14 +310,7 @@ class FileStore(Interface):
     def _referencing_tables(self) -> dict[str, set[str]]:
         """Every catalog table other than ``filestore`` with a ``bh_key`` column (the entries that use blobs), with
         its columns."""
-        found: dict[str, set[str]] = {}
-        for (table,) in self._conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'filestore' "
-                "AND name NOT LIKE 'sqlite_%'").fetchall():
-            cols = {r[1] for r in self._conn.execute(f"PRAGMA table_info({quote_ident(table)})")}
-            if "bh_key" in cols:
-                found[table] = cols
-        return found
+        return referencing_tables(self._conn)
 
     def references(self, bh_key: str) -> list[str]:
         """The entries that use blob ``bh_key``, as ``table:name@version`` (or ``table:row`` for other tables)."""
@@ -298,10 +324,7 @@ class FileStore(Interface):
 
     def referenced_keys(self) -> set[str]:
         """Every blob some entry uses (whether or not its file row is there)."""
-        keys: set[str] = set()
-        for table in self._referencing_tables():
-            keys |= {r[0] for r in self._conn.execute(f"SELECT DISTINCT bh_key FROM {quote_ident(table)}")}
-        return keys
+        return referenced_keys(self._conn)
 
     def delete(self, bh_key: str, *, force: bool = False) -> bool:
         """Remove the row and the object; return whether the row existed. A missing key is not an error.
@@ -317,7 +340,7 @@ class FileStore(Interface):
                 raise BlobInUse(f"blob {bh_key[:12]}... is used by {shown}; delete those entries instead (gc "
                                 "removes the blob once nothing uses it), or pass force=True to break them")
         row = self._fetch_row(bh_key)
-        self._present.discard(bh_key)
+        self._present.pop(bh_key, None)
         with self._conn:
             self._conn.execute("DELETE FROM filestore WHERE bh_key = ?", (bh_key,))
         self._store.delete(row["object_key"] if row else self._prefix + bh_key)
@@ -334,7 +357,7 @@ class FileStore(Interface):
         check_bh_key(bh_key)
         with self._conn:
             cur = self._conn.execute("DELETE FROM filestore WHERE bh_key = ?", (bh_key,))
-        self._present.discard(bh_key)  # gc may take the object from now on
+        self._present.pop(bh_key, None)  # gc may take the object from now on
         return cur.rowcount > 0
 
     # -- reads ------------------------------------------------------------------------------
@@ -456,7 +479,8 @@ class FileStore(Interface):
             raise self._missing(bh_key) from None
         if hasher.hexdigest() != bh_key:
             raise self._corrupt(bh_key)
-        self._present.add(bh_key)  # read and verified: a re-put of these bytes needs no request
+        # Not marked trusted: a read says nothing about the object's age, and another writer may be about to
+        # free it; a re-put of these bytes checks (one HEAD) and touches it if it is old.
 
     def _missing(self, bh_key: str) -> NotFound:
         return NotFound(f"blob {bh_key[:12]}... is in the catalog but its object is missing from the bucket; "
@@ -501,17 +525,31 @@ class FileStore(Interface):
     # -- reconciliation ----------------------------------------------------------------------
 
     def gc(self, grace_seconds: float = 300.0, *, dry_run: bool = False) -> GCReport:
-        """Reconcile the bucket's objects under ``prefix`` with the catalog's rows.
+        """Delete the blobs nothing uses any more: the one collector of blobs (entry deletes never remove any).
 
-        Orphans (an object with no row) younger than ``grace_seconds`` are skipped, since a put may be in
-        flight; older orphans are deleted. Dangling rows (a row whose object is gone) are counted, never
-        deleted: a person decides.
+        Mark and sweep over the latest shared catalog: when this store belongs to a BucketSQLite, it first takes
+        in what other writers committed and commits this process's changes (``before_collect``), so that neither
+        a stale catalog nor a change only this process has decides. An object is deleted only when no row and no
+        entry of any kind (any table with a ``bh_key`` column) points at it and it was last written longer than
+        ``grace_seconds`` ago *by the bucket's clock*. Writers touch an old blob before they rely on it (see
+        ``fresh_seconds``), so bytes put again since they became unreferenced are spared too. Each candidate is
+        looked at once more (one HEAD) just before it is deleted. Dangling rows (a row whose object is gone) are
+        counted, never deleted: a person decides.
+
+        A grace period shorter than ``trust_seconds + fresh_seconds`` plus the time a writer takes to commit is
+        only safe while no other writer is putting; the default (300 s) leaves three minutes for that commit.
         """
+        if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, (int, float)) or grace_seconds < 0:
+            raise ValueError(f"grace_seconds must be a number of seconds >= 0, not {grace_seconds!r}")
+        shared = self.before_collect() if self.before_collect is not None else set()
+        return self._sweep(float(grace_seconds), dry_run=dry_run, spare=shared)
+
+    def _sweep(self, grace_seconds: float, *, dry_run: bool, spare: set[str]) -> GCReport:
         report = GCReport()
         rows = {r[0] for r in self._conn.execute("SELECT bh_key FROM filestore")}
-        known = rows | self.referenced_keys()  # an entry whose file row was lost still owns its blob
+        known = rows | self.referenced_keys() | spare  # an entry whose file row was lost still owns its blob
         seen: set[str] = set()
-        now = time.time()
+        now = self._store.clock()
         for info in self._store.list_info(self._prefix):
             bh_key = info.key[len(self._prefix):]
             seen.add(bh_key)
@@ -522,8 +560,16 @@ class FileStore(Interface):
                 report.orphans_skipped_grace += 1
                 continue
             if not dry_run:
+                latest = self._store.head(info.key)  # a writer may have touched it since the listing
+                if latest is None:
+                    continue
+                latest_age = latest.age if latest.age is not None else now - latest.last_modified
+                if latest.etag != info.etag or latest_age < grace_seconds:
+                    report.orphans_skipped_grace += 1
+                    continue
                 self._store.delete(info.key)
             report.orphans_deleted += 1
+            report.deleted.append(bh_key)
         report.dangling_rows_found = len(rows - seen)
         if not dry_run:
             report.incomplete_removed = self._store.cleanup_incomplete(grace_seconds)
@@ -606,6 +652,30 @@ class BlobWriter(io.RawIOBase):
             self.discard()
         else:
             self.close()
+
+
+def referencing_tables(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    """Every table of the catalog behind ``conn``, other than ``filestore``, with a ``bh_key`` column, with its
+    columns: the entries of every kind that use blobs, user tables included."""
+    found: dict[str, set[str]] = {}
+    for (table,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'filestore' "
+            "AND name NOT LIKE 'sqlite_%'").fetchall():
+        cols = {r[1] for r in conn.execute(f"PRAGMA table_info({quote_ident(table)})")}
+        if "bh_key" in cols:
+            found[table] = cols
+    return found
+
+
+def referenced_keys(conn: sqlite3.Connection, *, with_rows: bool = False) -> set[str]:
+    """Every blob an entry of the catalog behind ``conn`` uses; with ``with_rows``, the file table's rows too."""
+    keys: set[str] = set()
+    for table in referencing_tables(conn):
+        keys |= {r[0] for r in conn.execute(f"SELECT DISTINCT bh_key FROM {quote_ident(table)}")}
+    if with_rows and conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'filestore'").fetchone():
+        keys |= {r[0] for r in conn.execute("SELECT bh_key FROM filestore")}
+    return keys
 
 
 def _hash_file(path: Path) -> str:

@@ -394,8 +394,13 @@ class BHMagics(Magics):
     @line_magic
     @_friendly
     def bh_gc(self, line: str = "") -> None:
-        """Delete blobs in the bucket that no catalog row points at (older than the grace period)."""
+        """Delete blobs no entry uses any more (unused for longer than the grace period, by the bucket's clock).
+
+        Teammates' commits are taken in and this kernel's changes committed first, so only the latest shared
+        catalog decides. A grace under a few minutes is safe only while nobody else is putting."""
         args = _parse(self.bh_gc, line)
+        if not args.grace >= 0:
+            raise UsageError(f"--grace takes a number of seconds >= 0, not {args.grace:g}; the default is 300")
         self._pull()  # judge from the latest shared catalog, not only this kernel's
         r = self.bh.files.gc(args.grace, dry_run=args.dry_run)
         verb = "would delete" if args.dry_run else "deleted"

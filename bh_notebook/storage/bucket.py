@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Mapping
@@ -39,12 +40,22 @@ Sink = Callable[[memoryview], object]
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """What a HEAD tells: size in bytes, entity tag (quoted, as S3 gives it), last modified (epoch seconds)."""
+    """What a HEAD tells: size in bytes, entity tag (quoted, as S3 gives it), last modified (epoch seconds).
+
+    ``server_time`` is the bucket's own clock when the answer was given (an S3 response's ``Date``), when known:
+    ages are measured against it, never against this machine's clock.
+    """
 
     key: str
     size: int
     etag: str
     last_modified: float
+    server_time: float | None = None
+
+    @property
+    def age(self) -> float | None:
+        """Seconds since the object was last written, by the bucket's clock (None when that clock is unknown)."""
+        return None if self.server_time is None else max(0.0, self.server_time - self.last_modified)
 
 
 def check_key(key: object) -> str:
@@ -124,7 +135,22 @@ class BucketClient(ABC):
         """Copy an object inside the bucket; with ``if_match``, only while the source still has that etag
         (PreconditionFailed otherwise)."""
 
+    @abstractmethod
+    def touch(self, key: str, *, content_type: str | None = None,
+              metadata: Mapping[str, str] | None = None) -> bool:
+        """Make ``key``'s last-modified time now, keeping its bytes; False when it does not exist.
+
+        What a writer does to a blob it is about to rely on, so that the collector, which only takes blobs
+        unreferenced for longer than its grace period *by last-modified*, leaves it alone while the writer's
+        commit is on its way. ``content_type`` and ``metadata`` describe the object afresh where a backend keeps
+        them (S3 rewrites them on a copy onto itself).
+        """
+
     # -- defaults built on the primitives ----------------------------------------------------
+
+    def clock(self) -> float:
+        """The bucket's current time in epoch seconds (the clock its last-modified times come from)."""
+        return time.time()
 
     def exists(self, key: str) -> bool:
         """True when ``key`` exists."""

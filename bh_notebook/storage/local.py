@@ -125,7 +125,19 @@ class LocalBucket(BucketClient):
             return None
         if not _is_file(st):
             return None
-        return ObjectInfo(key=key, size=st.st_size, etag=_etag(st), last_modified=st.st_mtime)
+        return ObjectInfo(key=key, size=st.st_size, etag=_etag(st), last_modified=st.st_mtime,
+                          server_time=time.time())
+
+    def touch(self, key: str, *, content_type: str | None = None,
+              metadata: Mapping[str, str] | None = None) -> bool:
+        path = self._path(key)
+        try:
+            if not _is_file(os.stat(path)):
+                return False
+            os.utime(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
 
     def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
         path = self._path(key)

@@ -248,7 +248,37 @@ class S3Bucket(BucketClient):
         except ObjectNotFound:
             return None
         return ObjectInfo(key=key, size=int(r["ContentLength"]), etag=r["ETag"],
-                          last_modified=r["LastModified"].timestamp())
+                          last_modified=r["LastModified"].timestamp(), server_time=_server_time(r))
+
+    def clock(self) -> float:
+        """The bucket's time, from the ``Date`` of a HEAD of the bucket (one request; whole seconds)."""
+        r = self._call("reach", None, self._client.head_bucket, Bucket=self.name)
+        found = _server_time(r)
+        if found is None:  # a server that sends no Date: this machine's clock is all there is
+            return time.time()
+        return found
+
+    def touch(self, key: str, *, content_type: str | None = None,
+              metadata: Mapping[str, str] | None = None) -> bool:
+        """A copy of the object onto itself with its description replaced: one request, no bytes through us."""
+        check_key(key)
+        extra: dict[str, Any] = {"MetadataDirective": "REPLACE", "Metadata": dict(metadata or {})}
+        if content_type:
+            extra["ContentType"] = content_type
+        try:
+            self._call("touch", key, self._client.copy_object, Bucket=self.name, Key=key,
+                       CopySource={"Bucket": self.name, "Key": key}, **extra)
+        except ObjectNotFound:
+            return False
+        except BhError as exc:
+            if getattr(exc, "code", None) not in ("InvalidRequest", "EntityTooLarge"):
+                raise
+            # CopyObject stops at 5 GiB: the managed copy does it in parts (the bytes stay in the bucket).
+            if self.head(key) is None:
+                return False
+            self._call("touch", key, self._client.copy, CopySource={"Bucket": self.name, "Key": key},
+                       Bucket=self.name, Key=key, ExtraArgs=extra)
+        return True
 
     def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
         return self._get_range(key, start, end)
@@ -720,3 +750,16 @@ def _read_full(f: Readable, n: int) -> bytes:
         chunks.append(chunk)
         got += len(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _server_time(response: Mapping[str, Any]) -> float | None:
+    """The ``Date`` header of a boto3 response, in epoch seconds (None when absent or unreadable)."""
+    from email.utils import parsedate_to_datetime
+
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if not date:
+        return None
+    try:
+        return parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        return None

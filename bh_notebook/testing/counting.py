@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -66,7 +66,7 @@ class CountingBucket(BucketClient):
     @property
     def writes(self) -> int:
         """PUT-like requests (puts and copies)."""
-        return self.calls.get("put_stream", 0) + self.calls.get("copy", 0)
+        return self.calls.get("put_stream", 0) + self.calls.get("copy", 0) + self.calls.get("touch", 0)
 
     def __getattr__(self, name: str) -> Any:  # root, endpoint_url, check_bucket, ...
         return getattr(self.inner, name)
@@ -116,6 +116,15 @@ class CountingBucket(BucketClient):
     def copy(self, src_key: str, dst_key: str, *, if_match: str | None = None) -> None:
         self._count("copy")
         self.inner.copy(src_key, dst_key, if_match=if_match)
+
+    def touch(self, key: str, *, content_type: str | None = None,
+              metadata: Mapping[str, str] | None = None) -> bool:
+        self._count("touch")
+        return self.inner.touch(key, content_type=content_type, metadata=metadata)
+
+    def clock(self) -> float:
+        self._count("clock")
+        return self.inner.clock()
 
     def cleanup_incomplete(self, older_than: float = 3600.0) -> int:
         self._count("cleanup_incomplete")

@@ -203,6 +203,26 @@ class BucketClientTests:
 
     # -- conditional writes -----------------------------------------------------------------
 
+    def test_touch_renews_last_modified_and_keeps_the_bytes(self, bucket: BucketClient) -> None:
+        bucket.put_bytes(b"kept bytes", "t/blob", content_type="text/plain")
+        before = bucket.head("t/blob")
+        assert before is not None
+        time.sleep(1.1)  # S3 times have whole seconds
+        assert bucket.touch("t/blob", content_type="text/plain", metadata={"bh-kind": "array"}) is True
+        after = bucket.head("t/blob")
+        assert after is not None and after.last_modified > before.last_modified
+        assert after.size == before.size and bucket.get_bytes("t/blob") == b"kept bytes"
+        assert bucket.touch("t/missing") is False
+        assert bucket.head("t/missing") is None  # touching a missing key creates nothing
+
+    def test_clock_is_the_buckets_own(self, bucket: BucketClient) -> None:
+        bucket.put_bytes(b"x", "clock/probe")
+        info = bucket.head("clock/probe")
+        now = bucket.clock()
+        assert info is not None and info.server_time is not None
+        assert info.age is not None and 0 <= info.age < 30
+        assert abs(now - info.last_modified) < 30  # same clock as last-modified times, to the second
+
     def test_if_none_match(self, bucket: BucketClient) -> None:
         bucket.put_bytes(b"first", "c", if_none_match="*")
         with pytest.raises(PreconditionFailed):
