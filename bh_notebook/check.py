@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import ObjectNotFound
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 if TYPE_CHECKING:
     import sqlite3
@@ -38,13 +41,16 @@ class CheckReport:
     unregistered_blobs: list[str] = field(default_factory=list)
     #: Blobs entries use that have neither a file row nor an object: those entries' data is gone.
     lost_blobs: list[str] = field(default_factory=list)
+    #: Rows that disagree with each other: a file row whose object key is not the blob's own, an entry whose blob
+    #: key is not a SHA-256 hex digest (descriptions, not bh-keys).
+    inconsistent_rows: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """True when nothing is wrong."""
         return not (self.dangling_rows or self.orphan_blobs or self.corrupt_blobs or self.unregistered_blobs
-                    or self.lost_blobs)
+                    or self.lost_blobs or self.inconsistent_rows)
 
     def __str__(self) -> str:
         if self.ok:
@@ -54,6 +60,9 @@ class CheckReport:
                  f"{len(self.corrupt_blobs)} blobs whose bytes do not match their key",
                  f"{len(self.unregistered_blobs)} blobs used by entries but missing from the file table",
                  f"{len(self.lost_blobs)} blobs entries use that are gone (row and object)"]
+        if self.inconsistent_rows:
+            parts.append(f"{len(self.inconsistent_rows)} inconsistent rows ({'; '.join(self.inconsistent_rows[:3])}"
+                         f"{' ...' if len(self.inconsistent_rows) > 3 else ''})")
         text = "; ".join(parts)
         return text + (f"; fixed: {'; '.join(self.fixed)}" if self.fixed else "")
 
@@ -67,6 +76,13 @@ def check(bh: Catalog, fix: bool = False, *, verify: bool = True, grace_seconds:
     objects = {info.key[len(prefix):]: info for info in bh.bucket.list_info(prefix)}
     rows = {r[0]: int(r[1]) for r in conn.execute("SELECT bh_key, size FROM filestore")}
     used = files.referenced_keys()  # every table with a bh_key column: arrays, frames, named files, and more
+    misplaced = {k: ok for k, ok in conn.execute("SELECT bh_key, object_key FROM filestore")
+                 if ok != prefix + k}
+    for key, object_key in sorted(misplaced.items()):
+        report.inconsistent_rows.append(f"file row {key[:12]} points at object {object_key!r}, not its own")
+    for key in sorted(k for k in used if not (isinstance(k, str) and _HEX64.match(k))):
+        report.inconsistent_rows.append(f"an entry points at {str(key)[:40]!r}, which is no blob key")
+    used = {k for k in used if isinstance(k, str) and _HEX64.match(k)}
 
     report.dangling_rows = sorted(k for k in rows if k not in objects)
     report.unregistered_blobs = sorted(k for k in used if k not in rows and k in objects)
@@ -89,6 +105,11 @@ def check(bh: Catalog, fix: bool = False, *, verify: bool = True, grace_seconds:
             if h.hexdigest() != key:
                 report.corrupt_blobs.append(key)
     if fix:
+        for key in sorted(misplaced):  # the blob's own object is there with its size: point the row back at it
+            if key in objects and objects[key].size == rows.get(key) and key not in report.corrupt_blobs:
+                with conn:
+                    conn.execute("UPDATE filestore SET object_key = ? WHERE bh_key = ?", (prefix + key, key))
+                report.fixed.append(f"file row {key[:12]} points at its own object again")
         for key in report.unregistered_blobs:  # the bytes are there and entries use them: put the row back
             info = objects[key]
             files._insert(key, info.key, info.size, None, None, None)

@@ -707,7 +707,7 @@ class BucketSQLite:
     def check(self, fix: bool = False, *, verify: bool = True, grace_seconds: float = 300.0) -> CheckReport:
         """Compare the catalog with the bucket: rows pointing at missing blobs, blobs nothing points at, blobs whose
         bytes do not match their SHA-256 key (``verify=False`` skips reading them), blobs entries use that lost their
-        file row. Repairs only with ``fix=True``: file rows are restored and orphans older than ``grace_seconds``
+        file row, rows that disagree with each other (``inconsistent_rows``). Repairs only with ``fix=True``: file rows are restored and orphans older than ``grace_seconds``
         deleted (by ``files.gc``, the one collector); nothing that may be a row's only copy of anything is deleted.
         Other writers' commits are taken in first (``pull()``), so their new blobs are not mistaken for orphans."""
         self._require_started()

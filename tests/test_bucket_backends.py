@@ -188,3 +188,18 @@ def test_s3_presigned_url_expires(seaweed_server: S3Server) -> None:
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(url)  # noqa: S310 - loopback test server
     assert info.value.code == 403
+
+
+@pytest.mark.parametrize("server_name", ["moto", "seaweed"])
+def test_cleanup_aborts_abandoned_multipart_uploads_by_the_buckets_clock(
+        server_name: str, request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue(f"{server_name}_server")
+    bucket = s3_bucket(server)
+    client = bucket._client
+    upload = client.create_multipart_upload(Bucket=bucket.name, Key="big/blob")
+    client.upload_part(Bucket=bucket.name, Key="big/blob", UploadId=upload["UploadId"], PartNumber=1,
+                       Body=b"x" * (5 * 1024 * 1024))
+    assert bucket.cleanup_incomplete(older_than=3600) == 0  # started just now: a writer may be at it
+    assert bucket.cleanup_incomplete(older_than=0) == 1  # abandoned (no part newer than the cutoff)
+    assert not client.list_multipart_uploads(Bucket=bucket.name).get("Uploads")
+    bucket.close()

@@ -130,3 +130,20 @@ def test_check_fix_removes_orphans_through_the_collector(config: BucketConfig) -
         assert any("orphan blob ffffffffffff deleted" in line for line in report.fixed)
         assert a.bucket.head(orphan) is None
         np.testing.assert_array_equal(b.arrays.get("fresh"), np.arange(7))
+
+
+def test_check_reports_rows_that_disagree_and_repairs_a_misplaced_file_row(config: BucketConfig) -> None:
+    arr = np.arange(100.0)
+    with BucketSQLite(config, NO_TIMER) as bh:
+        key = bh.arrays.put("x", arr).bh_key
+        bh.arrays.put("y", np.arange(3))
+        with bh.connection as conn:
+            conn.execute("UPDATE filestore SET object_key = ? WHERE bh_key = ?", (bh.files.prefix + "elsewhere", key))
+            conn.execute("UPDATE bh_arrays SET bh_key = 'not-a-blob' WHERE name = 'y'")
+        report = bh.check()
+        assert not report.ok and len(report.inconsistent_rows) == 2, report
+        assert "points at object" in str(report) and "no blob key" in str(report)
+        fixed = bh.check(fix=True)
+        assert any("points at its own object again" in line for line in fixed.fixed)
+        np.testing.assert_array_equal(bh.arrays.get("x"), arr)
+        assert bh.check().inconsistent_rows == ["an entry points at 'not-a-blob', which is no blob key"]

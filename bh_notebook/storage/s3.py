@@ -564,15 +564,14 @@ class S3Bucket(BucketClient):
     def cleanup_incomplete(self, older_than: float = 3600.0) -> int:
         """Abort multipart uploads started more than ``older_than`` seconds ago (a killed writer's), which
         otherwise keep costing storage."""
-        import time as _time
-
         removed = 0
-        cutoff = _time.time() - older_than
         kwargs: dict[str, Any] = {"Bucket": self.name}
         while True:
             r = self._call("list", None, self._client.list_multipart_uploads, **kwargs)
+            now = _server_time(r) or time.time()  # the bucket's clock, like the Initiated times
             for upload in r.get("Uploads", []):
-                if upload["Initiated"].timestamp() <= cutoff:
+                if upload["Initiated"].timestamp() <= now - older_than and not self._upload_active(
+                        upload["Key"], upload["UploadId"], now - older_than):
                     try:
                         self._client.abort_multipart_upload(Bucket=self.name, Key=upload["Key"],
                                                             UploadId=upload["UploadId"])
@@ -582,6 +581,15 @@ class S3Bucket(BucketClient):
             if not r.get("IsTruncated"):
                 return removed
             kwargs.update(KeyMarker=r.get("NextKeyMarker"), UploadIdMarker=r.get("NextUploadIdMarker"))
+
+    def _upload_active(self, key: str, upload_id: str, cutoff: float) -> bool:
+        """Whether a multipart upload received a part after ``cutoff``: a big upload keeps its start time while it
+        runs, so only its parts tell whether a writer is still at it."""
+        try:
+            r = self._call("list", key, self._client.list_parts, Bucket=self.name, Key=key, UploadId=upload_id)
+        except BhError:
+            return False  # gone or finishing: nothing to abort either way
+        return any(part["LastModified"].timestamp() > cutoff for part in r.get("Parts", []))
 
     def presigned_url(self, key: str, expires_in: int = 3600) -> str | None:
         check_key(key)
