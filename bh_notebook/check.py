@@ -67,8 +67,11 @@ class CheckReport:
         return text + (f"; fixed: {'; '.join(self.fixed)}" if self.fixed else "")
 
 
-def check(bh: Catalog, fix: bool = False, *, verify: bool = True, grace_seconds: float = 300.0) -> CheckReport:
-    """Compare the catalog's rows with the bucket's objects. See ``BucketSQLite.check``."""
+def check(bh: Catalog, fix: bool = False, *, verify: bool = True, grace_seconds: float = 300.0,
+          used_elsewhere: set[str] | frozenset[str] = frozenset()) -> CheckReport:
+    """Compare the catalog's rows with the bucket's objects. See ``BucketSQLite.check``.
+
+    ``used_elsewhere``: blobs other catalogs in the bucket use (branches, ``.prev``); they are no orphans."""
     report = CheckReport()
     files = bh.files
     conn = bh.connection
@@ -87,7 +90,7 @@ def check(bh: Catalog, fix: bool = False, *, verify: bool = True, grace_seconds:
     report.dangling_rows = sorted(k for k in rows if k not in objects)
     report.unregistered_blobs = sorted(k for k in used if k not in rows and k in objects)
     report.lost_blobs = sorted(k for k in used if k not in rows and k not in objects)
-    report.orphan_blobs = sorted(k for k in objects if k not in rows and k not in used)
+    report.orphan_blobs = sorted(k for k in objects if k not in rows and k not in used and k not in used_elsewhere)
     for key in sorted(set(rows) & set(objects)):
         info = objects[key]
         if info.size != rows[key]:

@@ -41,6 +41,7 @@ from .interfaces.files import FileStore, referenced_keys
 from .interfaces.frames import LOCAL_COMPRESSION, FrameStore
 from .interfaces.kv import KVStore
 from .interfaces.named_files import NamedFileStore
+from .branches import Branches, shared_references
 from .check import CheckReport
 from .check import check as run_check
 from .merge import MergeReport, merge_catalog
@@ -260,6 +261,12 @@ class BucketSQLite:
         self._require_started()
         assert self._named_files is not None
         return self._named_files
+
+    @property
+    def branches(self) -> Branches:
+        """The bucket's branches: list, create, open, merge and delete them (see ``branches.py``)."""
+        self._require_started()
+        return Branches(self)
 
     def _restore(self, bucket: BucketClient, conn: sqlite3.Connection) -> None:
         key = self.config.key
@@ -674,6 +681,27 @@ class BucketSQLite:
         if self.on_merge is not None:
             self.on_merge(report)
 
+    def _merge_file(self, theirs: Path, base: Path | None, *, label: str) -> MergeReport:
+        """Merge another catalog file (a branch's) into this one with the branch rules (see ``merge_catalog``).
+
+        Both files are vetted first; the result is in memory, committed by the next flush."""
+        assert self._workdir is not None
+        removed = vet_catalog_file(theirs, label=label, hint=" Not merging it; nothing was changed.")
+        if base is not None:
+            removed += vet_catalog_file(base, label=f"the fork point of {label}", hint=" Not merging it.")
+        self._report_removed(removed, label)
+        with self._flush_lock:
+            merge_conn = connect_catalog(self._uri)
+            try:
+                report = merge_catalog(merge_conn, base, theirs, branch=True)
+                assert_no_code(merge_conn)
+            finally:
+                merge_conn.close()
+        self.last_merge = report
+        if self.on_merge is not None:
+            self.on_merge(report)
+        return report
+
     def _report_removed(self, removed: list[str], key: str) -> None:
         if not removed:
             return
@@ -692,13 +720,14 @@ class BucketSQLite:
                                f"({self._last_error}); nothing was deleted. Try again when "
                                f"{self.config.location} is reachable")
         assert self._workdir is not None
+        keys = shared_references(self)  # every other catalog in the bucket: branches, fork points, .prev
         with self._flush_lock:
             base = self._workdir / "base.db"
             if not base.exists():
-                return set()
+                return keys
             conn = sqlite3.connect(f"file:{base}?mode=ro", uri=True)
             try:
-                return referenced_keys(conn, with_rows=True)
+                return keys | referenced_keys(conn, with_rows=True)
             finally:
                 conn.close()
 
@@ -712,7 +741,8 @@ class BucketSQLite:
         Other writers' commits are taken in first (``pull()``), so their new blobs are not mistaken for orphans."""
         self._require_started()
         self.pull()
-        return run_check(self, fix, verify=verify, grace_seconds=grace_seconds)
+        return run_check(self, fix, verify=verify, grace_seconds=grace_seconds,
+                         used_elsewhere=shared_references(self))
 
     # -- status ------------------------------------------------------------------------------
 

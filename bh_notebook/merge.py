@@ -62,11 +62,16 @@ def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
 
 
 
-def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> MergeReport:
+def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
+                  branch: bool = False) -> MergeReport:
     """Merge ``theirs`` into the catalog behind ``conn`` (ours), relative to ``base`` (None: nothing in common).
 
     ``conn`` should be a connection of the merge's own (see ``connection.connect_catalog``): it attaches ``theirs``
-    and ``base`` for the duration, and no other thread may use it meanwhile."""
+    and ``base`` for the duration, and no other thread may use it meanwhile.
+
+    ``branch=True`` is the merge of a branch (theirs) into the catalog in use (ours), which others already read:
+    ours keeps its version numbers and the branch's colliding versions are renumbered after them, and a KV key
+    changed on both sides takes the branch's value (merging the branch is the later, deliberate act)."""
     report = MergeReport()
     conn.execute("ATTACH DATABASE ? AS theirs", (str(theirs),))
     conn.execute("ATTACH DATABASE ? AS base", (str(base) if base is not None else ":memory:",))
@@ -100,11 +105,11 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> 
                         "last = max(last, excluded.last) WHERE excluded.last > last")
                     report.taken += max(cur.rowcount, 0)
                 elif table in VERSIONED:
-                    _merge_versioned(conn, table, cols, report)
+                    _merge_versioned(conn, table, cols, report, ours_keep=branch)
                 elif table == "filestore":
                     _merge_keyed(conn, table, ["bh_key"], report)
                 elif table == "bh_kv":
-                    _merge_kv(conn, report)
+                    _merge_kv(conn, report, theirs_win=branch)
                 else:
                     _merge_other(conn, table, report)
             if "filestore" in ours_tables:
@@ -119,7 +124,8 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> 
     return report
 
 
-def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], report: MergeReport) -> None:
+def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], report: MergeReport, *,
+                     ours_keep: bool = False) -> None:
     t = _q(table)
     col_list = ", ".join(_q(c) for c in cols)
     same = "x.name = y.name AND x.version = y.version AND x.bh_key = y.bh_key AND x.created_at = y.created_at"
@@ -142,14 +148,19 @@ def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], repo
             if (mine[0], mine[1]) == (values["bh_key"], values["created_at"]):
                 continue  # the same row on both sides
             # Both sides made version N: theirs committed first and keeps it; ours moves past both sides' last.
+            # (Merging a branch, ours is the shared catalog and keeps it; the branch's version moves instead.)
             top = conn.execute(
                 f"SELECT max(v) FROM (SELECT max(version) AS v FROM main.{t} WHERE name = ? "
                 f"UNION ALL SELECT max(version) FROM theirs.{t} WHERE name = ? "
                 f"UNION ALL SELECT last FROM main.{RETIRED_TABLE} WHERE tbl = ? AND name = ?)",
                 (values["name"], values["name"], table, values["name"])).fetchone()[0]
-            conn.execute(f"UPDATE main.{t} SET version = ? WHERE name = ? AND version = ?",
-                         (int(top) + 1, values["name"], values["version"]))
-            report.renumbered.append(f"{values['name']}@{values['version']}->{int(top) + 1}")
+            if ours_keep:
+                row = tuple(int(top) + 1 if c == "version" else v for c, v in zip(cols, row))
+                report.renumbered.append(f"{values['name']}@{values['version']}->{int(top) + 1} (from the branch)")
+            else:
+                conn.execute(f"UPDATE main.{t} SET version = ? WHERE name = ? AND version = ?",
+                             (int(top) + 1, values["name"], values["version"]))
+                report.renumbered.append(f"{values['name']}@{values['version']}->{int(top) + 1}")
         conn.execute(f"INSERT INTO main.{t} ({col_list}) VALUES ({', '.join('?' for _ in cols)})", row)
         report.taken += 1
 
@@ -194,7 +205,7 @@ def _keep_rows_in_use(conn: sqlite3.Connection, report: MergeReport) -> None:
                 break
 
 
-def _merge_kv(conn: sqlite3.Connection, report: MergeReport) -> None:
+def _merge_kv(conn: sqlite3.Connection, report: MergeReport, *, theirs_win: bool = False) -> None:
     rows = conn.execute(
         "SELECT k.key, b.value, b.updated_at, m.value, m.updated_at, t.value, t.updated_at FROM "
         "(SELECT key FROM base.bh_kv UNION SELECT key FROM main.bh_kv UNION SELECT key FROM theirs.bh_kv) k "
@@ -214,9 +225,15 @@ def _merge_kv(conn: sqlite3.Connection, report: MergeReport) -> None:
             continue  # both wrote the same value
         # A real conflict, settled by commit order: theirs is committed already and ours commits after it, so
         # ours wins, a delete as much as a write. No clock is compared: a writer whose clock is an hour fast
-        # wins nothing by it.
+        # wins nothing by it. Merging a branch, the branch's value is what was asked for.
         ours = "ours (deleted it)" if m_val is None else "ours"
         theirs = "their delete" if t_val is None else "their value"
+        if theirs_win:
+            _set_kv(conn, key, t_val, t_at)
+            report.taken += 1
+            report.conflicts.append(f"kv {key!r}: took the branch's {'delete' if t_val is None else 'value'} over "
+                                    f"{'the delete' if m_val is None else 'the value'} here")
+            continue
         report.conflicts.append(f"kv {key!r}: kept {ours} over {theirs} (committed later)")
 
 

@@ -45,7 +45,11 @@ def test_gc_commits_this_writers_changes_first(config: BucketConfig) -> None:
         a.arrays.delete("x")  # not committed yet
         report = a.files.gc(grace_seconds=0)
         assert not a.dirty  # gc committed the delete before it judged the blob
-        assert report.deleted == [key]
+        # The previous snapshot (kept for restore_from="prev") still has x: its blob stays until that moves on.
+        assert report.deleted == [] and report.kept_for_other_catalogs == 1
+        a.kv["moved"] = "on"
+        a.force_flush()  # now the previous snapshot no longer has x either
+        assert a.files.gc(grace_seconds=0).deleted == [key]
     with BucketSQLite(config, NO_TIMER) as fresh:
         assert "x" not in fresh.arrays and fresh.check().ok
 

@@ -185,7 +185,7 @@ def test_errors_show_no_traceback(ip: InteractiveShell, capsys: pytest.CaptureFi
 
 def test_help_is_generated(ip: InteractiveShell) -> None:
     for name in ["bh_put", "bh_get", "bh_ls", "bh_history", "bh_rm", "bh_connect", "bh_status", "bh_flush",
-                 "bh_gc", "bh_kv"]:
+                 "bh_gc", "bh_kv", "bh_branch"]:
         doc = ip.find_line_magic(name).__doc__
         assert doc and len(doc.strip()) > 20, name
     put_doc = ip.find_line_magic("bh_put").__doc__
@@ -262,10 +262,24 @@ def test_connect_to_s3_and_branches(ip: InteractiveShell, moto_server, monkeypat
     ip.user_ns["arr"] = np.arange(4)
     ip.run_line_magic("bh_put", "arr")
     ip.run_line_magic("bh_connect", f"{url} --branch experiment")
-    assert "bucketsqlite/branches/experiment/snap.db" in capsys.readouterr().out
-    assert magics(ip).bh.arrays.names() == []  # a separate catalog
+    out = capsys.readouterr().out
+    assert "created branch 'experiment' from the main catalog" in out
+    assert "bucketsqlite/snap.db.branch.experiment, branch 'experiment'" in out
+    assert magics(ip).bh.arrays.names() == ["arr"]  # the branch starts from the main catalog
+    ip.user_ns["trial"] = np.ones(3)
+    ip.run_line_magic("bh_put", "trial")
+    ip.run_line_magic("bh_branch", "list")
+    assert capsys.readouterr().out.splitlines()[-2:] == ["  main", "* experiment"]
     ip.run_line_magic("bh_connect", url)
     np.testing.assert_array_equal(ip.run_line_magic("bh_get", "arr"), np.arange(4))
+    assert magics(ip).bh.arrays.names() == ["arr"]  # the branch's work stays on the branch ...
+    ip.run_line_magic("bh_branch", "merge experiment")
+    assert "merged branch 'experiment' into 'main'" in capsys.readouterr().out
+    np.testing.assert_array_equal(ip.run_line_magic("bh_get", "trial"), np.ones(3))  # ... until it is merged
+    with pytest.raises(UsageError, match="no branch 'nope'; %bh_branch create nope"):
+        ip.run_line_magic("bh_branch", "switch nope")
+    with pytest.raises(UsageError, match="branch names are 1-64 letters"):
+        ip.run_line_magic("bh_branch", "create a/b")
     ip.run_line_magic("bh_status", "")
     status = capsys.readouterr().out
     assert "backend:   s3" in status and SECRET_KEY not in status and ACCESS_KEY not in status

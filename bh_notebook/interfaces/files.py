@@ -63,6 +63,9 @@ class GCReport:
     dangling_rows_found: int = 0
     #: Leftovers of writes killed half-way (temp files, unfinished multipart uploads) removed; ours, not the seed's.
     incomplete_removed: int = 0
+    #: Blobs this catalog no longer uses that another catalog in the bucket still does (a branch, the previous
+    #: snapshot kept for ``restore_from="prev"``, or the committed catalog); kept, not counted as orphans; ours.
+    kept_for_other_catalogs: int = 0
     #: The bh-keys of the orphans deleted (or, with ``dry_run``, that would be); ours, not the seed's.
     deleted: list[str] = field(default_factory=list, compare=False)
 
@@ -547,13 +550,16 @@ class FileStore(Interface):
     def _sweep(self, grace_seconds: float, *, dry_run: bool, spare: set[str]) -> GCReport:
         report = GCReport()
         rows = {r[0] for r in self._conn.execute("SELECT bh_key FROM filestore")}
-        known = rows | self.referenced_keys() | spare  # an entry whose file row was lost still owns its blob
+        known = rows | self.referenced_keys()  # an entry whose file row was lost still owns its blob
         seen: set[str] = set()
         now = self._store.clock()
         for info in self._store.list_info(self._prefix):
             bh_key = info.key[len(self._prefix):]
             seen.add(bh_key)
             if bh_key in known:
+                continue
+            if bh_key in spare:
+                report.kept_for_other_catalogs += 1
                 continue
             report.orphans_found += 1
             if now - info.last_modified < grace_seconds:

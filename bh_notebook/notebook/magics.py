@@ -220,11 +220,15 @@ class BHMagics(Magics):
         return dataclasses.replace(config, **self.timeouts)
 
     def _where(self, bh: BucketSQLite) -> str:
+        from ..branches import MAIN, branch_of
+
         c = bh.config
+        branch = branch_of(c.key)
+        on = f", branch {branch!r}" if branch != MAIN else ""
         if c.backend == "local":
             hint = "; %bh_connect URL or BUCKETHEAD_* variables choose a bucket" if self._config is None else ""
-            return f"bh_notebook: using the local store at {c.local_path}{hint}"
-        return f"bh_notebook: connected to {c.location} (catalog {c.key})"
+            return f"bh_notebook: using the local store at {c.local_path}{on}{hint}"
+        return f"bh_notebook: connected to {c.location} (catalog {c.key}{on})"
 
     def close(self) -> None:
         """Flush and stop the store (the extension is being unloaded)."""
@@ -284,7 +288,8 @@ class BHMagics(Magics):
     @argument("url", nargs="?", help="file:///path, s3://bucket?endpoint_url=..., or r2://<account_id>/<bucket>; "
                                      "without it, the store in use (else the environment's bucket, BUCKETHEAD_*, "
                                      "or the local store)")
-    @argument("--branch", help="a separate catalog in the same bucket, e.g. for an experiment")
+    @argument("--branch", help="a branch of the bucket's catalog (made from the main catalog if it is new); "
+                               "see %%bh_branch")
     @line_magic
     @_friendly
     def bh_connect(self, line: str) -> BucketSQLite:
@@ -309,15 +314,33 @@ class BHMagics(Magics):
         if args.branch is not None:
             if not args.branch.strip():
                 raise UsageError("--branch needs a name, like --branch experiment; leave it out for the main catalog")
-            from ..interfaces.base import check_name
-
-            branch = check_name(args.branch, "branch name")
-            if "/" in branch:
-                raise UsageError("branch names cannot contain '/'")
             import dataclasses
 
-            config = dataclasses.replace(base, key=f"bucketsqlite/branches/{branch}/snap.db",
-                                         files_prefix=f"branches/{branch}/files/")
+            from ..branches import MAIN, branch_key, check_branch_name
+
+            branch = args.branch if args.branch == MAIN else check_branch_name(args.branch)
+            config = dataclasses.replace(base, key=branch_key(base.key, branch))
+            if branch != MAIN:
+                self._ensure_branch(base, branch)
+        return self._connect_to(config, base)
+
+    def _ensure_branch(self, base: BucketConfig, name: str) -> None:
+        """Make branch ``name`` from the main catalog of ``base`` when the bucket has no such branch yet."""
+        current = self._bh if self._bh is not None and self._bh.started else None
+        main = current if current is not None and current.config == self._with_timeouts(base) else None
+        try:
+            owner = main or BucketSQLite(self._with_timeouts(base)).start()
+        except BhError as exc:
+            raise UsageError(f"could not connect to {base.location}: {_one_line(str(exc))}") from None
+        try:
+            if name not in owner.branches:
+                owner.branches.create(name)
+                print(f"created branch {name!r} from the main catalog")
+        finally:
+            if owner is not main:
+                owner.stop()
+
+    def _connect_to(self, config: BucketConfig, base: BucketConfig) -> BucketSQLite:
         config = self._with_timeouts(config)
         old = self._bh if self._bh is not None and self._bh.started else None
         if old is not None and old.config == config:  # already connected there: nothing to do
@@ -338,6 +361,54 @@ class BHMagics(Magics):
         self._bh = new
         print(self._where(new))
         return new
+
+    @magic_arguments()
+    @argument("action", choices=["list", "create", "switch", "delete", "merge"],
+              help="list the branches; create NAME from the catalog in use; switch to NAME (or main); delete NAME; "
+                   "merge NAME into the catalog in use")
+    @argument("name", nargs="?", help="the branch (main is the main catalog)")
+    @argument("--overwrite", action="store_true", help="with create: start an existing branch again from here")
+    @line_magic
+    @_friendly
+    def bh_branch(self, line: str) -> Any:
+        """Branches of the bucket's catalog: they share its blobs and commit on their own.
+
+        ``%bh_branch create experiment`` then ``%bh_branch switch experiment``; work; ``%bh_branch switch main`` and
+        ``%bh_branch merge experiment`` to take its changes in. ``%bh_branch list`` marks the one in use."""
+        import dataclasses
+
+        from ..branches import MAIN, branch_key, root_key
+
+        args = _parse(self.bh_branch, line)
+        bh = self.bh
+        branches = bh.branches
+        if args.action == "list":
+            for name in branches.list():
+                print(("* " if name == branches.current else "  ") + name)
+            return None
+        if not args.name:
+            raise UsageError(f"%bh_branch {args.action} needs a branch name, like %bh_branch {args.action} "
+                             "experiment")
+        if args.action == "create":
+            branches.create(args.name, overwrite=args.overwrite)
+            print(f"created branch {args.name!r} from {branches.current!r}; %bh_branch switch {args.name} to "
+                  "work on it")
+            return None
+        if args.action == "switch":
+            if args.name != MAIN and args.name not in branches:
+                raise UsageError(f"no branch {args.name!r}; %bh_branch create {args.name} makes one from the "
+                                 "catalog in use")
+            root = dataclasses.replace(bh.config, key=root_key(bh.config.key))
+            return self._connect_to(dataclasses.replace(root, key=branch_key(root.key, args.name)),
+                                    self._base or root)
+        if args.action == "delete":
+            existed = branches.delete(args.name)
+            print(f"deleted branch {args.name!r}; its blobs stay until %bh_gc finds nothing uses them"
+                  if existed else f"no branch {args.name!r}: nothing deleted")
+            return None
+        report = branches.merge(args.name)  # merge
+        print(f"merged branch {args.name!r} into {branches.current!r}: {report}")
+        return report
 
     @line_magic
     @_friendly
@@ -405,7 +476,9 @@ class BHMagics(Magics):
         r = self.bh.files.gc(args.grace, dry_run=args.dry_run)
         verb = "would delete" if args.dry_run else "deleted"
         print(f"{r.orphans_found} unreferenced blobs: {verb} {r.orphans_deleted}, kept {r.orphans_skipped_grace} "
-              f"younger than {args.grace:g} s; {r.dangling_rows_found} rows point at missing blobs (kept)")
+              f"younger than {args.grace:g} s; {r.dangling_rows_found} rows point at missing blobs (kept)"
+              + (f"; {r.kept_for_other_catalogs} more kept for a branch or the previous snapshot"
+                 if r.kept_for_other_catalogs else ""))
 
     @line_magic
     @_friendly

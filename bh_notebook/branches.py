@@ -1,0 +1,218 @@
+"""Branches: named catalogs in one bucket that share its blobs.
+
+A branch is a catalog of its own under ``<key>.branch.<name>`` (the layout buckethead uses, so each library sees
+the other's branches), beside the main catalog ``<key>``. It starts as a copy of a committed catalog, shares every
+blob with it (nothing is copied but the catalog), commits independently (a BucketSQLite started on the branch's
+key, e.g. ``bh.branches.open(name)`` or ``%bh_branch switch``), and is merged back with ``merge``.
+
+Next to each branch, ``<key>.branch.<name>.base`` holds its fork point: the catalog it started from, or the branch
+as it was last merged. A merge is three-way against it, so only what changed on each side since then counts. The
+rules are the two-writer rules (``merge.py``) with two differences, because the catalog being merged into is the
+one others already read: its version numbers stay and the branch's colliding versions are renumbered after them,
+and a KV key changed on both sides takes the branch's value.
+
+Blobs belong to every catalog in the bucket: the collector spares anything any branch (or ``.prev``) uses.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import InvalidKey, NotFound, PreconditionFailed
+from .interfaces.files import referenced_keys
+from .merge import MergeReport
+from .storage.snapshot import vet_catalog_file
+
+if TYPE_CHECKING:
+    from .database import BucketSQLite
+    from .storage.bucket import BucketClient
+
+#: Between the main catalog's key and a branch's name.
+SEPARATOR = ".branch."
+#: After a branch's key: its fork point.
+BASE_SUFFIX = ".base"
+#: The name of the catalog that is no branch.
+MAIN = "main"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def check_branch_name(name: object) -> str:
+    """A branch name: letters, digits, ``-`` and ``_``, at most 64, not ``main``."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidKey(f"branch names are 1-64 letters, digits, '-' or '_' (starting with a letter or digit), "
+                         f"not {name!r}")
+    if name == MAIN:
+        raise InvalidKey("'main' is the main catalog, not a branch; choose another name")
+    return name
+
+
+def root_key(key: str) -> str:
+    """The main catalog's key for a catalog key (itself, or the key a branch hangs off)."""
+    return key.split(SEPARATOR, 1)[0]
+
+
+def branch_of(key: str) -> str:
+    """The branch a catalog key belongs to, or ``main``."""
+    return key.split(SEPARATOR, 1)[1] if SEPARATOR in key else MAIN
+
+
+def branch_key(root: str, name: str) -> str:
+    """The catalog key of branch ``name`` (``main``: the root key itself)."""
+    return root if name == MAIN else f"{root}{SEPARATOR}{check_branch_name(name)}"
+
+
+class Branches:
+    """The branches of the bucket a BucketSQLite is started on; reached as ``bh.branches``."""
+
+    def __init__(self, bh: BucketSQLite) -> None:
+        self._bh = bh
+
+    @property
+    def root(self) -> str:
+        return root_key(self._bh.config.key)
+
+    @property
+    def current(self) -> str:
+        """The branch this BucketSQLite is on (``main`` for the main catalog)."""
+        return branch_of(self._bh.config.key)
+
+    def list(self) -> list[str]:
+        """``main`` and every branch in the bucket, by name."""
+        prefix = self.root + SEPARATOR
+        names = {info.key[len(prefix):] for info in self._bh.bucket.list_info(prefix)}
+        return [MAIN, *sorted(n for n in names if _NAME_RE.match(n) and n != MAIN)]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name == MAIN or (
+            bool(_NAME_RE.match(name)) and self._bh.bucket.head(branch_key(self.root, name)) is not None))
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.list())
+
+    def create(self, name: str, *, overwrite: bool = False) -> str:
+        """Make branch ``name`` from this catalog as it is now (committed first); return its catalog key.
+
+        Refused with PreconditionFailed when the branch exists, unless ``overwrite=True`` (which replaces it with
+        the current catalog, as buckethead's overwrite does)."""
+        key = branch_key(self.root, check_branch_name(name))
+        self._bh.force_flush()
+        with tempfile.TemporaryDirectory(prefix="bh-branch-") as tmp:
+            snap = Path(tmp) / "snap.db"
+            self._committed_copy(snap)
+            try:
+                self._bh.bucket.upload(snap, key, if_none_match=None if overwrite else "*")
+            except PreconditionFailed:
+                raise PreconditionFailed(f"branch {name!r} exists already in {self._bh.config.location}; switch to "
+                                         "it, or create it with overwrite=True to start it again from here") from None
+            self._bh.bucket.upload(snap, key + BASE_SUFFIX)
+        return key
+
+    def delete(self, name: str) -> bool:
+        """Delete branch ``name``'s catalog (its blobs stay for the collector); return whether it existed.
+
+        The branch in use cannot be deleted; switch away first."""
+        key = branch_key(self.root, check_branch_name(name))
+        if key == self._bh.config.key:
+            raise InvalidKey(f"branch {name!r} is the one in use; switch to another before deleting it")
+        existed = self._bh.bucket.head(key) is not None
+        for k in (key, key + BASE_SUFFIX, key + ".prev"):
+            self._bh.bucket.delete(k)
+        return existed
+
+    def open(self, name: str) -> BucketSQLite:
+        """A started BucketSQLite on branch ``name`` (``main``: the main catalog), with this one's settings."""
+        import dataclasses
+
+        key = branch_key(self.root, name)
+        if name != MAIN and self._bh.bucket.head(key) is None:
+            raise NotFound(f"no branch {name!r} in {self._bh.config.location}; bh.branches.create({name!r}) makes "
+                           "one from the current catalog")
+        return type(self._bh)(dataclasses.replace(self._bh.config, key=key), self._bh.snapshot_config).start()
+
+    def merge(self, name: str) -> MergeReport:
+        """Merge branch ``name`` into this catalog (three-way, against the branch's fork point) and commit.
+
+        Afterwards the branch's fork point is the branch as merged, so a later merge takes only newer changes.
+        To merge the main catalog into a branch, open the branch and merge ``main``."""
+        key = branch_key(self.root, name)
+        if key == self._bh.config.key:
+            raise InvalidKey(f"{name!r} is the catalog in use; merge another branch into it")
+        base_key = (key if name != MAIN else self._bh.config.key) + BASE_SUFFIX
+        bucket = self._bh.bucket
+        self._bh.pull()
+        with tempfile.TemporaryDirectory(prefix="bh-branch-") as tmp:
+            theirs = Path(tmp) / "theirs.db"
+            info = bucket.head(key)
+            if info is None:
+                raise NotFound(f"no branch {name!r} in {self._bh.config.location}")
+            bucket.download(key, theirs, if_match=info.etag)
+            base: Path | None = Path(tmp) / "base.db"
+            try:
+                bucket.download(base_key, base)  # type: ignore[arg-type]
+            except NotFound:
+                base = None  # no fork point known: everything on the branch counts as its change
+            kept = Path(tmp) / "merged-from.db"
+            shutil.copyfile(theirs, kept)
+            report = self._bh._merge_file(theirs, base, label=f"branch {name!r}")
+            self._bh.force_flush()
+            if name != MAIN:
+                bucket.upload(kept, key + BASE_SUFFIX)  # the branch as merged: the next merge's fork point
+        return report
+
+    def _committed_copy(self, dest: Path) -> None:
+        """The catalog as this process last committed it (it just flushed), vetted, at ``dest``."""
+        bh = self._bh
+        info = bh.bucket.head(bh.config.key)
+        if info is None:  # nothing committed (an empty catalog is not uploaded): start the branch from ours
+            from .storage.snapshot import backup_to_file
+
+            backup_to_file(bh.connection, dest)
+            return
+        bh.bucket.download(bh.config.key, dest, if_match=info.etag)
+        vet_catalog_file(dest, label=f"catalog {bh.config.key!r}")
+
+
+def shared_references(bh: BucketSQLite) -> set[str]:
+    """Blobs any catalog in the bucket uses: the main catalog, every branch and fork point, and ``.prev`` copies.
+
+    What the collector spares besides this process's own catalog; each file is vetted before it is opened."""
+    bucket = bh.bucket
+    root = root_key(bh.config.key)
+    keys: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="bh-refs-") as tmp:
+        for n, info in enumerate(bucket.list_info(root)):
+            rest = info.key[len(root):]
+            if info.key == bh.config.key or not (rest == "" or rest.startswith(".")):
+                continue  # our own catalog is read from memory; "snap.db2" is another catalog's business
+            path = Path(tmp) / f"{n}.db"
+            if not _download_current(bucket, info.key, path):
+                continue  # deleted since the listing
+            vet_catalog_file(path, label=f"catalog {info.key!r}", hint=" gc did not run; nothing was deleted.")
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                keys |= referenced_keys(conn, with_rows=True)
+            finally:
+                conn.close()
+    return keys
+
+
+def _download_current(bucket: BucketClient, key: str, path: Path) -> bool:
+    """Download the object now under ``key`` whole (retrying while writers replace it); False when it is gone."""
+    for _ in range(20):
+        info = bucket.head(key)
+        if info is None:
+            return False
+        try:
+            bucket.download(key, path, if_match=info.etag)
+            return True
+        except NotFound:
+            return False
+        except PreconditionFailed:
+            continue  # replaced between the HEAD and the GET: read the newer one
+    raise PreconditionFailed(f"catalog {key!r} kept changing while gc read it; gc did not run, nothing was deleted")

@@ -1,0 +1,102 @@
+"""Branches: named catalogs beside the main one, sharing its blobs, committed on their own, merged back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig
+from bh_notebook.errors import InvalidKey, NotFound, PreconditionFailed
+from bh_notebook.storage import open_bucket
+from bh_notebook.testing.counting import CountingBucket
+
+NO_TIMER = SnapshotConfig(interval_seconds=0)
+
+
+def test_a_branch_starts_from_the_catalog_shares_its_blobs_and_commits_on_its_own(config: BucketConfig) -> None:
+    big = np.arange(200_000.0)
+    with BucketSQLite(config, NO_TIMER) as main:
+        main.arrays.put("big", big)
+        main.kv["lr"] = "0.1"
+        counting = CountingBucket(open_bucket(config))
+        key = main.branches.create("exp")
+        assert key == config.key + ".branch.exp"  # buckethead's naming
+        assert main.branches.list() == ["main", "exp"] and "exp" in main.branches and "nope" not in main.branches
+        with pytest.raises(PreconditionFailed, match="exists already"):
+            main.branches.create("exp")
+        with main.branches.open("exp") as exp:
+            assert exp.branches.current == "exp" and exp.files.prefix == main.files.prefix
+            np.testing.assert_array_equal(exp.arrays.get("big"), big)
+            exp.kv["lr"] = "0.5"
+            exp.arrays.put("trial", np.ones(5))
+        assert counting.bytes_out == 0  # nothing of the blobs was copied
+        assert "trial" not in main.arrays and main.kv["lr"] == "0.1"  # the main catalog did not move
+        main.pull()
+        assert "trial" not in main.arrays
+
+
+def test_merging_a_branch_keeps_the_main_catalogs_numbers_and_takes_the_branchs_values(
+        config: BucketConfig) -> None:
+    df = pd.DataFrame({"a": [1, 2, 3]})
+    with BucketSQLite(config, NO_TIMER) as main:
+        main.frames.put("f", df)  # f@1 on both sides
+        main.kv.set("mode", "fast")
+        main.branches.create("exp")
+        with main.branches.open("exp") as exp:
+            exp.frames.put("f", df.assign(a=[7, 8, 9]))  # f@2 on the branch
+            exp.kv.set("mode", "careful")
+            exp.kv.set("only_on_branch", "yes")
+        main.frames.put("f", df.assign(a=[4, 5, 6]))  # f@2 on main too: others may have read it already
+        main.kv.set("mode", "quick")  # changed on both sides: the branch's value is what a merge asks for
+        main.force_flush()
+        report = main.branches.merge("exp")
+        assert sorted(v.version for v in main.frames.history("f")) == [1, 2, 3]
+        pd.testing.assert_frame_equal(main.frames.get("f", 2), df.assign(a=[4, 5, 6]))  # main's f@2 stays f@2
+        pd.testing.assert_frame_equal(main.frames.get("f", 3), df.assign(a=[7, 8, 9]))  # the branch's moved on
+        assert main.kv["mode"] == "careful" and main.kv["only_on_branch"] == "yes"
+        assert any("mode" in c for c in report.conflicts) and any("f@2->3" in r for r in report.renumbered)
+        assert not main.dirty  # the merge is committed
+        # Merged once: merging again takes nothing new (the fork point moved to the branch as merged).
+        again = main.branches.merge("exp")
+        assert again.taken == 0 and not again.conflicts
+        assert sorted(v.version for v in main.frames.history("f")) == [1, 2, 3]
+    with BucketSQLite(config, NO_TIMER) as fresh:
+        pd.testing.assert_frame_equal(fresh.frames.get("f", 3), df.assign(a=[7, 8, 9]))
+        assert fresh.check().ok
+
+
+def test_gc_spares_blobs_only_a_branch_uses(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as main:
+        main.kv["k"] = "v"
+        main.branches.create("exp")
+        with main.branches.open("exp") as exp:
+            key = exp.arrays.put("branch_only", np.arange(33)).bh_key
+        report = main.files.gc(grace_seconds=0)  # the main catalog has never heard of the blob
+        assert report.deleted == [] and report.kept_for_other_catalogs >= 1
+        with main.branches.open("exp") as exp:
+            np.testing.assert_array_equal(exp.arrays.get("branch_only"), np.arange(33))
+        assert main.branches.delete("exp") is True and main.branches.list() == ["main"]
+        assert main.files.gc(grace_seconds=0).deleted == [key]  # no catalog uses it any more
+
+
+def test_branch_names_and_misuse_get_clear_errors(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as main:
+        for bad in ["", "a/b", "a.b", "main", "x" * 65, 3]:
+            with pytest.raises(InvalidKey):
+                main.branches.create(bad)  # type: ignore[arg-type]
+        with pytest.raises(NotFound, match="no branch 'nope'"):
+            main.branches.open("nope")
+        with pytest.raises(NotFound):
+            main.branches.merge("nope")
+        with pytest.raises(InvalidKey, match="catalog in use"):
+            main.branches.merge("main")
+        main.branches.create("exp")
+        with main.branches.open("exp") as exp:
+            with pytest.raises(InvalidKey, match="in use"):
+                exp.branches.delete("exp")
+            main.kv["on_main"] = "1"
+            main.force_flush()
+            exp.branches.merge("main")  # the main catalog's changes into the branch
+            assert exp.kv["on_main"] == "1"
+        assert main.branches.delete("nope") is False
