@@ -54,9 +54,10 @@ def timestamps(values: Any) -> Any:
 
 
 def shape_text(kind: str, info: Any) -> str:
-    """'1,000 x 7' for frames, '(3, 4) float64' for arrays, '' otherwise."""
-    if kind == "frame":
-        return f"{info.n_rows:,} x {len(info.columns)}"
-    if kind == "array":
-        return f"{tuple(info.shape)} {info.dtype}"
+    """'1,000 x 7' for frames, '(3, 4) float64' for arrays, '' otherwise: what the kind's store says."""
+    from ..interfaces.registry import store_classes
+
+    for cls in store_classes():
+        if cls.kind == kind:
+            return str(getattr(cls, "shape_text", lambda info: "")(info))
     return ""
