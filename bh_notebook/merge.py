@@ -7,11 +7,11 @@ applied to ours, which is then committed with If-Match on theirs' etag.
 The rules, one per kind of table; each store declares its tables' rules (``merge_rules()``, read through the
 registry of kinds, ``interfaces/registry.py``), and a table no registered store owns gets the rule for user tables:
 
-- Versioned tables (``"versioned"``: ``bh_arrays``, ``bh_frames``, ``bh_named_files``, ...): versions are immutable, so both sides'
-  new versions survive. Theirs were committed first and keep their numbers; ours that collide are renumbered to
-  follow the highest. A version either side deleted is deleted.
-- ``filestore`` (``"blobs"``): the union of both sides' blobs, less rows either side deleted (a blob is in the bucket before its
-  row is anywhere, so a merged row never points at a missing object).
+- Versioned tables (``"versioned"``: ``bh_arrays``, ``bh_frames``, ``bh_named_files``, ...): versions are
+  immutable, so both sides' new versions survive. Theirs were committed first and keep their numbers; ours that
+  collide are renumbered to follow the highest. A version either side deleted is deleted.
+- ``filestore`` (``"blobs"``): the union of both sides' blobs, less rows either side deleted (a blob is in the
+  bucket before its row is anywhere, so a merged row never points at a missing object).
 - ``bh_kv`` (``"kv"``): a key changed on one side takes that side's value. Changed on both sides to different values (or
   set on one and deleted on the other) is a conflict, settled by **commit order: the later commit wins** (the
   merging writer's, since the other one committed first). No clock is compared; every conflict is reported.
@@ -44,8 +44,6 @@ def table_rules() -> dict[str, str]:
 def versioned_tables() -> frozenset[str]:
     """The tables merged by the versioned rule (every registered versioned kind's table)."""
     return frozenset(t for t, rule in table_rules().items() if rule == "versioned")
-
-__all__ = ["RETIRED_TABLE", "MergeReport", "merge_catalog", "table_rules", "versioned_tables"]
 
 
 @dataclass
@@ -234,3 +232,6 @@ def _merge_other(conn: sqlite3.Connection, table: str, report: MergeReport) -> N
         report.taken += 1
     elif theirs_changed and ours_changed and _differs(conn, "main", "theirs", table):
         report.conflicts.append(f"table {table} changed on both sides; kept ours")
+
+
+__all__ = ["RETIRED_TABLE", "MergeReport", "merge_catalog", "table_rules", "versioned_tables"]

@@ -94,7 +94,7 @@ class FrameStore(VersionedStore[FrameVersion]):
     table = "bh_frames"
     kind = "frame"
     load_options = frozenset({"columns", "rows"})
-    #: Parquet codec and level; BucketSQLite picks lz4 for the local store and zstd 1 for buckets.
+    #: Parquet codec and level; ``for_catalog`` picks lz4 for the local store, zstd 1 stays for buckets.
     compression: str = S3_COMPRESSION[0]
     compression_level: int | None = S3_COMPRESSION[1]
     extra_columns = (
@@ -110,7 +110,7 @@ class FrameStore(VersionedStore[FrameVersion]):
              stores: Mapping[str, Interface]) -> Interface:
         store = super().for_catalog(conn, bucket, config, stores)
         assert isinstance(store, FrameStore)
-        if bucket.backend == "local":  # a local disk is fast: a fast codec beats a small file
+        if bucket.backend == "local":  # see LOCAL_COMPRESSION
             store.compression, store.compression_level = LOCAL_COMPRESSION
         return store
 

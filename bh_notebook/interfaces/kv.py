@@ -59,8 +59,8 @@ class KVStore(Interface):
 
     def entries(self, prefix: str = "") -> list[Entry]:
         rows = self._conn.execute(
-            "SELECT key, length(CAST(value AS BLOB)), updated_at FROM bh_kv WHERE key >= ? AND substr(key, 1, ?) = ? ORDER BY key",
-            (prefix, len(prefix), prefix)).fetchall()
+            "SELECT key, length(CAST(value AS BLOB)), updated_at FROM bh_kv "
+            "WHERE key >= ? AND substr(key, 1, ?) = ? ORDER BY key", (prefix, len(prefix), prefix)).fetchall()
         return [Entry(name=k, version=None, size=int(n), shape="", modified=float(at)) for k, n, at in rows]
 
     def load(self, name: str, version: int | None = None, **options: Any) -> Any:

@@ -51,13 +51,3 @@ def timestamps(values: Any) -> Any:
     import pandas as pd
 
     return pd.to_datetime(values, unit="s", utc=True).dt.floor("s").dt.tz_convert(local_zone())
-
-
-def shape_text(kind: str, info: Any) -> str:
-    """'1,000 x 7' for frames, '(3, 4) float64' for arrays, '' otherwise: what the kind's store says."""
-    from ..interfaces.registry import store_classes
-
-    for cls in store_classes():
-        if cls.kind == kind:
-            return str(getattr(cls, "shape_text", lambda info: "")(info))
-    return ""
