@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from ..errors import InvalidKey, KeyTypeError, NotFound, ValueTooLarge, ValueTypeError
 from .base import Entry, Interface
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from ..config import BucketConfig
+    from ..storage.bucket import BucketClient
 
 #: Largest value kept inline, in bytes; bigger payloads belong in FileStore.
 MAX_VALUE_BYTES = 1024 * 1024
@@ -45,8 +51,9 @@ class KVStore(Interface):
     count_noun = "kv keys"
 
     @classmethod
-    def for_catalog(cls, conn: Any, bucket: Any, config: Any, stores: Any) -> Interface:
-        return cls(conn)
+    def for_catalog(cls, conn: sqlite3.Connection, bucket: BucketClient, config: BucketConfig,
+                    stores: Mapping[str, Interface]) -> Interface:
+        return cls(conn)  # values live inline in the catalog: no bucket
 
     @classmethod
     def merge_rules(cls) -> dict[str, str]:
