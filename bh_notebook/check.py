@@ -78,7 +78,7 @@ def check(bh: Catalog, fix: bool = False, *, verify: bool = True, grace_seconds:
     prefix = files.prefix
     objects = {info.key[len(prefix):]: info for info in bh.bucket.list_info(prefix)}
     rows = {r[0]: int(r[1]) for r in conn.execute("SELECT bh_key, size FROM filestore")}
-    used = files.referenced_keys()  # every table with a bh_key column: arrays, frames, named files, and more
+    used = files.referenced_keys()  # the registered kinds' blob columns, and any other table's bh_key column
     misplaced = {k: ok for k, ok in conn.execute("SELECT bh_key, object_key FROM filestore")
                  if ok != prefix + k}
     for key, object_key in sorted(misplaced.items()):

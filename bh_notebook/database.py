@@ -19,10 +19,11 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 from .config import BucketConfig
 from . import spool
@@ -37,11 +38,15 @@ from .errors import (
     SnapshotConflict,
 )
 from .interfaces.arrays import ArrayStore
+from .interfaces.base import Interface
 from .interfaces.files import FileStore, referenced_keys
-from .interfaces.frames import LOCAL_COMPRESSION, FrameStore
+from .interfaces.frames import FrameStore
 from .interfaces.kv import KVStore
 from .interfaces.named_files import NamedFileStore
+from .interfaces.registry import store_classes
 from .branches import Branches, shared_references
+
+_S = TypeVar("_S", bound=Interface)
 from .check import CheckReport
 from .check import check as run_check
 from .merge import MergeReport, merge_catalog
@@ -157,11 +162,7 @@ class BucketSQLite:
         self.removed_from_bucket: list[str] = []
         self._workdir: Path | None = None  # holds base.db: the snapshot this process last synced with
         self._keep_prev_ok = True  # False after restoring from .prev: the corrupt latest must not replace it
-        self._kv: KVStore | None = None
-        self._files: FileStore | None = None
-        self._arrays: ArrayStore | None = None
-        self._frames: FrameStore | None = None
-        self._named_files: NamedFileStore | None = None
+        self._stores: dict[str, Interface] = {}  # kind -> store, in the registry's order, while started
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -214,53 +215,57 @@ class BucketSQLite:
         return self
 
     def _build_interfaces(self) -> None:
+        """Build one store per registered kind (``interfaces/registry.py``), in the registry's order."""
         assert self._conn is not None and self._bucket is not None
-        self._kv = KVStore(self._conn)
-        files = self._files = FileStore(self._conn, self._bucket, prefix=self.config.files_prefix)
+        stores: dict[str, Interface] = {}
+        for cls in store_classes():
+            stores[cls.kind] = cls.for_catalog(self._conn, self._bucket, self.config, stores)
+        files = stores["blob"]
+        assert isinstance(files, FileStore)
         files.progress_factory = self.progress_factory
         files.before_collect = self._settle_for_collect
-        self._arrays = ArrayStore(self._conn, self._bucket, files=files)
-        self._frames = FrameStore(self._conn, self._bucket, files=files)
-        self._named_files = NamedFileStore(self._conn, self._bucket, files=files)
-        if self._bucket.backend == "local":
-            self._frames.compression, self._frames.compression_level = LOCAL_COMPRESSION
+        self._stores = stores
 
     # The stores exist between start() and stop(); before and after, using them raises NotStarted.
 
     @property
+    def stores(self) -> Mapping[str, Interface]:
+        """Every store by its kind, in the registry's order: blob (``files``), frame, array, file, kv, ...
+
+        A read-only view; the listed kinds (``store.listed``) are what users see in listings."""
+        self._require_started()
+        return MappingProxyType(self._stores)
+
+    def _store(self, kind: str, cls: type[_S]) -> _S:
+        self._require_started()
+        store = self._stores[kind]
+        assert isinstance(store, cls)
+        return store
+
+    @property
     def kv(self) -> KVStore:
         """Settings and small strings/bytes (``bh_kv``)."""
-        self._require_started()
-        assert self._kv is not None
-        return self._kv
+        return self._store("kv", KVStore)
 
     @property
     def files(self) -> FileStore:
         """Content-addressed blobs (``filestore``)."""
-        self._require_started()
-        assert self._files is not None
-        return self._files
+        return self._store("blob", FileStore)
 
     @property
     def arrays(self) -> ArrayStore:
         """Named, versioned NumPy arrays (``bh_arrays``)."""
-        self._require_started()
-        assert self._arrays is not None
-        return self._arrays
+        return self._store("array", ArrayStore)
 
     @property
     def frames(self) -> FrameStore:
         """Named, versioned DataFrames (``bh_frames``)."""
-        self._require_started()
-        assert self._frames is not None
-        return self._frames
+        return self._store("frame", FrameStore)
 
     @property
     def named_files(self) -> NamedFileStore:
         """Named, versioned files (``bh_named_files``)."""
-        self._require_started()
-        assert self._named_files is not None
-        return self._named_files
+        return self._store("file", NamedFileStore)
 
     @property
     def branches(self) -> Branches:
@@ -386,9 +391,8 @@ class BucketSQLite:
                 self._snap_conn.close()
                 self._snap_conn = None
             self._conn = None
-            for store in (self._kv, self._files, self._arrays, self._frames, self._named_files):
-                if store is not None:
-                    store._detach()
+            for store in self._stores.values():
+                store._detach()
             self._local = threading.local()
             if self._bucket is not None and self._bucket_override is None:
                 self._bucket.close()
@@ -756,9 +760,10 @@ class BucketSQLite:
             "started": self._started,
         }
         if self._started:
-            info.update(dirty=self.dirty, last_flush=self._last_flush_wall, frames=len(self.frames),
-                        arrays=len(self.arrays), named_files=len(self.named_files), kv_keys=len(self.kv),
-                        blobs=len(self.files), blob_bytes=self.files.total_size())
+            info.update(dirty=self.dirty, last_flush=self._last_flush_wall)
+            # frames, arrays, named_files, kv_keys, then blobs and blob_bytes (the unlisted blob store last)
+            for store in sorted(self._stores.values(), key=lambda store: not store.listed):
+                info.update(store.status_counts())
         if self._last_error is not None:
             info["last_error"] = str(self._last_error)
         return info

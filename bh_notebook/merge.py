@@ -4,17 +4,18 @@ When another process committed the snapshot since this one last synced with it, 
 the snapshot both started from, ``theirs`` the one now in the bucket, ``ours`` the catalog in memory. The merge is
 applied to ours, which is then committed with If-Match on theirs' etag.
 
-The rules, one per kind of table:
+The rules, one per kind of table; each store declares its tables' rules (``merge_rules()``, read through the
+registry of kinds, ``interfaces/registry.py``), and a table no registered store owns gets the rule for user tables:
 
-- Versioned tables (``bh_arrays``, ``bh_frames``, ``bh_named_files``): versions are immutable, so both sides'
-  new versions survive. Theirs were committed first and keep their numbers; ours that collide are renumbered to
-  follow the highest. A version either side deleted is deleted.
-- ``filestore``: the union of both sides' blobs, less rows either side deleted (a blob is in the bucket before its
-  row is anywhere, so a merged row never points at a missing object).
-- ``bh_kv``: a key changed on one side takes that side's value. Changed on both sides to different values (or
+- Versioned tables (``"versioned"``: ``bh_arrays``, ``bh_frames``, ``bh_named_files``, ...): versions are
+  immutable, so both sides' new versions survive. Theirs were committed first and keep their numbers; ours that
+  collide are renumbered to follow the highest. A version either side deleted is deleted.
+- ``filestore`` (``"blobs"``): the union of both sides' blobs, less rows either side deleted (a blob is in the
+  bucket before its row is anywhere, so a merged row never points at a missing object).
+- ``bh_kv`` (``"kv"``): a key changed on one side takes that side's value. Changed on both sides to different values (or
   set on one and deleted on the other) is a conflict, settled by **commit order: the later commit wins** (the
   merging writer's, since the other one committed first). No clock is compared; every conflict is reported.
-- ``bh_retired_versions``: the highest version number each name ever had; the larger of the two sides.
+- ``bh_retired_versions`` (``"retired"``): the highest version number each name ever had; the larger of the two sides.
 - Other (user) tables: the side that changed one wins; changed on both sides, ours is kept and it is reported.
 """
 
@@ -26,12 +27,24 @@ from pathlib import Path
 
 from .connection import PLAIN_TABLE_SQL
 from .connection import quote_ident as _q
+from .interfaces.base import RETIRED_TABLE
 from .interfaces.files import referencing_tables
+from .interfaces.registry import merge_rules
 
-VERSIONED = ("bh_arrays", "bh_frames", "bh_named_files")
-#: The highest version number each name ever had, per table, kept when versions are deleted: a number is never
-#: given out twice, so ``x@2`` always means the same data (and a merge never mistakes a new put for a deleted one).
-RETIRED_TABLE = "bh_retired_versions"
+#: The rule of a table no registered store owns (a user's table): the side that changed it wins.
+OTHER_RULE = "other"
+#: Rules known without the registry: the retired-number table is the merge's own bookkeeping.
+FALLBACK_RULES = {RETIRED_TABLE: "retired"}
+
+
+def table_rules() -> dict[str, str]:
+    """{table: merge rule}: the registered stores' declarations over the fallback; other tables get OTHER_RULE."""
+    return {**FALLBACK_RULES, **merge_rules()}
+
+
+def versioned_tables() -> frozenset[str]:
+    """The tables merged by the versioned rule (every registered versioned kind's table)."""
+    return frozenset(t for t, rule in table_rules().items() if rule == "versioned")
 
 
 @dataclass
@@ -73,6 +86,7 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
     ours keeps its version numbers and the branch's colliding versions are renumbered after them, and a KV key
     changed on both sides takes the branch's value (merging the branch is the later, deliberate act)."""
     report = MergeReport()
+    rules = table_rules()
     conn.execute("ATTACH DATABASE ? AS theirs", (str(theirs),))
     conn.execute("ATTACH DATABASE ? AS base", (str(base) if base is not None else ":memory:",))
     try:
@@ -81,7 +95,7 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
             ours_tables = set(_tables(conn, "main"))
             base_tables = set(_tables(conn, "base"))
             # The retired-number table first: renumbering our versions must see both sides' highest numbers.
-            for table in sorted(_tables(conn, "theirs"), key=lambda name: name != RETIRED_TABLE):
+            for table in sorted(_tables(conn, "theirs"), key=lambda name: rules.get(name) != "retired"):
                 if table not in ours_tables:  # a table only they have: copy it whole
                     sql = conn.execute("SELECT sql FROM theirs.sqlite_master WHERE type='table' AND name=?",
                                        (table,)).fetchone()[0]
@@ -98,17 +112,18 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
                     continue
                 if table not in base_tables:
                     conn.execute(f"CREATE TABLE base.{_q(table)} AS SELECT * FROM main.{_q(table)} WHERE 0")
-                if table == RETIRED_TABLE:  # the highest number ever given out: the larger of the two
+                rule = rules.get(table, OTHER_RULE)
+                if rule == "retired":  # the highest number ever given out: the larger of the two
                     cur = conn.execute(
                         f"INSERT INTO main.{RETIRED_TABLE} (tbl, name, last) SELECT tbl, name, last FROM "
                         f"theirs.{RETIRED_TABLE} WHERE true ON CONFLICT (tbl, name) DO UPDATE SET "
                         "last = max(last, excluded.last) WHERE excluded.last > last")
                     report.taken += max(cur.rowcount, 0)
-                elif table in VERSIONED:
+                elif rule == "versioned":
                     _merge_versioned(conn, table, cols, report, ours_keep=branch)
-                elif table == "filestore":
+                elif rule == "blobs":
                     _merge_keyed(conn, table, ["bh_key"], report)
-                elif table == "bh_kv":
+                elif rule == "kv":
                     _merge_kv(conn, report, theirs_win=branch)
                 else:
                     _merge_other(conn, table, report)
@@ -188,8 +203,10 @@ def _keep_rows_in_use(conn: sqlite3.Connection, report: MergeReport) -> None:
     row: unreadable, and fair game for the collector."""
     have = {r[0] for r in conn.execute("SELECT bh_key FROM main.filestore")}
     used: set[str] = set()
-    for table in referencing_tables(conn):
-        used |= {r[0] for r in conn.execute(f"SELECT DISTINCT bh_key FROM main.{_q(table)}")}
+    for table, (_, using) in referencing_tables(conn).items():
+        for col in using:
+            used |= {r[0] for r in conn.execute(f"SELECT DISTINCT {_q(col)} FROM main.{_q(table)} "
+                                                f"WHERE {_q(col)} IS NOT NULL")}
     cols = ", ".join(_q(c) for c in _columns(conn, "main", "filestore"))
     for key in sorted(used - have):
         for schema in ("theirs", "base"):
@@ -262,3 +279,6 @@ def _merge_other(conn: sqlite3.Connection, table: str, report: MergeReport) -> N
         report.taken += 1
     elif theirs_changed and ours_changed and _differs(conn, "main", "theirs", table):
         report.conflicts.append(f"table {table} changed on both sides; kept ours")
+
+
+__all__ = ["RETIRED_TABLE", "MergeReport", "merge_catalog", "table_rules", "versioned_tables"]

@@ -89,6 +89,7 @@ class ArrayStore(VersionedStore[ArrayVersion]):
 
     table = "bh_arrays"
     kind = "array"
+    load_options = frozenset({"rows"})
     extra_columns = (
         ("shape", "TEXT NOT NULL"),
         ("dtype", "TEXT NOT NULL"),
@@ -104,6 +105,15 @@ class ArrayStore(VersionedStore[ArrayVersion]):
             created_at=float(row["created_at"]), metadata=json.loads(row["metadata"]) if row["metadata"] else {},
             fortran_order=bool(row["fortran_order"]),
         )
+
+    @staticmethod
+    def shape_text(info: Any) -> str:
+        return f"{tuple(info.shape)} {info.dtype}"
+
+    @staticmethod
+    def accepts(value: Any) -> bool:
+        """What ``%bh_put`` stores as an array: a NumPy array or scalar."""
+        return isinstance(value, (np.ndarray, np.generic))
 
     @staticmethod
     def _dtype(row: dict[str, Any]) -> np.dtype[Any]:

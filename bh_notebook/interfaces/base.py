@@ -4,10 +4,34 @@ from __future__ import annotations
 
 import sqlite3
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from ..config import BucketConfig
     from ..storage.bucket import BucketClient
+
+#: The highest version number each name ever had, per table, kept when versions are deleted: a number is never
+#: given out twice, so ``x@2`` always means the same data (and a merge never mistakes a new put for a deleted one).
+#: Shared by every versioned kind.
+RETIRED_TABLE = "bh_retired_versions"
+
+#: Merge rules a store can give its tables (see ``merge.py``). Tables no registered store owns are merged with
+#: the rule for user tables.
+MERGE_RULES = ("versioned", "blobs", "kv", "retired")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the listing, as a store describes its entries (neutral: the notebook layer renders it)."""
+
+    name: str
+    version: int | None
+    size: int
+    shape: str
+    modified: float | None
+    note: str = ""
 
 
 class Interface(ABC):
@@ -16,7 +40,92 @@ class Interface(ABC):
     Subclasses implement ``_init_schema()`` with ``CREATE TABLE IF NOT EXISTS``, so construction is idempotent:
     the tables may already be in a restored snapshot. (FileStore's ``filestore`` table predates the ``bh_``
     prefix and keeps its name.)
+
+    Each store also declares its **kind**, once, on the class; ``interfaces/registry.py`` lists the store classes
+    and everything that works across kinds (``BucketSQLite.stores``, status, the merge, blob references, the
+    magics, the browser and the listing) reads these declarations instead of naming kinds:
+
+    - ``kind``, ``plural``, ``article``: what users call the entries ("frame", "frames", "a frame");
+    - ``attr``: the ``BucketSQLite`` attribute that reaches the store (``bh.named_files``);
+    - ``listed``: shown in listings and accepted as ``--kind`` (FileStore, the blob store under every kind, is not);
+    - ``versioned``: entries have versions 1, 2, ... (``history``, ``delete(name, version)``);
+    - ``load_options``: the keyword options ``load`` takes beyond name and version (``rows``, ``columns``);
+    - ``status_key`` / ``count_noun``: its count in ``status()`` and how the count is worded;
+    - ``tables()``, ``blob_columns()``, ``merge_rules()``: the tables it owns, the columns that hold blob bh-keys,
+      and the merge rule of each table;
+    - ``entries()`` (the listing's rows), ``shape_text()`` / ``caption()`` (what to show of a version) and
+      ``load()`` (what Load and ``%bh_get`` return). How a kind is previewed is the notebook layer's business
+      (no widget code lives here); a kind it has no preview for is shown from its ``info()``.
     """
+
+    #: The singular name users see ("frame", "array", "file", "kv"; FileStore is "blob" and not listed).
+    kind: ClassVar[str] = ""
+    #: The plural ("frames"); defaults to kind + "s".
+    plural: ClassVar[str] = ""
+    #: The kind with its article ("a frame", "an array"); defaults to "a " + kind.
+    article: ClassVar[str] = ""
+    #: The BucketSQLite attribute that reaches the store; defaults to the plural.
+    attr: ClassVar[str] = ""
+    #: The key of its count in ``BucketSQLite.status()``; defaults to the plural.
+    status_key: ClassVar[str] = ""
+    #: How that count is worded ("kv keys"); defaults to the plural.
+    count_noun: ClassVar[str] = ""
+    #: Shown in listings, %bh_ls and the browser, and a value of ``--kind``.
+    listed: ClassVar[bool] = True
+    #: Entries have numbered versions.
+    versioned: ClassVar[bool] = False
+    #: Keyword options ``load`` accepts besides name and version.
+    load_options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")
+        if kind:  # a class naming its kind gets the derived names it does not give itself
+            defaults = {"plural": kind + "s"}
+            defaults["article"] = ("an " if kind[0] in "aeiou" else "a ") + kind
+            for name in ("attr", "status_key", "count_noun"):
+                defaults[name] = cls.__dict__.get("plural") or defaults["plural"]
+            for name, value in defaults.items():
+                if not cls.__dict__.get(name):
+                    setattr(cls, name, value)
+
+    @classmethod
+    def for_catalog(cls, conn: sqlite3.Connection, bucket: BucketClient, config: BucketConfig,
+             stores: Mapping[str, Interface]) -> Interface:
+        """Build the store for a starting BucketSQLite; ``stores`` holds the stores built before it (by kind)."""
+        return cls(conn, bucket)
+
+    @classmethod
+    def tables(cls) -> tuple[str, ...]:
+        """The catalog tables this store owns."""
+        return tuple(cls.merge_rules())
+
+    @classmethod
+    def blob_columns(cls) -> dict[str, tuple[str, ...]]:
+        """{table: columns holding the bh-keys of FileStore blobs this store's entries use}."""
+        return {}
+
+    @classmethod
+    def merge_rules(cls) -> dict[str, str]:
+        """{table: merge rule} for the tables this store owns (one of ``MERGE_RULES``)."""
+        return {}
+
+    def status_counts(self) -> dict[str, int]:
+        """What ``BucketSQLite.status()`` reports about this store."""
+        return {self.status_key: len(self)}  # type: ignore[arg-type]
+
+    def entries(self, prefix: str = "") -> list[Entry]:
+        """The listing's rows: the latest of every entry whose name starts with ``prefix``."""
+        return []
+
+    @staticmethod
+    def accepts(value: Any) -> bool:
+        """True for a value ``%bh_put`` should store in this kind (the first listed kind that accepts it wins)."""
+        return False
+
+    def load(self, name: str, version: int | None = None, **options: Any) -> Any:
+        """The value of an entry, as Load and ``%bh_get`` give it (``options``: see ``load_options``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no entries to load")
 
     def __init__(self, conn: sqlite3.Connection, bucket_client: BucketClient | None = None) -> None:
         self._conn = conn

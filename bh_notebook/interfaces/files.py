@@ -36,6 +36,9 @@ from ..storage.bucket import CHUNK_SIZE, ChainReader, ProgressCallback, atomic_f
 from .base import Interface
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ..config import BucketConfig
     from ..storage.bucket import BucketClient
 
 _BH_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -103,7 +106,26 @@ def _check_metadata(metadata: object) -> dict[str, str] | None:
 
 
 class FileStore(Interface):
-    """Content-addressable blob store: owns the ``filestore`` table and a prefix in the bucket."""
+    """Content-addressable blob store: owns the ``filestore`` table and a prefix in the bucket.
+
+    Its kind is "blob": the store under every other kind, reached as ``bh.files`` and ``bh.stores["blob"]`` but
+    not listed with the entries (a blob is listed through the entries that use it)."""
+
+    kind = "blob"
+    attr = "files"
+    listed = False
+
+    @classmethod
+    def for_catalog(cls, conn: sqlite3.Connection, bucket: BucketClient, config: BucketConfig,
+             stores: Mapping[str, Interface]) -> Interface:
+        return cls(conn, bucket, prefix=config.files_prefix)
+
+    @classmethod
+    def merge_rules(cls) -> dict[str, str]:
+        return {"filestore": "blobs"}
+
+    def status_counts(self) -> dict[str, int]:
+        return {"blobs": len(self), "blob_bytes": self.total_size()}
 
     #: Makes a progress callback for a transfer, ``factory(label, total_bytes)``; it is used when a call passes no
     #: ``progress=`` and is closed (``.close()``) when the transfer ends. BucketSQLite sets it; None shows nothing.
@@ -310,18 +332,18 @@ class FileStore(Interface):
                  json.dumps(metadata, sort_keys=True) if metadata else None),
             )
 
-    def _referencing_tables(self) -> dict[str, set[str]]:
-        """Every catalog table other than ``filestore`` with a ``bh_key`` column (the entries that use blobs), with
-        its columns."""
+    def _referencing_tables(self) -> dict[str, tuple[set[str], tuple[str, ...]]]:
+        """The catalog tables whose rows use blobs: {table: (its columns, the columns holding bh-keys)}."""
         return referencing_tables(self._conn)
 
     def references(self, bh_key: str) -> list[str]:
         """The entries that use blob ``bh_key``, as ``table:name@version`` (or ``table:row`` for other tables)."""
         found: list[str] = []
-        for table, cols in self._referencing_tables().items():
+        for table, (cols, using) in self._referencing_tables().items():
             what = "name, version" if {"name", "version"} <= cols else "NULL, NULL"
+            where = " OR ".join(f"{quote_ident(c)} = ?" for c in using)
             for name, version in self._conn.execute(
-                    f"SELECT {what} FROM {quote_ident(table)} WHERE bh_key = ?", (bh_key,)):
+                    f"SELECT {what} FROM {quote_ident(table)} WHERE {where}", (bh_key,) * len(using)):
                 found.append(f"{table}:{name}@{version}" if name is not None else f"{table}:row")
         return found
 
@@ -660,24 +682,34 @@ class BlobWriter(io.RawIOBase):
             self.close()
 
 
-def referencing_tables(conn: sqlite3.Connection) -> dict[str, set[str]]:
-    """Every table of the catalog behind ``conn``, other than ``filestore``, with a ``bh_key`` column, with its
-    columns: the entries of every kind that use blobs, user tables included."""
-    found: dict[str, set[str]] = {}
+def referencing_tables(conn: sqlite3.Connection) -> dict[str, tuple[set[str], tuple[str, ...]]]:
+    """The tables of the catalog behind ``conn`` whose rows use blobs: {table: (its columns, the bh-key columns)}.
+
+    The registered kinds say which of their columns hold bh-keys (``blob_columns()``); any other table with a
+    ``bh_key`` column (a user's table, a buckethead catalog's) counts too, through that column."""
+    from .registry import blob_columns
+
+    declared = blob_columns()
+    found: dict[str, tuple[set[str], tuple[str, ...]]] = {}
     for (table,) in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'filestore' "
             "AND name NOT LIKE 'sqlite_%'").fetchall():
         cols = {r[1] for r in conn.execute(f"PRAGMA table_info({quote_ident(table)})")}
-        if "bh_key" in cols:
-            found[table] = cols
+        using = tuple(c for c in declared.get(table, ()) if c in cols)
+        if "bh_key" in cols and "bh_key" not in using:
+            using += ("bh_key",)
+        if using:
+            found[table] = (cols, using)
     return found
 
 
 def referenced_keys(conn: sqlite3.Connection, *, with_rows: bool = False) -> set[str]:
     """Every blob an entry of the catalog behind ``conn`` uses; with ``with_rows``, the file table's rows too."""
     keys: set[str] = set()
-    for table in referencing_tables(conn):
-        keys |= {r[0] for r in conn.execute(f"SELECT DISTINCT bh_key FROM {quote_ident(table)}")}
+    for table, (_, using) in referencing_tables(conn).items():
+        for col in using:
+            keys |= {r[0] for r in conn.execute(
+                f"SELECT DISTINCT {quote_ident(col)} FROM {quote_ident(table)} WHERE {quote_ident(col)} IS NOT NULL")}
     if with_rows and conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'filestore'").fetchone():
         keys |= {r[0] for r in conn.execute("SELECT bh_key FROM filestore")}

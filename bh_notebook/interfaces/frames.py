@@ -22,8 +22,15 @@ from .base import check_name
 from .versioned import ObjectURL, VersionedStore, check_metadata
 
 if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Mapping
+
     import pandas as pd
     import pyarrow as pa
+
+    from ..config import BucketConfig
+    from ..storage.bucket import BucketClient
+    from .base import Interface
 
 #: Rows per Parquet row group at most: the unit ``head()`` and ``filters=`` fetch. Measured on a 10M-row frame,
 #: 128Ki- and 1Mi-row groups write equally fast once dictionaries are limited to repetitive columns, but reading
@@ -86,7 +93,8 @@ class FrameStore(VersionedStore[FrameVersion]):
 
     table = "bh_frames"
     kind = "frame"
-    #: Parquet codec and level; BucketSQLite picks lz4 for the local store and zstd 1 for buckets.
+    load_options = frozenset({"columns", "rows"})
+    #: Parquet codec and level; ``for_catalog`` picks lz4 for the local store, zstd 1 stays for buckets.
     compression: str = S3_COMPRESSION[0]
     compression_level: int | None = S3_COMPRESSION[1]
     extra_columns = (
@@ -96,6 +104,31 @@ class FrameStore(VersionedStore[FrameVersion]):
         ("index_names", "TEXT NOT NULL"),
         ("row_groups", "INTEGER NOT NULL"),
     )
+
+    @classmethod
+    def for_catalog(cls, conn: sqlite3.Connection, bucket: BucketClient, config: BucketConfig,
+             stores: Mapping[str, Interface]) -> Interface:
+        store = super().for_catalog(conn, bucket, config, stores)
+        assert isinstance(store, FrameStore)
+        if bucket.backend == "local":  # see LOCAL_COMPRESSION
+            store.compression, store.compression_level = LOCAL_COMPRESSION
+        return store
+
+    @staticmethod
+    def shape_text(info: Any) -> str:
+        return f"{info.n_rows:,} x {len(info.columns)}"
+
+    @staticmethod
+    def accepts(value: Any) -> bool:
+        """What ``%bh_put`` stores as a frame: a pandas DataFrame or Series, a polars DataFrame, LazyFrame or
+        Series, a pyarrow Table or RecordBatch (polars is never imported for this)."""
+        import pandas as pd
+        import pyarrow as pa
+
+        if isinstance(value, (pd.DataFrame, pd.Series, pa.Table, pa.RecordBatch)):
+            return True
+        return type(value).__module__.split(".")[0] == "polars" and type(value).__name__ in (
+            "DataFrame", "LazyFrame", "Series")
 
     def _to_version(self, row: dict[str, Any]) -> FrameVersion:
         return FrameVersion(

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import overload
+from typing import TYPE_CHECKING, Any, overload
 
 from ..errors import InvalidKey, KeyTypeError, NotFound, ValueTooLarge, ValueTypeError
-from .base import Interface
+from .base import Entry, Interface
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from ..config import BucketConfig
+    from ..storage.bucket import BucketClient
 
 #: Largest value kept inline, in bytes; bigger payloads belong in FileStore.
 MAX_VALUE_BYTES = 1024 * 1024
@@ -37,6 +43,41 @@ class KVStore(Interface):
     """
 
     max_value_bytes: int = MAX_VALUE_BYTES
+
+    kind = "kv"
+    plural = "kv"
+    article = "a kv value"
+    status_key = "kv_keys"
+    count_noun = "kv keys"
+
+    @classmethod
+    def for_catalog(cls, conn: sqlite3.Connection, bucket: BucketClient, config: BucketConfig,
+                    stores: Mapping[str, Interface]) -> Interface:
+        return cls(conn)  # values live inline in the catalog: no bucket
+
+    @classmethod
+    def merge_rules(cls) -> dict[str, str]:
+        return {"bh_kv": "kv"}
+
+    @staticmethod
+    def accepts(value: Any) -> bool:
+        """What ``%bh_put`` keeps in kv: a str."""
+        return isinstance(value, str)
+
+    def entries(self, prefix: str = "") -> list[Entry]:
+        rows = self._conn.execute(
+            "SELECT key, length(CAST(value AS BLOB)), updated_at FROM bh_kv "
+            "WHERE key >= ? AND substr(key, 1, ?) = ? ORDER BY key", (prefix, len(prefix), prefix)).fetchall()
+        return [Entry(name=k, version=None, size=int(n), shape="", modified=float(at)) for k, n, at in rows]
+
+    def load(self, name: str, version: int | None = None, **options: Any) -> Any:
+        if version is not None or options:
+            raise InvalidKey("kv values have no versions" + (" or options" if options else ""))
+        return self[name]
+
+    def names(self, prefix: str = "") -> list[str]:
+        """The keys starting with ``prefix``, sorted (``keys``, under the name every kind lists its entries by)."""
+        return self.keys(prefix)
 
     def _init_schema(self) -> None:
         self._conn.execute(

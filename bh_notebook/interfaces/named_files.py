@@ -42,11 +42,18 @@ class NamedFileStore(VersionedStore[NamedFileVersion]):
 
     table = "bh_named_files"
     kind = "file"
+    attr = "named_files"
+    status_key = "named_files"
     extra_columns = (("filename", "TEXT"), ("mime", "TEXT"))
 
-    @property
-    def _attr(self) -> str:
-        return "bh.named_files"
+    @staticmethod
+    def caption(info: Any) -> str | None:
+        return info.filename
+
+    @staticmethod
+    def accepts(value: Any) -> bool:
+        """What ``%bh_put`` stores as a named file: bytes, a bytearray or memoryview, or a path."""
+        return isinstance(value, (bytes, bytearray, memoryview, os.PathLike))
 
     def _to_version(self, row: dict[str, Any]) -> NamedFileVersion:
         return NamedFileVersion(

@@ -11,11 +11,13 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import NotFound, ValueTypeError
-from ..merge import RETIRED_TABLE
-from .base import Interface, check_name, check_version
+from .base import RETIRED_TABLE, Entry, Interface, check_name, check_version
 from .files import FileStore
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ..config import BucketConfig
     from ..storage.bucket import BucketClient
 
 V = TypeVar("V")
@@ -65,10 +67,28 @@ class VersionedStore(Interface, Generic[V]):
 
     #: The table this store owns.
     table: str
-    #: What the entries are called in messages ("array", "frame").
-    kind: str
     #: The subclass's own columns: (name, SQL type) pairs.
     extra_columns: Sequence[tuple[str, str]] = ()
+    versioned = True
+
+    @classmethod
+    def for_catalog(cls, conn: sqlite3.Connection, bucket: BucketClient, config: BucketConfig,
+             stores: Mapping[str, Interface]) -> Interface:
+        files = stores.get("blob")
+        assert isinstance(files, FileStore), "the blob store is built before the versioned stores"
+        return cls(conn, bucket, files=files)
+
+    @classmethod
+    def merge_rules(cls) -> dict[str, str]:
+        return {cls.table: "versioned", RETIRED_TABLE: "retired"}
+
+    @classmethod
+    def tables(cls) -> tuple[str, ...]:
+        return (cls.table,)  # the retired-number table is shared by every versioned kind
+
+    @classmethod
+    def blob_columns(cls) -> dict[str, tuple[str, ...]]:
+        return {cls.table: ("bh_key",)}
 
     def __init__(self, conn: sqlite3.Connection, bucket_client: BucketClient | None = None, *,
                  files: FileStore | None = None) -> None:
@@ -131,7 +151,7 @@ class VersionedStore(Interface, Generic[V]):
 
     @property
     def _attr(self) -> str:
-        return f"bh.{self.kind}s"
+        return f"bh.{self.attr}"
 
     def _latest(self, name: str) -> dict[str, Any] | None:
         rows = self._select("name = ?", (name,), "ORDER BY version DESC LIMIT 1")
@@ -167,6 +187,31 @@ class VersionedStore(Interface, Generic[V]):
     @abstractmethod
     def _to_version(self, row: dict[str, Any]) -> V:
         """Build the public version record from a row."""
+
+    # -- what the notebook layer shows ------------------------------------------------------
+
+    @staticmethod
+    def shape_text(info: Any) -> str:
+        """The shape the listing shows for a version ('1,000 x 7', '(3, 4) float64'); '' when it has none."""
+        return ""
+
+    @staticmethod
+    def caption(info: Any) -> str | None:
+        """A name the data came with (a file's name), shown where the shape would be; None when none."""
+        return None
+
+    def entries(self, prefix: str = "") -> list[Entry]:
+        return [Entry(name=v.name, version=v.version, size=v.nbytes,  # type: ignore[attr-defined]
+                      shape=self.shape_text(v), modified=v.created_at,  # type: ignore[attr-defined]
+                      note=v.metadata.get("note", ""))  # type: ignore[attr-defined]
+                for v in self.latest() if v.name.startswith(prefix)]  # type: ignore[attr-defined]
+
+    def load(self, name: str, version: int | None = None, **options: Any) -> Any:
+        unknown = sorted(set(options) - self.load_options)
+        if unknown:
+            raise ValueTypeError(f"{self.plural} take no {', '.join(unknown)} option")
+        get: Any = getattr(self, "get")  # each kind's own get, with its own options
+        return get(name, version, **options)
 
     # -- public reads -----------------------------------------------------------------------
 
@@ -244,7 +289,8 @@ class VersionedStore(Interface, Generic[V]):
                 self._conn.execute(f"DELETE FROM {self.table} WHERE name = ?", (name,))
             else:
                 self._conn.execute(f"DELETE FROM {self.table} WHERE name = ? AND version = ?", (name, version))
-        for key in {r["bh_key"] for r in rows}:
+        keys = {r[c] for r in rows for c in self.blob_columns().get(self.table, ()) if r.get(c)}
+        for key in keys:
             if not self._files.references(key):  # no entry of any kind uses it (an array and a file may share it)
                 self._files.release(key)  # the row goes; the object waits for gc (see FileStore.release)
         return [self._to_version(r) for r in rows]

@@ -13,6 +13,7 @@ import html
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as widgets
@@ -21,9 +22,14 @@ import numpy as np
 from ..database import BucketSQLite
 from ..errors import BhError
 from .display import human_bytes, when
-from .listing import listing, versioned_stores
+from ..interfaces.registry import listed_classes
+from .listing import listed_stores, listing
 
-KIND_FILTERS = [("all", None), ("frames", "frames"), ("arrays", "arrays"), ("files", "files"), ("kv", "kv")]
+
+def kind_filters() -> list[tuple[str, str | None]]:
+    """The kind dropdown's choices: all, then every listed kind's plural (frames, arrays, files, kv, ...)."""
+    return [("all", None), *((c.plural, c.plural) for c in listed_classes())]
+
 SORT_COLUMNS = ["modified", "name", "kind", "version", "size", "shape"]
 #: A preview reads at most this many bytes of an array or a file.
 PREVIEW_BYTES = 4 * 1024 * 1024
@@ -53,7 +59,8 @@ class Browser(widgets.VBox):
         self.search = widgets.Text(placeholder="search names and notes (glob or substring)", continuous_update=True,
                                    layout=widgets.Layout(width="40%"))
         self.search.add_class("bh-search")
-        self.kind = widgets.Dropdown(options=[k for k, _ in KIND_FILTERS], value="all", description="kind",
+        self._kind_filters = dict(kind_filters())
+        self.kind = widgets.Dropdown(options=list(self._kind_filters), value="all", description="kind",
                                      layout=widgets.Layout(width="180px"))
         self.kind.add_class("bh-kind")
         self.sort = widgets.Dropdown(options=SORT_COLUMNS, value="modified", description="sort",
@@ -134,7 +141,7 @@ class Browser(widgets.VBox):
 
     def refresh(self) -> None:
         """Re-read the catalog (no bucket request) and redraw the listing."""
-        kind = dict(KIND_FILTERS)[self.kind.value]
+        kind = self._kind_filters[self.kind.value]
         frame = listing(self.bh, None, kind)
         rows = frame.to_dict("records")
         pattern = self.search.value.strip()
@@ -271,79 +278,9 @@ class Browser(widgets.VBox):
         return "\n".join(parts)
 
     def _build_preview(self, kind: str, name: str, version: int | None) -> widgets.Widget:
-        bh = self.bh
-        info: Any  # a FrameVersion, ArrayVersion or NamedFileVersion, by kind
-        if kind == "frame":
-            info = bh.frames.info(name, version)
-            first_columns = info.columns[:PREVIEW_COLUMNS]  # a 20,000-column frame previews its first columns
-            schema = "".join(f"<tr><td>{html.escape(c)}</td><td>{html.escape(info.dtypes.get(c, ''))}</td></tr>"
-                             for c in first_columns)
-            if len(info.columns) > len(first_columns):
-                schema += f"<tr><td colspan=2>... {len(info.columns) - len(first_columns):,} more columns</td></tr>"
-            head = bh.frames.head(name, 5, version, to="pandas") if len(first_columns) == len(info.columns) else \
-                bh.frames.get(name, version, columns=first_columns, rows=slice(0, 5), to="pandas")
-            if head.ndim == 1:  # a stored Series
-                head = head.to_frame()
-            box = widgets.VBox([
-                widgets.HTML(f"<b>{html.escape(name)}</b> v{info.version}: {info.n_rows:,} rows x "
-                             f"{len(info.columns)} columns, {human_bytes(info.nbytes)} stored, "
-                             f"{when(info.created_at)}{_note(info.metadata)}"),
-                widgets.HBox([widgets.HTML(f"<table><tr><th>column</th><th>dtype</th></tr>{schema}</table>"),
-                              widgets.HTML(head.to_html(max_cols=12))]),
-            ])
-            return box
-        if kind == "array":
-            info = bh.arrays.info(name, version)
-            row_bytes = info.nbytes // info.shape[0] if info.shape and info.shape[0] else info.nbytes
-            partial = bool(info.shape) and info.nbytes > PREVIEW_BYTES and row_bytes > 0 and not info.fortran_order
-            if partial:
-                n = max(1, PREVIEW_BYTES // row_bytes)
-                data = bh.arrays.get(name, version, rows=slice(0, n))
-                scope = f" (first {n:,} rows)"
-            elif info.nbytes > PREVIEW_BYTES:
-                return widgets.HTML(f"<b>{html.escape(name)}</b> v{info.version}: shape {tuple(info.shape)}, "
-                                    f"{html.escape(str(info.dtype))}, {human_bytes(info.nbytes)}")
-            else:
-                data = bh.arrays.get(name, version)
-                scope = ""
-            text = (f"<b>{html.escape(name)}</b> v{info.version}: shape {tuple(info.shape)}, "
-                    f"{html.escape(str(info.dtype))}, "
-                    f"{human_bytes(info.nbytes)}{_note(info.metadata)}")
-            children: list[widgets.Widget] = []
-            if data.dtype.kind in "biuf" and data.size:
-                finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data
-                if finite.size:
-                    text += (f"<br>min {finite.min():.6g} &middot; max {finite.max():.6g} &middot; "
-                             f"mean {finite.mean():.6g}{scope}")
-                png = array_picture(data)
-                if png is not None:
-                    image = widgets.Image(value=png, format="png",
-                                          layout=widgets.Layout(width="320px", height="auto"))
-                    image.add_class("bh-plot")
-                    children.append(image)
-            return widgets.VBox([widgets.HTML(text), *children])
-        if kind == "file":
-            info = bh.named_files.info(name, version)
-            text = (f"<b>{html.escape(name)}</b> v{info.version}: {html.escape(info.filename or 'bytes')}, "
-                    f"{html.escape(info.mime or 'unknown type')}, {human_bytes(info.nbytes)}, {when(info.created_at)}"
-                    f"{_note(info.metadata)}")
-            body: list[widgets.Widget] = [widgets.HTML(text)]
-            if info.mime in IMAGE_TYPES and info.nbytes <= PREVIEW_BYTES:
-                body.append(widgets.Image(value=bh.named_files.get(name, version), format=IMAGE_TYPES[info.mime],
-                                          layout=widgets.Layout(max_width="480px", height="auto")))
-            elif info.nbytes and (info.mime is None or _looks_textual(info.mime, info.filename)):
-                raw = bh.files.get_range(info.bh_key, 0, TEXT_PREVIEW)
-                text_ok = _looks_textual(info.mime, info.filename) or _is_text(raw)
-                if text_ok:
-                    head = raw.decode("utf-8", errors="replace")
-                    more = "\n..." if info.nbytes > TEXT_PREVIEW else ""
-                    body.append(widgets.HTML(f"<pre>{html.escape(head + more)}</pre>"))
-                else:
-                    body.append(widgets.HTML(f"<pre>{html.escape(raw[:64].hex(' '))} ...</pre>"))
-            return widgets.VBox(body)
-        value = bh.kv.get_bytes(name) or b""
-        shown = value[:TEXT_PREVIEW].decode("utf-8", errors="replace")
-        return widgets.HTML(f"<b>{html.escape(name)}</b> (kv, {len(value):,} bytes):<pre>{html.escape(shown)}</pre>")
+        store = listed_stores(self.bh)[kind]
+        build = PREVIEWS.get(kind, _preview_entry if store.versioned else _preview_value)
+        return build(self.bh, store, name, version)
 
     # -- actions -----------------------------------------------------------------------------------
 
@@ -359,15 +296,7 @@ class Browser(widgets.VBox):
         """
         sel = self._require()
         kind, name, version = sel["kind"], sel["name"], self._version
-        bh = self.bh
-        if kind == "frame":
-            value: Any = bh.frames.get(name, version)
-        elif kind == "array":
-            value = bh.arrays.get(name, version)
-        elif kind == "file":
-            value = bh.named_files.get(name, version)
-        else:
-            value = bh.kv[name]
+        value = listed_stores(self.bh)[kind].load(name, version)
         target = (var or self.var_name.value or _variable_name(name)).strip()
         shell = self.shell if self.shell is not None else _current_shell()
         if shell is not None:
@@ -392,12 +321,12 @@ class Browser(widgets.VBox):
             self._say(f"delete {what}? press Confirm delete")
             return None
         kind, name = sel["kind"], sel["name"]
-        stores = versioned_stores(self.bh)
-        if kind == "kv":
-            self.bh.kv.delete(name)
-            removed: list[Any] = []
-        else:
-            removed = stores[kind].delete(name, self._version)
+        store: Any = listed_stores(self.bh)[kind]
+        if store.versioned:
+            removed: list[Any] = store.delete(name, self._version)
+        else:  # kv: one value, no versions
+            store.delete(name)
+            removed = []
         self._cancel_delete()
         self._preview_cache = {k: v for k, v in self._preview_cache.items() if k[1] != name}
         self._say(f"deleted {name}" + (f" (versions {', '.join(str(v.version) for v in removed)})" if removed else ""))
@@ -412,11 +341,11 @@ class Browser(widgets.VBox):
     def history(self) -> list[Any]:
         """The selected entry's versions, newest first; they are listed, and choosing one previews and loads it."""
         sel = self._require()
-        stores = versioned_stores(self.bh)
-        if sel["kind"] not in stores:
-            self._say("kv values have no history")
+        store: Any = listed_stores(self.bh)[sel["kind"]]
+        if not store.versioned:
+            self._say(f"{store.kind} values have no history")
             return []
-        versions = stores[sel["kind"]].history(sel["name"])
+        versions = store.history(sel["name"])
         self.versions.options = [(f"v{v.version}  {when(v.created_at)}  {human_bytes(v.nbytes)}"
                                   f"{'  ' + v.metadata['note'] if v.metadata.get('note') else ''}", v.version)
                                  for v in versions]
@@ -426,10 +355,10 @@ class Browser(widgets.VBox):
     def copy_key(self) -> str:
         """Show (and return) the selected entry's object key, with a presigned URL where the backend has them."""
         sel = self._require()
-        if sel["kind"] == "kv":
-            text = f"kv key: {sel['name']}"
+        store: Any = listed_stores(self.bh)[sel["kind"]]
+        if not store.versioned:
+            text = f"{store.kind} key: {sel['name']}"
         else:
-            store = versioned_stores(self.bh)[sel["kind"]]
             info = store.info(sel["name"], self._version)
             key = self.bh.files.object_key(info.bh_key)
             text = key
@@ -450,6 +379,107 @@ class Browser(widgets.VBox):
         color = "#b00" if error else "#070"
         self.status.value = f"<span style='color:{color}'>{markup}</span>"
         self._draw_state()
+
+
+def _preview_frame(bh: BucketSQLite, store: Any, name: str, version: int | None) -> widgets.Widget:
+    """A frame: its schema and first rows (only the row groups holding them are read)."""
+    info = store.info(name, version)
+    first_columns = info.columns[:PREVIEW_COLUMNS]  # a 20,000-column frame previews its first columns
+    schema = "".join(f"<tr><td>{html.escape(c)}</td><td>{html.escape(info.dtypes.get(c, ''))}</td></tr>"
+                     for c in first_columns)
+    if len(info.columns) > len(first_columns):
+        schema += f"<tr><td colspan=2>... {len(info.columns) - len(first_columns):,} more columns</td></tr>"
+    head = store.head(name, 5, version, to="pandas") if len(first_columns) == len(info.columns) else \
+        store.get(name, version, columns=first_columns, rows=slice(0, 5), to="pandas")
+    if head.ndim == 1:  # a stored Series
+        head = head.to_frame()
+    box = widgets.VBox([
+        widgets.HTML(f"<b>{html.escape(name)}</b> v{info.version}: {info.n_rows:,} rows x "
+                     f"{len(info.columns)} columns, {human_bytes(info.nbytes)} stored, "
+                     f"{when(info.created_at)}{_note(info.metadata)}"),
+        widgets.HBox([widgets.HTML(f"<table><tr><th>column</th><th>dtype</th></tr>{schema}</table>"),
+                      widgets.HTML(head.to_html(max_cols=12))]),
+    ])
+    return box
+
+
+def _preview_array(bh: BucketSQLite, store: Any, name: str, version: int | None) -> widgets.Widget:
+    """An array: shape, dtype, statistics and a picture of (at most PREVIEW_BYTES of) it."""
+    info = store.info(name, version)
+    row_bytes = info.nbytes // info.shape[0] if info.shape and info.shape[0] else info.nbytes
+    partial = bool(info.shape) and info.nbytes > PREVIEW_BYTES and row_bytes > 0 and not info.fortran_order
+    if partial:
+        n = max(1, PREVIEW_BYTES // row_bytes)
+        data = store.get(name, version, rows=slice(0, n))
+        scope = f" (first {n:,} rows)"
+    elif info.nbytes > PREVIEW_BYTES:
+        return widgets.HTML(f"<b>{html.escape(name)}</b> v{info.version}: shape {tuple(info.shape)}, "
+                            f"{html.escape(str(info.dtype))}, {human_bytes(info.nbytes)}")
+    else:
+        data = store.get(name, version)
+        scope = ""
+    text = (f"<b>{html.escape(name)}</b> v{info.version}: shape {tuple(info.shape)}, "
+            f"{html.escape(str(info.dtype))}, "
+            f"{human_bytes(info.nbytes)}{_note(info.metadata)}")
+    children: list[widgets.Widget] = []
+    if data.dtype.kind in "biuf" and data.size:
+        finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data
+        if finite.size:
+            text += (f"<br>min {finite.min():.6g} &middot; max {finite.max():.6g} &middot; "
+                     f"mean {finite.mean():.6g}{scope}")
+        png = array_picture(data)
+        if png is not None:
+            image = widgets.Image(value=png, format="png",
+                                  layout=widgets.Layout(width="320px", height="auto"))
+            image.add_class("bh-plot")
+            children.append(image)
+    return widgets.VBox([widgets.HTML(text), *children])
+
+
+def _preview_file(bh: BucketSQLite, store: Any, name: str, version: int | None) -> widgets.Widget:
+    """A named file: an image, the first characters of text, or the first bytes in hex."""
+    info = store.info(name, version)
+    text = (f"<b>{html.escape(name)}</b> v{info.version}: {html.escape(info.filename or 'bytes')}, "
+            f"{html.escape(info.mime or 'unknown type')}, {human_bytes(info.nbytes)}, {when(info.created_at)}"
+            f"{_note(info.metadata)}")
+    body: list[widgets.Widget] = [widgets.HTML(text)]
+    if info.mime in IMAGE_TYPES and info.nbytes <= PREVIEW_BYTES:
+        body.append(widgets.Image(value=store.get(name, version), format=IMAGE_TYPES[info.mime],
+                                  layout=widgets.Layout(max_width="480px", height="auto")))
+    elif info.nbytes and (info.mime is None or _looks_textual(info.mime, info.filename)):
+        raw = bh.files.get_range(info.bh_key, 0, TEXT_PREVIEW)
+        text_ok = _looks_textual(info.mime, info.filename) or _is_text(raw)
+        if text_ok:
+            head = raw.decode("utf-8", errors="replace")
+            more = "\n..." if info.nbytes > TEXT_PREVIEW else ""
+            body.append(widgets.HTML(f"<pre>{html.escape(head + more)}</pre>"))
+        else:
+            body.append(widgets.HTML(f"<pre>{html.escape(raw[:64].hex(' '))} ...</pre>"))
+    return widgets.VBox(body)
+
+
+def _preview_value(bh: BucketSQLite, store: Any, name: str, version: int | None) -> widgets.Widget:
+    """A value kept inline (kv): its first characters."""
+    value = store.get_bytes(name) or b""
+    shown = value[:TEXT_PREVIEW].decode("utf-8", errors="replace")
+    return widgets.HTML(f"<b>{html.escape(name)}</b> ({html.escape(store.kind)}, {len(value):,} bytes):"
+                        f"<pre>{html.escape(shown)}</pre>")
+
+
+def _preview_entry(bh: BucketSQLite, store: Any, name: str, version: int | None) -> widgets.Widget:
+    """A versioned kind the browser has no preview of its own for: what its catalog record says."""
+    info = store.info(name, version)
+    shape = store.shape_text(info) or store.caption(info) or ""
+    return widgets.HTML(f"<b>{html.escape(name)}</b> v{info.version} ({html.escape(store.kind)}): "
+                        f"{html.escape(shape) + ', ' if shape else ''}{human_bytes(info.nbytes)}, "
+                        f"{when(info.created_at)}{_note(info.metadata)}")
+
+
+#: How the browser previews each kind (the store gives the data; the widgets are drawn here). A versioned kind
+#: missing here is previewed from its catalog record, any other from its value's first characters.
+PREVIEWS: dict[str, Callable[[BucketSQLite, Any, str, int | None], widgets.Widget]] = {
+    "frame": _preview_frame, "array": _preview_array, "file": _preview_file,
+}
 
 
 def browse(bh: BucketSQLite | None = None, **kwargs: Any) -> Browser:

@@ -51,12 +51,3 @@ def timestamps(values: Any) -> Any:
     import pandas as pd
 
     return pd.to_datetime(values, unit="s", utc=True).dt.floor("s").dt.tz_convert(local_zone())
-
-
-def shape_text(kind: str, info: Any) -> str:
-    """'1,000 x 7' for frames, '(3, 4) float64' for arrays, '' otherwise."""
-    if kind == "frame":
-        return f"{info.n_rows:,} x {len(info.columns)}"
-    if kind == "array":
-        return f"{tuple(info.shape)} {info.dtype}"
-    return ""

@@ -1,6 +1,7 @@
 """What the magics and the browser both show: the stores by kind, and the listing of everything stored.
 
-A module of its own so that neither UI imports the other.
+A module of its own so that neither UI imports the other. The kinds come from the registry
+(``interfaces/registry.py``): nothing here names one.
 """
 
 from __future__ import annotations
@@ -9,31 +10,44 @@ import fnmatch
 from typing import Any
 
 from ..database import BucketSQLite
-from .display import shape_text, timestamps
+from ..interfaces.base import Interface
+from ..interfaces.registry import listed_classes
+from .display import timestamps
+
+
+def listed_stores(bh: BucketSQLite) -> dict[str, Interface]:
+    """The stores users see, by the kind names the listing shows (frame, array, file, kv, ...), in order."""
+    return {kind: store for kind, store in bh.stores.items() if store.listed}
 
 
 def versioned_stores(bh: BucketSQLite) -> dict[str, Any]:
-    """The versioned stores by the kind names the listing shows: frame, array, file (kv has no versions)."""
-    return {"frame": bh.frames, "array": bh.arrays, "file": bh.named_files}
+    """The listed stores whose entries have versions: frame, array, file, ... (kv has no versions)."""
+    return {kind: store for kind, store in listed_stores(bh).items() if store.versioned}
+
+
+def kind_words(last: str = "or", *, versioned: bool = False) -> str:
+    """The listed kinds for a message or a help text: 'frame, array, file or kv'."""
+    return words([c.kind for c in listed_classes() if c.versioned or not versioned], last)
+
+
+def words(names: list[str], last: str = "or") -> str:
+    """'a, b or c'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {last} {names[-1]}"
 
 
 def listing(bh: BucketSQLite, pattern: str | None = None, kind: str | None = None, prefix: str = "") -> Any:
-    """What is stored, newest first, as a DataFrame: name, kind, version, size, shape, modified, note."""
+    """What is stored, newest first, as a DataFrame: name, kind, version, size, shape, modified, note.
+
+    ``kind`` is a listed kind's plural ("frames", "kv"), or None for all."""
     import pandas as pd
 
     rows: list[dict[str, Any]] = []
-    for k, store in versioned_stores(bh).items():
-        if kind not in (None, k + "s"):
+    for k, store in listed_stores(bh).items():
+        if kind not in (None, store.plural):
             continue
-        for v in store.latest():
-            rows.append({"name": v.name, "kind": k, "version": v.version, "size": v.nbytes,
-                         "shape": shape_text(k, v), "modified": v.created_at,
-                         "note": v.metadata.get("note", "")})
-    if kind in (None, "kv"):
-        for key in bh.kv.keys(prefix):
-            data = bh.kv.get_bytes(key) or b""
-            rows.append({"name": key, "kind": "kv", "version": None, "size": len(data), "shape": "",
-                         "modified": bh.kv.updated_at(key), "note": ""})
+        for e in store.entries(prefix):
+            rows.append({"name": e.name, "kind": k, "version": e.version, "size": e.size, "shape": e.shape,
+                         "modified": e.modified, "note": e.note})
     if prefix:
         rows = [r for r in rows if r["name"].startswith(prefix)]
     if pattern:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
@@ -31,13 +31,11 @@ from traitlets import Bool, Dict, Unicode
 from ..config import BucketConfig
 from ..database import BucketSQLite
 from ..errors import BhError
-from .display import human_bytes, human_seconds, shape_text, timestamps, when
-from .listing import listing, versioned_stores
+from ..interfaces.registry import by_plural, listed_classes
+from .display import human_bytes, human_seconds, timestamps, when
+from .listing import kind_words, listed_stores, listing, words
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-KINDS = ("frames", "arrays", "files", "kv")
-_KIND_OF = {"frames": "frame", "arrays": "array", "files": "file", "kv": "kv"}
 _KV_LINE = re.compile(r"^\s*([^=#][^=]*?)\s*=\s?(.*?)\s*$")
 
 
@@ -139,11 +137,24 @@ def _parse(magic: Any, line: str, raw: tuple[str, ...] = ()) -> Any:
 
 
 def _kind_arg(text: str) -> str:
-    """``--kind``: a kind as the listing shows it (frame, array, file, kv), or its plural."""
-    plural = {"frame": "frames", "array": "arrays", "file": "files"}.get(text, text)
-    if plural not in KINDS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a kind; use frame, array, file or kv")
-    return plural
+    """``--kind``: a kind as the listing shows it (frame, array, file, kv, ...), or its plural; gives the plural."""
+    for cls in listed_classes():
+        if text in (cls.kind, cls.plural):
+            return cls.plural
+    raise argparse.ArgumentTypeError(f"{text!r} is not a kind; use {kind_words()}")
+
+
+def _singular(plural: str) -> str:
+    return by_plural()[plural].kind
+
+
+def _article(plural: str) -> str:
+    return by_plural()[plural].article
+
+
+def _taking(option: str) -> str:
+    """The kinds whose load takes ``option``, for a message: 'arrays and frames'."""
+    return words(sorted(c.plural for c in listed_classes() if option in c.load_options), "and")
 
 
 def _split_version(spec: str) -> tuple[str, int | None]:
@@ -422,7 +433,7 @@ class BHMagics(Magics):
             f"location:  {s['location']}",
             f"catalog:   {s['snapshot_key']}  [{state}]",
             f"flushed:   {when(s['last_flush'])}" + ("" if s["last_flush"] else " (not in this session)"),
-            f"holds:     {s['frames']} frames, {s['arrays']} arrays, {s['named_files']} files, {s['kv_keys']} kv keys; "
+            f"holds:     {', '.join(f'{s[c.status_key]} {c.count_noun}' for c in listed_classes())}; "
             f"{s['blobs']} blobs, {human_bytes(s['blob_bytes'])}",
             f"autoflush: {'on' if self.autoflush else 'off'}",
         ]
@@ -553,34 +564,32 @@ class BHMagics(Magics):
         full = self._name(name)
         bh = self.bh
         started = time.perf_counter()
-        store: Any
         if isinstance(value, (np.str_, np.bytes_)):  # numpy scalars of text go where str and bytes go
             value = value.item()
-        if _is_frame(value):
-            store, kind = bh.frames, "frame"
-        elif isinstance(value, (np.ndarray, np.generic)):
-            store, kind = bh.arrays, "array"
-        elif isinstance(value, (bytes, bytearray, memoryview, os.PathLike)):
-            if isinstance(value, os.PathLike) and not Path(value).is_file():
-                raise UsageError(f"{os.fspath(value)!r} is not a file; give the path of an existing file")
-            store, kind = bh.named_files, "file"
-        elif isinstance(value, str):
-            unchanged = bh.kv.get(full) == value
-            if not unchanged:
-                bh.kv.set(full, value)
-            outcome = "unchanged" if unchanged else f"{human_bytes(len(value.encode()))} saved"  # inline in the catalog
-            print(f"{full}  kv  -  {len(value):,} chars  {outcome}  {human_seconds(time.perf_counter() - started)}")
-            return
-        else:
+        # The first listed kind that takes the value stores it: frame, array, file (bytes or a path), kv (a str).
+        store: Any = next((s for s in listed_stores(bh).values() if s.accepts(value)), None)
+        if store is None:
             raise UsageError(f"cannot store {name!r}, a {type(value).__name__}: %bh_put takes a DataFrame or "
                              "Series (pandas, polars) or a pyarrow Table, an ndarray, bytes, a pathlib.Path or a str")
+        kind = store.kind
+        if isinstance(value, os.PathLike) and not Path(value).is_file():
+            raise UsageError(f"{os.fspath(value)!r} is not a file; give the path of an existing file")
+        if not store.versioned:  # kv: the value is kept inline in the catalog
+            unchanged = store.get(full) == value
+            if not unchanged:
+                store.set(full, value)
+            outcome = "unchanged" if unchanged else f"{human_bytes(len(value.encode()))} saved"
+            print(f"{full}  {kind}  -  {len(value):,} chars  {outcome}  "
+                  f"{human_seconds(time.perf_counter() - started)}")
+            return
         before = store.info(full).version if full in store else None
         with _counting_transfers(bh) as moved:  # the store's own progress bars show, and we learn the bytes sent
             v = store.put(full, value, metadata=metadata)
-        if kind == "file":
-            size = f"{v.filename + ', ' if v.filename else ''}{human_bytes(v.nbytes)}"
-        else:
-            size = f"{shape_text(kind, v)} ({human_bytes(v.nbytes)})"
+        shape, caption = store.shape_text(v), store.caption(v)
+        if shape:
+            size = f"{shape} ({human_bytes(v.nbytes)})"
+        else:  # a named file: its file name, if it came with one
+            size = f"{caption + ', ' if caption else ''}{human_bytes(v.nbytes)}"
         if v.version == before:
             outcome = "unchanged"
         elif moved[0]:
@@ -596,7 +605,7 @@ class BHMagics(Magics):
     @argument("--as", dest="as_name", metavar="VAR", help="the variable to bind (default: the name)")
     @argument("--columns", help="frames: only these columns, comma-separated")
     @argument("--rows", help="arrays and frames: only rows START:STOP")
-    @argument("--kind", type=_kind_arg, help="frame, array, file or kv: which kind to look in, when a name is in several")
+    @argument("--kind", type=_kind_arg, help=f"{kind_words()}: which kind to look in, when a name is in several")
     @line_magic
     @_friendly
     def bh_get(self, line: str) -> Any:
@@ -620,42 +629,33 @@ class BHMagics(Magics):
             raise UsageError(f"{var!r} is not a valid variable name; choose one with --as VAR")
         rows = _parse_rows(args.rows)
         columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
-        if columns and kind != "frames":
-            raise UsageError(f"--columns is for frames; {full!r} is {_article(kind)}")
-        bh = self.bh
-        if kind == "frames":
-            value: Any = bh.frames.get(full, version, columns=columns, rows=rows)
-        elif kind == "arrays":
-            value = bh.arrays.get(full, version, rows=rows)
-        elif kind == "files":
-            if rows is not None:
-                raise UsageError("--rows is for arrays and frames")
-            value = bh.named_files.get(full, version)
-        else:
-            if version is not None or rows is not None:
-                raise UsageError("kv values have no versions or rows")
-            value = bh.kv[full]
+        store = listed_stores(self.bh)[_singular(kind)]
+        if columns and "columns" not in store.load_options:
+            raise UsageError(f"--columns is for {_taking('columns')}; {full!r} is {store.article}")
+        if not store.versioned and (version is not None or rows is not None):
+            raise UsageError(f"{store.kind} values have no versions or rows")
+        if rows is not None and "rows" not in store.load_options:
+            raise UsageError(f"--rows is for {_taking('rows')}")
+        options: dict[str, Any] = {}
+        if columns:
+            options["columns"] = columns
+        if rows is not None:
+            options["rows"] = rows
+        value: Any = store.load(full, version, **options)
         assert self.shell is not None
         if args.as_name or not _result_is_assigned(self.shell):
             self.shell.user_ns[var] = value
         return value
 
     def _kinds_holding(self, full: str) -> list[str]:
-        bh = self.bh
-        found = []
-        if full in bh.frames:
-            found.append("frames")
-        if full in bh.arrays:
-            found.append("arrays")
-        if full in bh.named_files:
-            found.append("files")
-        if full in bh.kv:
-            found.append("kv")
-        return found
+        """The plurals of the listed kinds holding an entry named ``full``, in the registry's order."""
+        return [store.plural for store in listed_stores(self.bh).values() if full in cast(Any, store)]
 
     def _all_names(self) -> list[str]:
-        bh = self.bh
-        return sorted({*bh.frames.names(), *bh.arrays.names(), *bh.named_files.names(), *bh.kv.keys()})
+        names: set[str] = set()
+        for store in listed_stores(self.bh).values():
+            names.update(getattr(store, "names")())
+        return sorted(names)
 
     def _resolve_kind(self, full: str, kind: str | None) -> str:
         found = self._kinds_holding(full)
@@ -666,7 +666,7 @@ class BHMagics(Magics):
             if kind not in found:
                 if found:  # stored, but as another kind: say which, no "did you mean" it
                     raise UsageError(f"{full!r} is {_article(found[0])}, not {_article(kind)}; use --kind "
-                                     f"{_KIND_OF[found[0]]} or leave --kind out")
+                                     f"{_singular(found[0])} or leave --kind out")
                 raise UsageError(self._unknown(full, f" among {kind}"))
             return kind
         if not found:
@@ -684,7 +684,7 @@ class BHMagics(Magics):
 
     @magic_arguments()
     @argument("pattern", nargs="?", help="a glob (sales_*) or a substring of names and notes")
-    @argument("--kind", type=_kind_arg, help="only this kind: frame, array, file or kv")
+    @argument("--kind", type=_kind_arg, help=f"only this kind: {kind_words()}")
     @line_magic
     @_friendly
     def bh_ls(self, line: str = "") -> Any:
@@ -700,7 +700,7 @@ class BHMagics(Magics):
 
     @magic_arguments()
     @argument("name", help="the entry whose versions to list")
-    @argument("--kind", type=_kind_arg, help="frame, array or file: which kind, when the name is in several")
+    @argument("--kind", type=_kind_arg, help=f"{kind_words(versioned=True)}: which kind, when the name is in several")
     @line_magic
     @_friendly
     def bh_history(self, line: str) -> Any:
@@ -711,12 +711,12 @@ class BHMagics(Magics):
         self._pull()
         full = self._name(args.name)
         kind = self._resolve_kind(full, args.kind)
-        if kind == "kv":
-            raise UsageError(f"{full!r} is a kv key; kv keeps only the latest value")
-        store = versioned_stores(self.bh)[_KIND_OF[kind]]
+        store: Any = listed_stores(self.bh)[_singular(kind)]
+        if not store.versioned:
+            raise UsageError(f"{full!r} is a {store.kind} key; {store.kind} keeps only the latest value")
         rows = [{
             "version": v.version, "created": v.created_at,
-            "size": human_bytes(v.nbytes), "shape": shape_text(_KIND_OF[kind], v),
+            "size": human_bytes(v.nbytes), "shape": store.shape_text(v),
             "note": v.metadata.get("note", ""),
             "tags": ", ".join(f"{k}={val}" for k, val in v.metadata.items() if k != "note"),
             "key": v.bh_key[:12],
@@ -728,7 +728,7 @@ class BHMagics(Magics):
     @magic_arguments()
     @argument("name", help="the entry to remove")
     @argument("--version", type=int, help="remove only this version")
-    @argument("--kind", type=_kind_arg, help="frame, array, file or kv: which kind, when the name is in several")
+    @argument("--kind", type=_kind_arg, help=f"{kind_words()}: which kind, when the name is in several")
     @line_magic
     @_friendly
     def bh_rm(self, line: str) -> None:
@@ -736,16 +736,16 @@ class BHMagics(Magics):
         args = _parse(self.bh_rm, line)
         full = self._name(args.name)
         kind = self._resolve_kind(full, args.kind)
-        if kind == "kv":
+        store: Any = listed_stores(self.bh)[_singular(kind)]
+        if not store.versioned:
             if args.version is not None:
-                raise UsageError("kv values have no versions")
-            self.bh.kv.delete(full)
-            print(f"removed kv {full!r}")
+                raise UsageError(f"{store.kind} values have no versions")
+            store.delete(full)
+            print(f"removed {store.kind} {full!r}")
             return
-        store = versioned_stores(self.bh)[_KIND_OF[kind]]
         removed = store.delete(full, args.version)
         versions = ", ".join(str(v.version) for v in removed)
-        print(f"removed {_KIND_OF[kind]} {full!r} version{'s' if len(removed) > 1 else ''} {versions}")
+        print(f"removed {store.kind} {full!r} version{'s' if len(removed) > 1 else ''} {versions}")
 
     # -- %bh_kv / %%bh_kv ---------------------------------------------------------------------
 
@@ -876,19 +876,3 @@ def _result_is_assigned(shell: Any) -> bool:
         if op.opname in ("POP_TOP", "PRINT_EXPR", "RETURN_VALUE", "RETURN_CONST"):
             return False
     return False
-
-
-def _article(kind: str) -> str:
-    return {"frames": "a frame", "arrays": "an array", "files": "a file", "kv": "a kv value"}[kind]
-
-
-def _is_frame(value: Any) -> bool:
-    """A value %bh_put stores as a frame: a pandas DataFrame or Series, a polars DataFrame, LazyFrame or Series,
-    a pyarrow Table (polars is never imported for this)."""
-    import pandas as pd
-    import pyarrow as pa
-
-    if isinstance(value, (pd.DataFrame, pd.Series, pa.Table, pa.RecordBatch)):
-        return True
-    return type(value).__module__.split(".")[0] == "polars" and type(value).__name__ in (
-        "DataFrame", "LazyFrame", "Series")
