@@ -17,6 +17,18 @@ def versioned_stores(bh: BucketSQLite) -> dict[str, Any]:
     return {"frame": bh.frames, "array": bh.arrays, "file": bh.named_files}
 
 
+#: The kinds by the plural names the magics' and the command line's ``--kind`` take.
+KINDS = ("frames", "arrays", "files", "kv")
+
+
+def kinds_holding(bh: BucketSQLite, name: str) -> list[str]:
+    """The kinds (plural names, see ``KINDS``) that hold an entry or key called ``name``, from the catalog."""
+    found = [kind for kind, store in zip(KINDS, versioned_stores(bh).values()) if name in store]
+    if name in bh.kv:
+        found.append("kv")
+    return found
+
+
 def listing(bh: BucketSQLite, pattern: str | None = None, kind: str | None = None, prefix: str = "") -> Any:
     """What is stored, newest first, as a DataFrame: name, kind, version, size, shape, modified, note."""
     import pandas as pd

@@ -28,15 +28,14 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Unicode
 
-from ..config import BucketConfig
+from ..config import BucketConfig, config_for
 from ..database import BucketSQLite
 from ..errors import BhError
 from .display import human_bytes, human_seconds, shape_text, timestamps, when
-from .listing import listing, versioned_stores
+from .listing import KINDS, kinds_holding, listing, versioned_stores
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-KINDS = ("frames", "arrays", "files", "kv")
 _KIND_OF = {"frames": "frame", "arrays": "array", "files": "file", "kv": "kv"}
 _KV_LINE = re.compile(r"^\s*([^=#][^=]*?)\s*=\s?(.*?)\s*$")
 
@@ -199,7 +198,7 @@ class BHMagics(Magics):
         if self._bh is None or not self._bh.started:
             config = self._config
             if config is None:
-                config = BucketConfig.from_url(self.default_url) if self.default_url else BucketConfig.from_env()
+                config = config_for(self.default_url)
             bh = BucketSQLite(self._with_timeouts(config)).start()
             bh.on_merge = self._merged
             bh.auto_pull = True  # an idle kernel sees teammates' entries (one HEAD per flush interval)
@@ -304,7 +303,7 @@ class BHMagics(Magics):
         elif self._base is not None:
             base = self._base
         else:
-            base = BucketConfig.from_url(self.default_url) if self.default_url else BucketConfig.from_env()
+            base = config_for(self.default_url)
         config = base
         if args.branch is not None:
             if not args.branch.strip():
@@ -568,17 +567,7 @@ class BHMagics(Magics):
         return value
 
     def _kinds_holding(self, full: str) -> list[str]:
-        bh = self.bh
-        found = []
-        if full in bh.frames:
-            found.append("frames")
-        if full in bh.arrays:
-            found.append("arrays")
-        if full in bh.named_files:
-            found.append("files")
-        if full in bh.kv:
-            found.append("kv")
-        return found
+        return kinds_holding(self.bh, full)
 
     def _all_names(self) -> list[str]:
         bh = self.bh
