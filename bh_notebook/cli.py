@@ -338,9 +338,14 @@ def _plain_index(df: Any) -> bool:
 
 
 def _stdout_text_or_bytes(data: bytes) -> None:
+    """A kv value on stdout: text with one newline at the end (none added when it has one), else its bytes."""
     try:
-        click.echo(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        click.echo(text, nl=not text.endswith("\n"))
+    else:
         out = click.get_binary_stream("stdout")
         out.write(data)
         out.flush()
