@@ -360,6 +360,13 @@ class BucketConfig:
     __str__ = __repr__
 
 
+def config_for(url: str | None = None) -> BucketConfig:
+    """The bucket a URL names (``BucketConfig.from_url``), else the environment's (``BUCKETHEAD_*``), else the local
+    store under ``$BH_NOTEBOOK_HOME``: the one rule the magics (``%bh_connect``, ``BHMagics.default_url``) and the
+    command line (``--url``) share."""
+    return BucketConfig.from_url(url) if url else BucketConfig.from_env()
+
+
 def _secret(value: str | Secret | None) -> Secret | None:
     return None if value is None or value == "" else Secret(value)
 

@@ -35,6 +35,17 @@ def words(names: list[str], last: str = "or") -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {last} {names[-1]}"
 
 
+#: The listed kinds by the plural names the magics' and the command line's ``--kind`` take ("frames", ...).
+KINDS = tuple(cls.plural for cls in listed_classes())
+#: Plural -> kind ("frames" -> "frame").
+KIND_OF = {cls.plural: cls.kind for cls in listed_classes()}
+
+
+def kinds_holding(bh: BucketSQLite, name: str) -> list[str]:
+    """The plurals of the listed kinds holding an entry or key called ``name``, in the registry's order."""
+    return [store.plural for store in listed_stores(bh).values() if name in store]  # type: ignore[operator]
+
+
 def listing(bh: BucketSQLite, pattern: str | None = None, kind: str | None = None, prefix: str = "") -> Any:
     """What is stored, newest first, as a DataFrame: name, kind, version, size, shape, modified, note.
 

@@ -28,12 +28,12 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Unicode
 
-from ..config import BucketConfig
+from ..config import BucketConfig, config_for
 from ..database import BucketSQLite
 from ..errors import BhError
 from ..interfaces.registry import by_plural, listed_classes
 from .display import human_bytes, human_seconds, timestamps, when
-from .listing import kind_words, listed_stores, listing, words
+from .listing import kind_words, kinds_holding, listed_stores, listing, words
 
 F = TypeVar("F", bound=Callable[..., Any])
 _KV_LINE = re.compile(r"^\s*([^=#][^=]*?)\s*=\s?(.*?)\s*$")
@@ -210,7 +210,7 @@ class BHMagics(Magics):
         if self._bh is None or not self._bh.started:
             config = self._config
             if config is None:
-                config = BucketConfig.from_url(self.default_url) if self.default_url else BucketConfig.from_env()
+                config = config_for(self.default_url)
             bh = BucketSQLite(self._with_timeouts(config)).start()
             bh.on_merge = self._merged
             bh.auto_pull = True  # an idle kernel sees teammates' entries (one HEAD per flush interval)
@@ -320,7 +320,7 @@ class BHMagics(Magics):
         elif self._base is not None:
             base = self._base
         else:
-            base = BucketConfig.from_url(self.default_url) if self.default_url else BucketConfig.from_env()
+            base = config_for(self.default_url)
         config = base
         if args.branch is not None:
             if not args.branch.strip():
@@ -649,7 +649,7 @@ class BHMagics(Magics):
 
     def _kinds_holding(self, full: str) -> list[str]:
         """The plurals of the listed kinds holding an entry named ``full``, in the registry's order."""
-        return [store.plural for store in listed_stores(self.bh).values() if full in cast(Any, store)]
+        return kinds_holding(self.bh, full)
 
     def _all_names(self) -> list[str]:
         names: set[str] = set()
