@@ -13,9 +13,10 @@ The rules, one per kind of table:
   row is anywhere, so a merged row never points at a missing object).
 - ``bh_kv``: merged by column name, so a catalog whose ``bh_kv`` has no ``created_at`` (an older bh_notebook)
   merges with one that has it (buckethead's schema); a key taken from the other side keeps its creation time
-  (theirs, or ours when they do not record it). A key changed on one side takes that side's value. Changed on both sides to different values (or
-  set on one and deleted on the other) is a conflict, settled by **commit order: the later commit wins** (the
-  merging writer's, since the other one committed first). No clock is compared; every conflict is reported.
+  (theirs, or ours when they do not record it). A key changed on one side takes that side's value. Changed on
+  both sides to different values (or set on one and deleted on the other) is a conflict, settled by **commit
+  order: the later commit wins** (the merging writer's, since the other one committed first). No clock is
+  compared; every conflict is reported.
 - ``bh_retired_versions``: the highest version number each name ever had; the larger of the two sides.
 - Other (user) tables: the side that changed one wins; changed on both sides, ours is kept and it is reported.
 """

@@ -26,8 +26,8 @@ from ..connection import quote_ident
 from ..errors import (
     BlobInUse,
     BlobNotFound,
-    InvalidBhKey,
     IntegrityError,
+    InvalidBhKey,
     InvalidKey,
     KeyTypeError,
     NotFound,
@@ -495,7 +495,7 @@ class FileStore(Interface):
 
     def _missing(self, bh_key: str) -> BlobNotFound:
         return BlobNotFound(f"blob {bh_key[:12]}... is in the catalog but its object is missing from the bucket; "
-                        "bh.files.gc() reports such dangling rows")
+                            "bh.files.gc() reports such dangling rows")
 
     def _corrupt(self, bh_key: str) -> IntegrityError:
         return IntegrityError(f"the stored bytes of blob {bh_key[:12]}... do not match its SHA-256; the object "
