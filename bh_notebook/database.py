@@ -11,6 +11,7 @@ No signal handler is installed: interrupting a notebook cell (SIGINT) never stop
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import random
 import shutil
@@ -29,6 +30,7 @@ from .config import BucketConfig
 from . import spool
 from .connection import connect_catalog
 from .errors import (
+    AlreadyStarted,
     BhError,
     NotCommitted,
     NotStarted,
@@ -72,6 +74,19 @@ class FlushResult:
     nbytes: int
     seconds: float
     etag: str | None
+
+
+def _takes_two_arguments(callback: Callable[..., Any]) -> bool:
+    """Whether a flush callback is buckethead's ``(duration, bytes)`` kind: it needs two positional arguments.
+
+    Anything else (one parameter, ``*args``, a signature Python cannot read) gets the FlushResult."""
+    try:
+        params = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    return len(required) >= 2
 
 
 class _Race:
@@ -119,17 +134,24 @@ class BucketSQLite:
         snapshot_config: SnapshotConfig | None = None,
         *,
         on_flush_start: Callable[[], Any] | None = None,
-        on_flush_complete: Callable[[FlushResult], Any] | None = None,
+        on_flush_complete: Callable[[FlushResult], Any] | Callable[[float, int], Any] | None = None,
         on_flush_error: Callable[[BaseException], Any] | None = None,
         bucket_client: BucketClient | None = None,
         restore_from: str = "latest",
+        bucket_config: BucketConfig | None = None,
     ) -> None:
         if restore_from not in ("latest", "prev"):
             raise ValueError("restore_from is 'latest' (the snapshot) or 'prev' (the one before it, <key>.prev)")
+        if bucket_config is not None:  # buckethead's name for the first argument
+            if config is not None:
+                raise TypeError("pass the BucketConfig once: as config (or the first argument) or as bucket_config")
+            config = bucket_config
         self.restore_from_which = restore_from
         self.config = config if config is not None else BucketConfig.from_env()
         self.snapshot_config = snapshot_config if snapshot_config is not None else SnapshotConfig()
         self.on_flush_start = on_flush_start
+        #: Called after each flush with its FlushResult, or, when it takes two positional arguments (buckethead's
+        #: callback), with the flush's duration in seconds and the bytes uploaded (0 when nothing was).
         self.on_flush_complete = on_flush_complete
         self.on_flush_error = on_flush_error
         self._bucket_override = bucket_client
@@ -167,9 +189,13 @@ class BucketSQLite:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> BucketSQLite:
-        """Open the bucket, restore the snapshot, build the interfaces and start the flush timer."""
+        """Open the bucket, restore the snapshot, build the interfaces and start the flush timer.
+
+        A second ``start()`` while started raises AlreadyStarted (a RuntimeError, as buckethead raises); a
+        stopped store may be started again."""
         if self._started:
-            return self
+            raise AlreadyStarted("BucketSQLite.start() called twice: this store is already started (use it as it "
+                                 "is, or stop() it first)")
         bucket = self._bucket_override or open_bucket(self.config)
         check = getattr(bucket, "check_bucket", None)
         if check is not None:
@@ -404,7 +430,8 @@ class BucketSQLite:
     close = stop
 
     def __enter__(self) -> BucketSQLite:
-        return self.start()
+        """Start (unless already started, e.g. by ``branches.open``); ``stop()`` at the end of the block."""
+        return self if self._started else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -428,6 +455,18 @@ class BucketSQLite:
         self._require_started()
         assert self._bucket is not None
         return self._bucket
+
+    @property
+    def bucket_config(self) -> BucketConfig:
+        """The BucketConfig (buckethead's name for ``config``)."""
+        return self.config
+
+    @property
+    def uri(self) -> str:
+        """The SQLite URI of the in-memory catalog: ``sqlite3.connect(bh.uri, uri=True)`` opens a connection to it
+        (while started; NotStarted before)."""
+        self._require_started()
+        return self._uri
 
     @property
     def started(self) -> bool:
@@ -498,7 +537,7 @@ class BucketSQLite:
         """Ask the background thread to flush as soon as the debounce allows, and return at once.
 
         What a notebook calls after each cell that changed the catalog: the next cell is not held up. Without a
-        timer thread (``interval_seconds <= 0``) this flushes now instead.
+        timer thread (``interval_seconds`` 0) this flushes now instead.
         """
         self._require_started()
         if not self.dirty:
@@ -575,8 +614,12 @@ class BucketSQLite:
             self._flush_pending = False
             self._last_flush_at = time.monotonic()
             self._last_flush_wall = time.time()
-            if self.on_flush_complete is not None:
-                self.on_flush_complete(result)
+            callback: Callable[..., Any] | None = self.on_flush_complete
+            if callback is not None:
+                if _takes_two_arguments(callback):
+                    callback(result.seconds, result.nbytes)
+                else:
+                    callback(result)
             return result
 
     def _snapshot_and_upload(self, fingerprint: tuple[int, ...], started: float) -> FlushResult:

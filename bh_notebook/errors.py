@@ -43,6 +43,19 @@ class InvalidKey(BhError, ValueError):
     """A key or name is empty, too long, or holds forbidden characters or path segments."""
 
 
+class BlobNotFound(NotFound, FileNotFoundError):
+    """A blob (bh-key) is not in the file store, or its object is missing; also a FileNotFoundError, as buckethead
+    raises for an unknown bh-key."""
+
+
+class InvalidBhKey(InvalidKey, BlobNotFound):
+    """A string that cannot be a bh-key (64 lowercase hex characters) was given where one is read."""
+
+
+class AlreadyStarted(BhError, RuntimeError):
+    """``start()`` was called on a BucketSQLite that is already started."""
+
+
 class KeyTypeError(BhError, TypeError):
     """A key or name is not a str."""
 
@@ -126,15 +139,18 @@ class NotStarted(BhError, RuntimeError):
 
 __all__ = [
     "AccessDenied",
+    "AlreadyStarted",
     "BackendError",
     "BhError",
     "BlobInUse",
+    "BlobNotFound",
     "BucketNotFound",
     "CatalogBusy",
     "ConfigError",
     "EndpointUnreachable",
     "InexactFrame",
     "IntegrityError",
+    "InvalidBhKey",
     "InvalidKey",
     "KeyTypeError",
     "NotCommitted",

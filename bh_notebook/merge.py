@@ -11,11 +11,16 @@ registry of kinds, ``interfaces/registry.py``), and a table no registered store 
   immutable, so both sides' new versions survive. Theirs were committed first and keep their numbers; ours that
   collide are renumbered to follow the highest. A version either side deleted is deleted.
 - ``filestore`` (``"blobs"``): the union of both sides' blobs, less rows either side deleted (a blob is in the
-  bucket before its row is anywhere, so a merged row never points at a missing object).
-- ``bh_kv`` (``"kv"``): a key changed on one side takes that side's value. Changed on both sides to different values (or
-  set on one and deleted on the other) is a conflict, settled by **commit order: the later commit wins** (the
-  merging writer's, since the other one committed first). No clock is compared; every conflict is reported.
-- ``bh_retired_versions`` (``"retired"``): the highest version number each name ever had; the larger of the two sides.
+  bucket before its row is anywhere, so a merged row never points at a missing object), except that a row an
+  entry still uses is kept.
+- ``bh_kv`` (``"kv"``): merged by column name, so a catalog whose ``bh_kv`` has no ``created_at`` (an older
+  bh_notebook) merges with one that has it (buckethead's schema); a key taken from the other side keeps its
+  creation time (theirs, or ours when they do not record it). A key changed on one side takes that side's value.
+  Changed on both sides to different values (or set on one and deleted on the other) is a conflict, settled by
+  **commit order: the later commit wins** (the merging writer's, since the other one committed first). No clock
+  is compared; every conflict is reported.
+- ``bh_retired_versions`` (``"retired"``): the highest version number each name ever had; the larger of the two
+  sides.
 - Other (user) tables: the side that changed one wins; changed on both sides, ours is kept and it is reported.
 """
 
@@ -29,6 +34,7 @@ from .connection import PLAIN_TABLE_SQL
 from .connection import quote_ident as _q
 from .interfaces.base import RETIRED_TABLE
 from .interfaces.files import referencing_tables
+from .interfaces.kv import migrate_kv_table
 from .interfaces.registry import merge_rules
 
 #: The rule of a table no registered store owns (a user's table): the side that changed it wins.
@@ -104,7 +110,19 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
                         continue
                     conn.execute(sql)
                     conn.execute(f"INSERT INTO main.{_q(table)} SELECT * FROM theirs.{_q(table)}")
+                    if table == "bh_kv":
+                        migrate_kv_table(conn)
                     report.taken += 1
+                    continue
+                if table == "bh_kv":  # merged by column name: the other writer may be older, or buckethead
+                    if not {"key", "value", "updated_at"} <= set(_columns(conn, "theirs", table)):
+                        report.conflicts.append("table bh_kv lacks key, value or updated_at on their side; "
+                                                "kept ours")
+                        continue
+                    migrate_kv_table(conn)
+                    if table not in base_tables:
+                        conn.execute("CREATE TABLE base.bh_kv AS SELECT * FROM main.bh_kv WHERE 0")
+                    _merge_kv(conn, report, theirs_win=branch)
                     continue
                 cols = _columns(conn, "main", table)
                 if cols != _columns(conn, "theirs", table):
@@ -223,19 +241,25 @@ def _keep_rows_in_use(conn: sqlite3.Connection, report: MergeReport) -> None:
 
 
 def _merge_kv(conn: sqlite3.Connection, report: MergeReport, *, theirs_win: bool = False) -> None:
+    # A side whose bh_kv predates created_at (an older bh_notebook) knows a key only from its last update.
+    t_created = "t.created_at" if "created_at" in _columns(conn, "theirs", "bh_kv") else "NULL"
     rows = conn.execute(
-        "SELECT k.key, b.value, b.updated_at, m.value, m.updated_at, t.value, t.updated_at FROM "
+        "SELECT k.key, b.value, b.updated_at, m.value, m.updated_at, m.created_at, t.value, t.updated_at, "
+        f"{t_created} FROM "
         "(SELECT key FROM base.bh_kv UNION SELECT key FROM main.bh_kv UNION SELECT key FROM theirs.bh_kv) k "
         "LEFT JOIN base.bh_kv b ON b.key = k.key LEFT JOIN main.bh_kv m ON m.key = k.key "
         "LEFT JOIN theirs.bh_kv t ON t.key = k.key").fetchall()
-    for key, b_val, b_at, m_val, m_at, t_val, t_at in rows:
+    for key, b_val, b_at, m_val, m_at, m_created, t_val, t_at, t_created_at in rows:
         base_state = (b_val, b_at)
         ours_changed = (m_val, m_at) != base_state
         theirs_changed = (t_val, t_at) != base_state
         if not theirs_changed:
             continue
         if not ours_changed or (m_val, m_at) == (t_val, t_at):
-            _set_kv(conn, key, t_val, t_at)
+            # Their row as they have it; without their created_at, a key we hold keeps ours and a new one dates
+            # from their update.
+            created = t_created_at if t_created_at is not None else m_created if m_created is not None else t_at
+            _set_kv(conn, key, t_val, t_at, created)
             report.taken += 1
             continue
         if m_val == t_val:
@@ -246,7 +270,7 @@ def _merge_kv(conn: sqlite3.Connection, report: MergeReport, *, theirs_win: bool
         ours = "ours (deleted it)" if m_val is None else "ours"
         theirs = "their delete" if t_val is None else "their value"
         if theirs_win:
-            _set_kv(conn, key, t_val, t_at)
+            _set_kv(conn, key, t_val, t_at, t_created_at if t_created_at is not None else m_created)
             report.taken += 1
             report.conflicts.append(f"kv {key!r}: took the branch's {'delete' if t_val is None else 'value'} over "
                                     f"{'the delete' if m_val is None else 'the value'} here")
@@ -254,13 +278,15 @@ def _merge_kv(conn: sqlite3.Connection, report: MergeReport, *, theirs_win: bool
         report.conflicts.append(f"kv {key!r}: kept {ours} over {theirs} (committed later)")
 
 
-def _set_kv(conn: sqlite3.Connection, key: str, value: bytes | None, at: float | None) -> None:
+def _set_kv(conn: sqlite3.Connection, key: str, value: bytes | None, at: float | None,
+            created: float | None) -> None:
     if value is None:
         conn.execute("DELETE FROM main.bh_kv WHERE key = ?", (key,))
     else:
-        conn.execute("INSERT INTO main.bh_kv (key, value, updated_at) VALUES (?, ?, ?) "
-                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                     (key, value, at))
+        conn.execute("INSERT INTO main.bh_kv (key, value, created_at, updated_at) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at, "
+                     "created_at = excluded.created_at",
+                     (key, value, created if created is not None else at, at))
 
 
 def _differs(conn: sqlite3.Connection, a: str, b: str, table: str) -> bool:

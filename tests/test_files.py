@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bh_notebook import BucketConfig, BucketSQLite, FileMetadata, GCReport
-from bh_notebook.errors import IntegrityError, InvalidKey, NotFound, ValueTypeError
+from bh_notebook.errors import BlobNotFound, IntegrityError, InvalidKey, NotFound, ValueTypeError
 from bh_notebook.testing.counting import CountingBucket
 
 
@@ -102,7 +102,8 @@ def test_get_unknown_and_bad_keys(bh: BucketSQLite) -> None:
     with pytest.raises(InvalidKey):
         bh.files.get("../../etc/passwd")
     assert bh.files.metadata("0" * 64) is None
-    assert bh.files.head("0" * 64) is None
+    with pytest.raises(BlobNotFound):
+        bh.files.head("0" * 64)
 
 
 def test_get_detects_altered_and_truncated_blobs(bh: BucketSQLite, tmp_path: Path) -> None:
@@ -126,7 +127,9 @@ def test_delete(bh: BucketSQLite) -> None:
 
 
 def test_list_pages(bh: BucketSQLite) -> None:
-    keys = sorted(bh.files.put(f"blob {i}".encode()) for i in range(7))
+    put = [bh.files.put(f"blob {i}".encode()) for i in range(7)]
+    keys = [m.bh_key for m in sorted((bh.files.metadata(k) for k in put),  # type: ignore[misc]
+                                     key=lambda m: (m.created_at, m.bh_key), reverse=True)]  # newest first
     page1 = bh.files.list(limit=3)
     page2 = bh.files.list(limit=3, after=page1[-1].bh_key)
     page3 = bh.files.list(limit=3, after=page2[-1].bh_key)
@@ -141,7 +144,8 @@ def test_head(bh: BucketSQLite) -> None:
     meta = bh.files.head(key)
     assert meta is not None and meta.size == 7
     bh.bucket.delete("files/" + key)
-    assert bh.files.head(key) is None
+    with pytest.raises(BlobNotFound, match="missing from the bucket"):
+        bh.files.head(key)
 
 
 def test_gc_orphans_and_dangling_rows(bh: BucketSQLite) -> None:

@@ -64,9 +64,9 @@ def test_delete_exists_keys(bh: BucketSQLite) -> None:
     for k in ["cfg/a", "cfg/b", "cfg%x", "other", "cfg_"]:
         bh.kv.set(k, k)
     assert bh.kv.exists("cfg/a") and not bh.kv.exists("cfg/zz")
-    assert bh.kv.keys("cfg/") == ["cfg/a", "cfg/b"]
-    assert bh.kv.keys("cfg%") == ["cfg%x"]  # prefix is literal, not a LIKE pattern
-    assert bh.kv.keys() == sorted(["cfg/a", "cfg/b", "cfg%x", "other", "cfg_"])
+    assert list(bh.kv.keys("cfg/")) == ["cfg/a", "cfg/b"]
+    assert list(bh.kv.keys("cfg%")) == ["cfg%x"]  # prefix is literal, not a LIKE pattern
+    assert list(bh.kv.keys()) == sorted(["cfg/a", "cfg/b", "cfg%x", "other", "cfg_"])
     assert bh.kv.delete("cfg/a") is True
     assert bh.kv.delete("cfg/a") is False  # a missing key is not an error
 

@@ -138,7 +138,7 @@ def test_kv_malformed_line_stores_nothing(ip: InteractiveShell) -> None:
         ip.run_cell_magic("bh_kv", "", "a = 1\n\noops\nb = 2\n")
     with pytest.raises(UsageError, match="line 1"):
         ip.run_cell_magic("bh_kv", "", "= no key\n")
-    assert magics(ip).bh.kv.keys() == []
+    assert list(magics(ip).bh.kv.keys()) == []
 
 
 @pytest.mark.parametrize("line, message", [

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 from ..connection import quote_ident
 from ..errors import (
     BlobInUse,
+    BlobNotFound,
     IntegrityError,
+    InvalidBhKey,
     InvalidKey,
     KeyTypeError,
     NotFound,
@@ -192,6 +194,8 @@ class FileStore(Interface):
             " created_at REAL NOT NULL,"
             " metadata TEXT)"
         )
+        # buckethead's index: list() pages newest first.
+        self._conn.execute("CREATE INDEX IF NOT EXISTS idx_filestore_created ON filestore(created_at)")
         self._conn.commit()
 
     @property
@@ -408,31 +412,38 @@ class FileStore(Interface):
         )
 
     def _require(self, bh_key: str) -> dict[str, Any]:
+        if isinstance(bh_key, str) and not _BH_KEY_RE.match(bh_key):
+            raise InvalidBhKey(f"{bh_key!r} is not a bh-key (the 64-character SHA-256 hex that put() returned)")
         check_bh_key(bh_key)
         row = self._fetch_row(bh_key)
         if row is None:
-            raise NotFound(f"no blob {bh_key[:12]}... in the file store; bh.files.list() shows what is stored")
+            raise BlobNotFound(f"no blob {bh_key[:12]}... in the file store; bh.files.list() shows what is stored")
         return row
 
     def metadata(self, bh_key: str) -> FileMetadata | None:
-        """The stored metadata for ``bh_key``, or None if absent (catalog only, no request)."""
-        check_bh_key(bh_key)
+        """The stored metadata for ``bh_key``, or None if absent or not a bh-key at all (catalog only, no
+        request)."""
+        if not isinstance(bh_key, str) or not _BH_KEY_RE.match(bh_key):
+            return None
         row = self._fetch_row(bh_key)
         return None if row is None else self._row_to_metadata(row)
 
-    def head(self, bh_key: str) -> FileMetadata | None:
-        """The metadata for ``bh_key`` when both its row and its object exist (one HEAD request), else None."""
-        check_bh_key(bh_key)
-        row = self._fetch_row(bh_key)
-        if row is None or not self._store.exists(row["object_key"]):
-            return None
+    def head(self, bh_key: str) -> FileMetadata:
+        """The metadata for ``bh_key``, checking with one HEAD request that its object is in the bucket too.
+
+        Raises BlobNotFound (a FileNotFoundError and a KeyError) when the catalog has no such blob or its object
+        is missing; ``metadata()`` answers None instead, from the catalog alone."""
+        row = self._require(bh_key)
+        if not self._store.exists(row["object_key"]):
+            raise self._missing(bh_key)
         return self._row_to_metadata(row)
 
     def get(self, bh_key: str, dest: Path | str | None = None, *,
             progress: ProgressCallback | None = None) -> Any:
         """The blob's bytes, or with ``dest`` the path it was streamed to. Verifies the SHA-256 on the way.
 
-        Raises NotFound for an unknown bh-key and IntegrityError when the stored bytes do not match it.
+        Raises BlobNotFound (a FileNotFoundError and a KeyError) for an unknown bh-key or a missing object, and
+        IntegrityError when the stored bytes do not match it.
         """
         row = self._require(bh_key)
         object_key = row["object_key"]
@@ -507,24 +518,31 @@ class FileStore(Interface):
         # Not marked trusted: a read says nothing about the object's age, and another writer may be about to
         # free it; a re-put of these bytes checks (one HEAD) and touches it if it is old.
 
-    def _missing(self, bh_key: str) -> NotFound:
-        return NotFound(f"blob {bh_key[:12]}... is in the catalog but its object is missing from the bucket; "
-                        "bh.files.gc() reports such dangling rows")
+    def _missing(self, bh_key: str) -> BlobNotFound:
+        return BlobNotFound(f"blob {bh_key[:12]}... is in the catalog but its object is missing from the bucket; "
+                            "bh.files.gc() reports such dangling rows")
 
     def _corrupt(self, bh_key: str) -> IntegrityError:
         return IntegrityError(f"the stored bytes of blob {bh_key[:12]}... do not match its SHA-256; the object "
                               "was truncated or altered in the bucket. Put the data again to repair it")
 
     def list(self, limit: int = 100, after: str | None = None) -> list[FileMetadata]:
-        """Up to ``limit`` blobs in bh-key order, starting after the bh-key ``after`` (for paging)."""
-        if not isinstance(limit, int) or limit < 1:
+        """Up to ``limit`` blobs, newest first (by ``created_at``, then bh-key, both descending), starting after
+        the blob whose bh-key is ``after`` (for paging: pass the last one of the previous page). An ``after`` the
+        catalog does not hold gives an empty page."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError("limit must be a positive int")
         cols = "bh_key, object_key, size, mime, filename, created_at, metadata"
+        order = "ORDER BY created_at DESC, bh_key DESC LIMIT ?"
         if after is None:
-            cur = self._conn.execute(f"SELECT {cols} FROM filestore ORDER BY bh_key LIMIT ?", (limit,))
+            cur = self._conn.execute(f"SELECT {cols} FROM filestore {order}", (limit,))
         else:
-            cur = self._conn.execute(f"SELECT {cols} FROM filestore WHERE bh_key > ? ORDER BY bh_key LIMIT ?",
-                                     (after, limit))
+            mark = self._conn.execute("SELECT created_at, bh_key FROM filestore WHERE bh_key = ?",
+                                      (after,)).fetchone()
+            if mark is None:
+                return []
+            cur = self._conn.execute(f"SELECT {cols} FROM filestore WHERE (created_at, bh_key) < (?, ?) {order}",
+                                     (mark[0], mark[1], limit))
         names = [d[0] for d in cur.description]
         return [self._row_to_metadata(dict(zip(names, r))) for r in cur.fetchall()]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, overload
@@ -31,6 +32,30 @@ def _check_key(key: object) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in key):
         raise InvalidKey(f"KV key {key!r} holds control characters; use printable characters only")
     return key
+
+
+#: The ``bh_kv`` table exactly as buckethead creates it, so that both libraries can write one shared catalog.
+KV_TABLE_SQL = (
+    "CREATE TABLE IF NOT EXISTS bh_kv ("
+    " key TEXT PRIMARY KEY,"
+    " value BLOB NOT NULL,"
+    " created_at REAL NOT NULL,"
+    " updated_at REAL NOT NULL)"
+)
+
+
+def migrate_kv_table(conn: sqlite3.Connection, schema: str = "main") -> bool:
+    """Give a ``bh_kv`` written before it had ``created_at`` (older bh_notebook) that column; return whether it did.
+
+    Existing keys get their ``updated_at`` as creation time: the earliest time the catalog still knows of. The
+    column is added NOT NULL (with a default only for SQLite's sake), so buckethead's inserts, which name it, and
+    ours both fit."""
+    cols = {r[1] for r in conn.execute(f"PRAGMA {schema}.table_info(bh_kv)")}
+    if not cols or "created_at" in cols:
+        return False
+    conn.execute(f"ALTER TABLE {schema}.bh_kv ADD COLUMN created_at REAL NOT NULL DEFAULT 0")
+    conn.execute(f"UPDATE {schema}.bh_kv SET created_at = updated_at")
+    return True
 
 
 class KVStore(Interface):
@@ -77,15 +102,11 @@ class KVStore(Interface):
 
     def names(self, prefix: str = "") -> list[str]:
         """The keys starting with ``prefix``, sorted (``keys``, under the name every kind lists its entries by)."""
-        return self.keys(prefix)
+        return list(self.keys(prefix))
 
     def _init_schema(self) -> None:
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS bh_kv ("
-            " key TEXT PRIMARY KEY NOT NULL,"
-            " value BLOB NOT NULL,"
-            " updated_at REAL NOT NULL)"
-        )
+        self._conn.execute(KV_TABLE_SQL)
+        migrate_kv_table(self._conn)
         self._conn.commit()
 
     # -- writes -----------------------------------------------------------------------------
@@ -134,9 +155,9 @@ class KVStore(Interface):
         now = time.time()
         with self._conn:
             self._conn.executemany(
-                "INSERT INTO bh_kv (key, value, updated_at) VALUES (?, ?, ?) "
+                "INSERT INTO bh_kv (key, value, created_at, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                [(k, v, now) for k, v in pairs],
+                [(k, v, now, now) for k, v in pairs],
             )
 
     def delete(self, key: str) -> bool:
@@ -178,8 +199,9 @@ class KVStore(Interface):
         _check_key(key)
         return self._conn.execute("SELECT 1 FROM bh_kv WHERE key = ?", (key,)).fetchone() is not None
 
-    def keys(self, prefix: str = "") -> list[str]:
-        """Keys starting with ``prefix``, sorted."""
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """An iterator over the keys starting with ``prefix`` (literally: ``%`` and ``_`` are plain characters),
+        sorted. The keys are read when it is made, so writing while iterating is safe."""
         if not isinstance(prefix, str):
             raise KeyTypeError(f"prefix is a str, not {type(prefix).__name__}")
         if not prefix:
@@ -190,11 +212,17 @@ class KVStore(Interface):
                 "SELECT key FROM bh_kv WHERE key >= ? AND substr(key, 1, ?) = ? ORDER BY key",
                 (prefix, len(prefix), prefix),
             ).fetchall()
-        return [r[0] for r in rows]
+        return iter([r[0] for r in rows])
 
     def items(self, prefix: str = "") -> list[tuple[str, str]]:
         """(key, str value) pairs starting with ``prefix``; non-UTF-8 values raise as in ``get``."""
         return [(k, self[k]) for k in self.keys(prefix)]
+
+    def created_at(self, key: str) -> float | None:
+        """When ``key`` was first set (epoch seconds; kept when its value changes), or None when missing."""
+        _check_key(key)
+        row = self._conn.execute("SELECT created_at FROM bh_kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else float(row[0])
 
     def updated_at(self, key: str) -> float | None:
         """When ``key`` was last set (epoch seconds), or None when missing."""

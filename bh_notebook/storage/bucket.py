@@ -13,14 +13,17 @@ import io
 import os
 import tempfile
 import time
-from abc import ABC, abstractmethod
+from abc import ABCMeta, abstractmethod
 from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
-from ..errors import IntegrityError, InvalidKey, KeyTypeError, ObjectNotFound, PreconditionFailed
+from ..errors import BackendError, IntegrityError, InvalidKey, KeyTypeError, ObjectNotFound, PreconditionFailed
+
+if TYPE_CHECKING:
+    from ..config import BucketConfig
 
 #: Streaming uploads switch to multipart above this many bytes.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -76,8 +79,43 @@ def check_key(key: object) -> str:
     return key
 
 
-class BucketClient(ABC):
-    """One bucket: put, get, list and delete objects by key."""
+#: The longest a presigned URL may live: 7 days, the S3 and R2 limit.
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+
+
+def check_expires_in(expires_in: object) -> int:
+    """Validate a presigned URL's lifetime: whole seconds from 1 to 7 days."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int) or not 1 <= expires_in <= MAX_PRESIGN_SECONDS:
+        raise ValueError(f"expires_in is a whole number of seconds from 1 to {MAX_PRESIGN_SECONDS} (7 days), "
+                         f"not {expires_in!r}")
+    return expires_in
+
+
+class _OpensFromConfig(ABCMeta):
+    """``BucketClient(config)``, as buckethead builds its client, opens the backend the config names."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is BucketClient:
+            return _open_from_config(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+def _open_from_config(config: BucketConfig) -> BucketClient:
+    from ..config import BucketConfig
+    from . import open_bucket
+
+    if not isinstance(config, BucketConfig):
+        raise TypeError(f"BucketClient(config) takes a BucketConfig, not {type(config).__name__}; backends are "
+                        "built as S3Bucket(...) or LocalBucket(path)")
+    return open_bucket(config)
+
+
+class BucketClient(metaclass=_OpensFromConfig):
+    """One bucket: put, get, list and delete objects by key.
+
+    ``BucketClient(config)`` opens the backend a BucketConfig names (an S3Bucket, or a LocalBucket for a local
+    store), as buckethead's client is built.
+    """
 
     #: "local" or "s3"; shown in status output.
     backend: str = "?"
@@ -251,6 +289,15 @@ class BucketClient(ABC):
     def presigned_url(self, key: str, expires_in: int = 3600) -> str | None:
         """A URL anyone can GET ``key`` with until it expires, or None where the backend has no such thing."""
         return None
+
+    def generate_presigned_get(self, key: str, *, expires_in: int) -> str:
+        """A URL anyone can GET ``key`` with for ``expires_in`` seconds (1 s to 7 days), signed locally, as
+        buckethead's client gives it. Raises BackendError where the backend has no such URLs."""
+        check_key(key)
+        url = self.presigned_url(key, check_expires_in(expires_in))
+        if url is None:
+            raise BackendError(f"the {self.backend} backend has no presigned URLs")
+        return url
 
     def close(self) -> None:
         """Release connections; the client may not be used afterwards."""

@@ -37,7 +37,17 @@ from ..errors import (
     StoreFull,
     StoreNotWritable,
 )
-from .bucket import CHUNK_SIZE, BucketClient, ObjectInfo, ProgressCallback, Readable, Sink, atomic_file, check_key
+from .bucket import (
+    CHUNK_SIZE,
+    BucketClient,
+    ObjectInfo,
+    ProgressCallback,
+    Readable,
+    Sink,
+    atomic_file,
+    check_expires_in,
+    check_key,
+)
 
 #: Names starting with this are ours (temp files, the lock); they are hidden from listings and refused as keys.
 RESERVED_PREFIX = ".bh-"
@@ -305,6 +315,13 @@ class LocalBucket(BucketClient):
             elif entry.is_file(follow_symlinks=False):
                 st = entry.stat(follow_symlinks=False)
                 yield ObjectInfo(key=key, size=st.st_size, etag=_etag(st), last_modified=st.st_mtime)
+
+    def generate_presigned_get(self, key: str, *, expires_in: int) -> str:
+        """A ``file://`` URL of the object (a local store has nothing to sign: it does not expire, and only this
+        machine can read it). ``expires_in`` is checked as for S3."""
+        path = self._path(key)
+        check_expires_in(expires_in)
+        return path.as_uri()
 
     def cleanup_incomplete(self, older_than: float = 3600.0) -> int:
         """Delete temp files of writes that never finished (a killed process) older than ``older_than`` seconds."""

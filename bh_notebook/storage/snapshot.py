@@ -7,6 +7,7 @@ caps a database at 1 GiB ("database or disk is full") and would stop a restored 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import sqlite3
 import time
@@ -14,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..connection import PLAIN_TABLE_SQL, quote_ident
-from ..errors import SnapshotCorruptError, UntrustedCatalog
+from ..errors import ConfigError, SnapshotCorruptError, UntrustedCatalog
 
 
 @dataclass(frozen=True)
 class SnapshotConfig:
     """When the catalog is snapshotted to the bucket.
 
-    ``interval_seconds``: the background flush period (0 or less turns the timer off).
+    ``interval_seconds``: the background flush period (0 turns the timer off).
     ``min_interval_seconds``: ``flush()`` calls closer together than this are merged into one.
     ``keep_previous``: copy the snapshot to ``<key>.prev`` before replacing it.
     """
@@ -29,6 +30,20 @@ class SnapshotConfig:
     interval_seconds: float = 60.0
     min_interval_seconds: float = 5.0
     keep_previous: bool = True
+
+    def __post_init__(self) -> None:
+        # buckethead's rules (positive numbers, min_interval_seconds <= interval_seconds, a bool), except that 0
+        # is allowed here: no timer, or no debounce.
+        for name in ("interval_seconds", "min_interval_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ConfigError(f"SnapshotConfig.{name} must be a finite number of seconds >= 0, not {value!r}")
+        if 0 < self.interval_seconds < self.min_interval_seconds:
+            raise ConfigError(
+                "SnapshotConfig.min_interval_seconds must be <= interval_seconds (got "
+                f"min={self.min_interval_seconds}, interval={self.interval_seconds})")
+        if not isinstance(self.keep_previous, bool):
+            raise ConfigError(f"SnapshotConfig.keep_previous must be True or False, not {self.keep_previous!r}")
 
 
 class BackupTimeout(Exception):

@@ -132,3 +132,6 @@ class CountingBucket(BucketClient):
 
     def presigned_url(self, key: str, expires_in: int = 3600) -> str | None:
         return self.inner.presigned_url(key, expires_in)
+
+    def generate_presigned_get(self, key: str, *, expires_in: int) -> str:
+        return self.inner.generate_presigned_get(key, expires_in=expires_in)

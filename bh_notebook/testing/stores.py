@@ -250,7 +250,7 @@ class KVContract:
         for key in ("b", "exp.a", "a"):
             kv[key] = key
         kv["a"] = "again"  # replaced, not versioned
-        assert kv.keys() == kv.names() == list(kv) == ["a", "b", "exp.a"]
+        assert list(kv.keys()) == kv.names() == list(kv) == ["a", "b", "exp.a"]
         assert kv.names("exp.") == ["exp.a"]
         assert len(kv) == 3 and "a" in kv and "c" not in kv and "" not in kv and 3 not in kv
         assert [(e.name, e.version, e.size) for e in kv.entries()] == [("a", None, 5), ("b", None, 1),
