@@ -11,6 +11,8 @@ The rules, one per kind of table:
   follow the highest. A version either side deleted is deleted.
 - ``filestore``: the union of both sides' blobs, less rows either side deleted (a blob is in the bucket before its
   row is anywhere, so a merged row never points at a missing object).
+- ``bh_blob_chunks`` (a blob's chunk hashes): the same keyed union. Its rows never change (they follow from the
+  blob's bytes and the chunk size), so the two sides never conflict over one.
 - ``bh_kv``: a key changed on one side takes that side's value. Changed on both sides to different values (or
   set on one and deleted on the other) is a conflict, settled by **commit order: the later commit wins** (the
   merging writer's, since the other one committed first). No clock is compared; every conflict is reported.
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from .connection import PLAIN_TABLE_SQL
 from .connection import quote_ident as _q
-from .interfaces.files import referencing_tables
+from .interfaces.files import CHUNKS_TABLE, referencing_tables
 
 VERSIONED = ("bh_arrays", "bh_frames", "bh_named_files")
 #: The highest version number each name ever had, per table, kept when versions are deleted: a number is never
@@ -103,6 +105,8 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> 
                     _merge_versioned(conn, table, cols, report)
                 elif table == "filestore":
                     _merge_keyed(conn, table, ["bh_key"], report)
+                elif table == CHUNKS_TABLE:
+                    _merge_keyed(conn, table, ["blob"], report)
                 elif table == "bh_kv":
                     _merge_kv(conn, report)
                 else:
@@ -191,7 +195,20 @@ def _keep_rows_in_use(conn: sqlite3.Connection, report: MergeReport) -> None:
                                f"{schema}.filestore WHERE bh_key = ?", (key,))
             if cur.rowcount > 0:
                 report.taken += 1
+                _keep_chunks(conn, schema, key)
                 break
+
+
+def _keep_chunks(conn: sqlite3.Connection, schema: str, key: str) -> None:
+    """Bring back the chunk hashes of a file row kept by ``_keep_rows_in_use``, when ``schema`` has them."""
+    tables = {r[0] for r in conn.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type = 'table'")}
+    mine = {r[0] for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")}
+    if CHUNKS_TABLE not in tables or CHUNKS_TABLE not in mine:
+        return
+    if _columns(conn, schema, CHUNKS_TABLE) != _columns(conn, "main", CHUNKS_TABLE):
+        return
+    conn.execute(f"INSERT OR IGNORE INTO main.{CHUNKS_TABLE} SELECT * FROM {schema}.{CHUNKS_TABLE} WHERE blob = ?",
+                 (key,))
 
 
 def _merge_kv(conn: sqlite3.Connection, report: MergeReport) -> None:

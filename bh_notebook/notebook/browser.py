@@ -332,7 +332,7 @@ class Browser(widgets.VBox):
                 body.append(widgets.Image(value=bh.named_files.get(name, version), format=IMAGE_TYPES[info.mime],
                                           layout=widgets.Layout(max_width="480px", height="auto")))
             elif info.nbytes and (info.mime is None or _looks_textual(info.mime, info.filename)):
-                raw = bh.files.get_range(info.bh_key, 0, TEXT_PREVIEW)
+                raw = bh.files.get_range_verified(info.bh_key, 0, TEXT_PREVIEW)
                 text_ok = _looks_textual(info.mime, info.filename) or _is_text(raw)
                 if text_ok:
                     head = raw.decode("utf-8", errors="replace")
