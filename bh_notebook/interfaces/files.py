@@ -46,6 +46,9 @@ CHUNKS_TABLE = "bh_blob_chunks"
 _DIGEST = 32
 #: Below this many bytes a put hashes the chunks in the calling thread (a helper thread would cost more).
 _THREADED_HASH = 1024 * 1024
+#: A verified ``get_into`` of up to this many bytes (whole chunks) is one ranged GET into a scratch buffer, then a
+#: copy; a larger one lands straight in the caller's buffer, its first and last chunks' other bytes fetched beside.
+_ONE_GET = 8 * 1024 * 1024
 
 
 class _ChunkHasher:
@@ -198,7 +201,7 @@ class FileStore(Interface):
 
     #: Bytes per chunk hash of new blobs (see ``bh_blob_chunks``): a ranged read fetches and checks whole chunks.
     #: Blobs keep the chunk size they were put with.
-    chunk_size: int = 4 * 1024 * 1024
+    chunk_size: int = 1024 * 1024
 
     def __init__(self, conn: sqlite3.Connection, bucket_client: BucketClient, prefix: str = "files/") -> None:
         self._prefix = prefix if prefix.endswith("/") else prefix + "/"
@@ -620,8 +623,8 @@ class FileStore(Interface):
                           progress: ProgressCallback | None = None) -> int:
         """Read ``len(buffer)`` bytes of the blob from ``start`` into ``buffer``, checked against its chunk hashes.
 
-        The bytes of the first and last chunks outside the range are fetched too (for small reads one ranged GET
-        of the whole chunks, then a copy; for large ones the range lands straight in ``buffer``), and the chunks
+        The bytes of the first and last chunks outside the range are fetched too (up to 8 MiB of whole chunks with
+        one ranged GET, then a copy; more lands straight in ``buffer``, the edges fetched beside), and the chunks
         are hashed as they arrive. A blob without chunk hashes is read unverified, as ``get_into`` does."""
         row = self._require(bh_key)
         chunks = self._chunks_of(row)
@@ -635,7 +638,7 @@ class FileStore(Interface):
         object_key = row["object_key"]
         hasher = _ChunkHasher(chunks.chunk_size)
         try:
-            if hi - lo <= 4 * chunks.chunk_size:
+            if hi - lo <= max(_ONE_GET, 4 * chunks.chunk_size):
                 whole = bytearray(hi - lo)
                 self._store.get_into(object_key, whole, lo, progress=progress, sink=hasher.update)
                 chunks.check(lo, hasher.digests())

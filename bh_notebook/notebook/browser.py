@@ -297,7 +297,10 @@ class Browser(widgets.VBox):
             row_bytes = info.nbytes // info.shape[0] if info.shape and info.shape[0] else info.nbytes
             partial = bool(info.shape) and info.nbytes > PREVIEW_BYTES and row_bytes > 0 and not info.fortran_order
             if partial:
-                n = max(1, PREVIEW_BYTES // row_bytes)
+                blob = bh.files.metadata(info.bh_key)
+                header = blob.size - info.nbytes if blob is not None else 0
+                # The rows that fit in the blob's first PREVIEW_BYTES: whole hash chunks, none fetched beyond.
+                n = max(1, (PREVIEW_BYTES - header) // row_bytes)
                 data = bh.arrays.get(name, version, rows=slice(0, n))
                 scope = f" (first {n:,} rows)"
             elif info.nbytes > PREVIEW_BYTES:
