@@ -194,6 +194,25 @@ def test_two_writers_putting_the_same_blob_do_not_conflict(config: BucketConfig)
         np.testing.assert_array_equal(r.arrays.get("y", rows=slice(10, 20)), np.arange(10, 20))
 
 
+def test_a_file_row_kept_by_a_merge_keeps_its_chunk_hashes(config: BucketConfig) -> None:
+    arr = np.arange(100_000)
+    with BucketSQLite(config, NO_TIMER) as seed:
+        key = seed.arrays.put("x", arr).bh_key
+    a = BucketSQLite(config, NO_TIMER).start()
+    b = BucketSQLite(config, NO_TIMER).start()
+    try:
+        a.arrays.delete("x")  # its blob's file and chunk rows go
+        a.force_flush()
+        assert b.arrays.put("y", arr).bh_key == key  # relies on the rows b still has
+        b.force_flush()  # the merge keeps the file row b's entry uses, and its chunk hashes with it
+    finally:
+        a.stop()
+        b.stop()
+    with BucketSQLite(config, NO_TIMER) as r:
+        assert r.files.chunk_hashes(key) is not None
+        np.testing.assert_array_equal(r.arrays.get("y", rows=slice(5, 9)), arr[5:9])
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), size=st.integers(0, 2000))
 def test_ranged_reads_return_the_bytes_and_catch_any_flipped_byte(hyp_bh: BucketSQLite, data: st.DataObject,

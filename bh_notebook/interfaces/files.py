@@ -558,7 +558,8 @@ class FileStore(Interface):
             raise self._missing(bh_key) from None
 
     def get_range(self, bh_key: str, start: int, end: int | None = None) -> bytes:
-        """Bytes ``[start, end)`` of the blob, with one ranged GET."""
+        """Bytes ``[start, end)`` of the blob, with one ranged GET (not verified; ``get_range_verified`` checks
+        the chunks it touches)."""
         row = self._require(bh_key)
         try:
             return self._store.get_range(row["object_key"], start, end)
