@@ -13,6 +13,8 @@ registry of kinds, ``interfaces/registry.py``), and a table no registered store 
 - ``filestore`` (``"blobs"``): the union of both sides' blobs, less rows either side deleted (a blob is in the
   bucket before its row is anywhere, so a merged row never points at a missing object), except that a row an
   entry still uses is kept.
+- ``bh_blob_chunks`` (a blob's chunk hashes): the same keyed union, on ``blob``. Its rows never change (they
+  follow from the blob's bytes and the chunk size), so the two sides never conflict over one.
 - ``bh_kv`` (``"kv"``): merged by column name, so a catalog whose ``bh_kv`` has no ``created_at`` (an older
   bh_notebook) merges with one that has it (buckethead's schema); a key taken from the other side keeps its
   creation time (theirs, or ours when they do not record it). A key changed on one side takes that side's value.
@@ -33,7 +35,7 @@ from pathlib import Path
 from .connection import PLAIN_TABLE_SQL
 from .connection import quote_ident as _q
 from .interfaces.base import RETIRED_TABLE
-from .interfaces.files import referencing_tables
+from .interfaces.files import CHUNKS_TABLE, referencing_tables
 from .interfaces.kv import migrate_kv_table
 from .interfaces.registry import merge_rules
 
@@ -137,6 +139,8 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
                         f"theirs.{RETIRED_TABLE} WHERE true ON CONFLICT (tbl, name) DO UPDATE SET "
                         "last = max(last, excluded.last) WHERE excluded.last > last")
                     report.taken += max(cur.rowcount, 0)
+                elif table == CHUNKS_TABLE:  # checked before the rules: FileStore's second table
+                    _merge_keyed(conn, table, ["blob"], report)
                 elif rule == "versioned":
                     _merge_versioned(conn, table, cols, report, ours_keep=branch)
                 elif rule == "blobs":
@@ -237,7 +241,20 @@ def _keep_rows_in_use(conn: sqlite3.Connection, report: MergeReport) -> None:
                                f"{schema}.filestore WHERE bh_key = ?", (key,))
             if cur.rowcount > 0:
                 report.taken += 1
+                _keep_chunks(conn, schema, key)
                 break
+
+
+def _keep_chunks(conn: sqlite3.Connection, schema: str, key: str) -> None:
+    """Bring back the chunk hashes of a file row kept by ``_keep_rows_in_use``, when ``schema`` has them."""
+    tables = {r[0] for r in conn.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type = 'table'")}
+    mine = {r[0] for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")}
+    if CHUNKS_TABLE not in tables or CHUNKS_TABLE not in mine:
+        return
+    if _columns(conn, schema, CHUNKS_TABLE) != _columns(conn, "main", CHUNKS_TABLE):
+        return
+    conn.execute(f"INSERT OR IGNORE INTO main.{CHUNKS_TABLE} SELECT * FROM {schema}.{CHUNKS_TABLE} WHERE blob = ?",
+                 (key,))
 
 
 def _merge_kv(conn: sqlite3.Connection, report: MergeReport, *, theirs_win: bool = False) -> None:

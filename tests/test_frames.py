@@ -16,6 +16,7 @@ from hypothesis.extra import pandas as hpd
 from bh_notebook import BucketConfig, BucketSQLite, FrameVersion, SnapshotConfig
 from bh_notebook.errors import InexactFrame, IntegrityError, InvalidKey, NotFound, ValueTypeError
 from bh_notebook.interfaces import frames as frames_mod
+from bh_notebook.interfaces.files import FileStore
 from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY
 
 NO_TIMER = SnapshotConfig(interval_seconds=0)
@@ -97,18 +98,36 @@ def test_url_readable_by_another_parquet_reader(config: BucketConfig, moto_serve
     pd.testing.assert_frame_equal(table.to_pandas(), df, check_dtype=False)
 
 
+#: The hash chunk size of the blobs of the byte-counting tests below (see ``small_groups``).
+TEST_CHUNK = 64 * 1024
+
+
+def chunked_bytes(ranges: list[tuple[int, int]], size: int, chunk: int = TEST_CHUNK) -> int:
+    """How many bytes fetching ``ranges`` of a blob of ``size`` bytes takes when every read fetches whole hash
+    chunks: the size of the union of the ranges widened to chunk boundaries."""
+    widened = sorted((a // chunk * chunk, min(size, -(-b // chunk) * chunk)) for a, b in ranges if b > a)
+    total, reach = 0, 0
+    for a, b in widened:
+        a = max(a, reach)
+        if b > a:
+            total += b - a
+            reach = b
+    return total
+
+
 def _footer_and_chunks(raw: bytes, columns: list[str], row_groups: list[int] | None = None) -> int:
     md = pq.ParquetFile(pa.BufferReader(raw)).metadata
     footer = int.from_bytes(raw[-8:-4], "little") + 8
     names = [md.schema.column(i).name for i in range(md.num_columns)]
-    total = footer
+    ranges = [(len(raw) - max(footer, frames_mod.FOOTER_GUESS), len(raw))]
     for rg in row_groups if row_groups is not None else range(md.num_row_groups):
         for ci, name in enumerate(names):
             if name in columns:
                 col = md.row_group(rg).column(ci)
                 start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
-                total += col.total_compressed_size if start is not None else 0
-    return total
+                if start is not None:
+                    ranges.append((start, start + col.total_compressed_size))
+    return chunked_bytes(ranges, len(raw))
 
 
 def big_frame(n: int = 600_000) -> pd.DataFrame:
@@ -124,8 +143,9 @@ def big_frame(n: int = 600_000) -> pd.DataFrame:
 
 @pytest.fixture
 def small_groups(monkeypatch: pytest.MonkeyPatch) -> None:
-    """200k-row groups, so a test-sized frame has several."""
+    """200k-row groups, so a test-sized frame has several; hash chunks small beside them."""
     monkeypatch.setattr(frames_mod, "ROW_GROUP_SIZE", 200_000)
+    monkeypatch.setattr(FileStore, "chunk_size", TEST_CHUNK)
 
 
 @pytest.mark.usefixtures("small_groups")

@@ -17,6 +17,9 @@ import pytest
 from bh_notebook import BucketSQLite
 from bh_notebook.errors import InexactFrame, ValueTypeError
 from bh_notebook.interfaces import frames as frames_mod
+from bh_notebook.interfaces.files import FileStore
+
+from .test_frames import chunked_bytes
 
 EXACT = {"check_exact": True, "check_freq": True, "check_flags": True}
 
@@ -167,17 +170,27 @@ def test_columns_by_label_of_any_type(bh: BucketSQLite) -> None:
     assert_same(bh.frames.get("i", columns=[7]), ints[[7]])
 
 
+CHUNK = 16 * 1024
+
+
 @pytest.fixture
 def small_groups(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(frames_mod, "ROW_GROUP_SIZE", 10_000)
     monkeypatch.setattr(frames_mod, "MIN_ROW_GROUP", 1_000)
+    monkeypatch.setattr(FileStore, "chunk_size", CHUNK)  # reads fetch whole hash chunks: small ones here
 
 
 def _chunk_bytes(raw: bytes, row_groups: list[int]) -> int:
-    """The bytes a reader needs: the end of the blob read in one go for the footer, then these groups' chunks."""
+    """The bytes a reader needs: the end of the blob read in one go for the footer, then these groups' chunks,
+    each widened to whole hash chunks."""
     md = pq.ParquetFile(pa.BufferReader(raw)).metadata
-    return frames_mod.FOOTER_GUESS + sum(md.row_group(g).column(c).total_compressed_size
-                        for g in row_groups for c in range(md.num_columns))
+    ranges = [(len(raw) - frames_mod.FOOTER_GUESS, len(raw))]
+    for g in row_groups:
+        for c in range(md.num_columns):
+            col = md.row_group(g).column(c)
+            start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+            ranges.append((start, start + col.total_compressed_size))
+    return chunked_bytes(ranges, len(raw), CHUNK)
 
 
 @pytest.mark.usefixtures("small_groups")

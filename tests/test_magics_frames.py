@@ -54,17 +54,18 @@ def test_get_rows_reads_only_its_row_groups(ip: InteractiveShell, monkeypatch: p
     monkeypatch.setattr(frames_mod, "MIN_ROW_GROUP", 1_000)
     df = pd.DataFrame({"a": np.random.default_rng(0).normal(size=100_000)}, index=pd.RangeIndex(7, 700_007, 7))
     ip.user_ns["df"] = df
-    ip.run_line_magic("bh_put", "df")
     bh = ip._bh_magics.bh  # type: ignore[attr-defined]
+    monkeypatch.setattr(bh.files, "chunk_size", 16 * 1024)  # reads fetch whole hash chunks: small ones here
+    ip.run_line_magic("bh_put", "df")
     fetched: list[int] = []
-    get_range = bh.files.get_range
+    get_range = bh.files.get_range_verified
 
     def counted(*args: object, **kwargs: object) -> bytes:
         data = get_range(*args, **kwargs)
         fetched.append(len(data))
         return data
 
-    monkeypatch.setattr(bh.files, "get_range", counted)
+    monkeypatch.setattr(bh.files, "get_range_verified", counted)
     part = ip.run_line_magic("bh_get", "df --rows 50000:50010 --as part")
     pd.testing.assert_frame_equal(part, df.iloc[50_000:50_010])
     assert 0 < sum(fetched) < frames_mod.FOOTER_GUESS + bh.frames.info("df").nbytes / 5  # the footer, one group

@@ -159,7 +159,8 @@ class ArrayStore(VersionedStore[ArrayVersion]):
             progress: ProgressCallback | None = None) -> np.ndarray[Any, Any]:
         """The array (latest version by default). ``rows=slice(a, b)`` fetches only those rows' bytes.
 
-        A whole get is checked against the blob's SHA-256 (IntegrityError when the bucket's bytes were altered).
+        A whole get is checked against the blob's SHA-256, a ``rows=`` read against the hashes of the chunks it
+        touches (IntegrityError when the bucket's bytes were altered).
         """
         row = self._row(name, version)
         info = self._to_version(row)
@@ -192,7 +193,7 @@ class ArrayStore(VersionedStore[ArrayVersion]):
         row_bytes = info.dtype.itemsize * math.prod(tail)
         out = np.empty((hi - lo, *tail), dtype=info.dtype)
         if out.nbytes:
-            self._files.get_into(info.bh_key, _byte_view(out), offset + lo * row_bytes, progress=progress)
+            self._files.get_into_verified(info.bh_key, _byte_view(out), offset + lo * row_bytes, progress=progress)
         if index.step == 1:
             return out
         return out[np.asarray(index) - lo]

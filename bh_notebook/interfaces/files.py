@@ -45,6 +45,74 @@ if TYPE_CHECKING:
 
 _BH_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
+#: The catalog table of chunk hashes: per blob, the SHA-256 of each ``chunk_size`` bytes, concatenated. Its key
+#: column is deliberately not called ``bh_key``: every table with one counts as entries that use blobs.
+CHUNKS_TABLE = "bh_blob_chunks"
+_DIGEST = 32
+#: Below this many bytes a put hashes the chunks in the calling thread (a helper thread would cost more).
+_THREADED_HASH = 1024 * 1024
+#: A verified ``get_into`` of up to this many bytes (whole chunks) is one ranged GET into a scratch buffer, then a
+#: copy; a larger one lands straight in the caller's buffer, its first and last chunks' other bytes fetched beside.
+_ONE_GET = 8 * 1024 * 1024
+
+
+class _ChunkHasher:
+    """SHA-256 digests of consecutive ``chunk_size``-byte chunks of the bytes fed to ``update``, in order."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self._size = chunk_size
+        self._h = hashlib.sha256()
+        self._fill = 0
+        self._digests = bytearray()
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            take = min(self._size - self._fill, view.nbytes)
+            self._h.update(view[:take])
+            self._fill += take
+            view = view[take:]
+            if self._fill == self._size:
+                self._digests += self._h.digest()
+                self._h = hashlib.sha256()
+                self._fill = 0
+
+    def digests(self) -> bytes:
+        """The digests of every chunk fed so far, the last one possibly short."""
+        if self._fill:
+            self._digests += self._h.digest()
+            self._h = hashlib.sha256()
+            self._fill = 0
+        return bytes(self._digests)
+
+
+@dataclass(frozen=True)
+class ChunkHashes:
+    """A blob's chunk hashes, as the catalog keeps them: chunk ``k`` is bytes ``[k * chunk_size, (k + 1) *
+    chunk_size)`` (the last one ends with the blob) and its SHA-256 is ``digests[32 k : 32 k + 32]``."""
+
+    bh_key: str
+    size: int
+    chunk_size: int
+    digests: bytes
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """``[start, end)`` widened to chunk boundaries (and cut at the blob's end)."""
+        cs = self.chunk_size
+        return start // cs * cs, min(self.size, -(-end // cs) * cs)
+
+    def check(self, start: int, digests: bytes) -> None:
+        """Compare the digests of the whole chunks from offset ``start`` (a chunk boundary) with the catalog's."""
+        first = start // self.chunk_size
+        for i in range(len(digests) // _DIGEST):
+            k = first + i
+            if digests[i * _DIGEST:(i + 1) * _DIGEST] != self.digests[k * _DIGEST:(k + 1) * _DIGEST]:
+                lo = k * self.chunk_size
+                raise IntegrityError(
+                    f"the stored bytes of blob {self.bh_key[:12]}... do not match the SHA-256 of its chunk {k} "
+                    f"(bytes {lo}-{min(self.size, lo + self.chunk_size)}); the object was truncated or altered in "
+                    "the bucket. Put the data again to repair it")
+
 
 @dataclass(frozen=True)
 class FileMetadata:
@@ -158,6 +226,10 @@ class FileStore(Interface):
     #: by a stale catalog or by a change only this process has made.
     before_collect: Callable[[], set[str]] | None = None
 
+    #: Bytes per chunk hash of new blobs (see ``bh_blob_chunks``): a ranged read fetches and checks whole chunks.
+    #: Blobs keep the chunk size they were put with.
+    chunk_size: int = 1024 * 1024
+
     def __init__(self, conn: sqlite3.Connection, bucket_client: BucketClient, prefix: str = "files/") -> None:
         self._prefix = prefix if prefix.endswith("/") else prefix + "/"
         super().__init__(conn, bucket_client)
@@ -196,6 +268,12 @@ class FileStore(Interface):
         )
         # buckethead's index: list() pages newest first.
         self._conn.execute("CREATE INDEX IF NOT EXISTS idx_filestore_created ON filestore(created_at)")
+        self._conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {CHUNKS_TABLE} ("
+            " blob TEXT PRIMARY KEY NOT NULL,"
+            " chunk_size INTEGER NOT NULL,"
+            " digests BLOB NOT NULL)"
+        )
         self._conn.commit()
 
     @property
@@ -240,14 +318,16 @@ class FileStore(Interface):
                 size = path.stat().st_size
                 if not path.is_file():
                     raise ValueTypeError(f"{path} is not a regular file; put() stores files, not directories")
-                bh_key = _hash_file(path)
+                bh_key, digests = _hash_file(path, self.chunk_size)
             except FileNotFoundError:
                 raise NotFound(f"no file at {path}; check the path (relative paths start at {Path.cwd()})") from None
             filename = filename if filename is not None else path.name
             if mime is None and filename:
                 mime = mimetypes.guess_type(filename)[0]
+            chunks = (self.chunk_size, digests)
             has_row = self._has_row(bh_key)
             if has_row and self._trusted(bh_key):
+                self._add_chunks(bh_key, chunks)
                 return bh_key
             object_key = self._prefix + bh_key
             describe = _describe(mime, entry)
@@ -256,7 +336,9 @@ class FileStore(Interface):
                     self._store.upload(path, object_key, progress=cb, **describe)
             self._present[bh_key] = self._clock()
             if not has_row:
-                self._insert(bh_key, object_key, size, mime, filename, metadata)
+                self._insert(bh_key, object_key, size, mime, filename, metadata, chunks)
+            else:
+                self._add_chunks(bh_key, chunks)
             return bh_key
         if isinstance(data, (bytes, bytearray, memoryview)):
             if mime is None and filename:
@@ -284,10 +366,27 @@ class FileStore(Interface):
         metadata = _check_metadata(metadata)
         views = [memoryview(b).cast("B") for b in buffers]
         hasher = hashlib.sha256()
-        for v in views:
-            hasher.update(v)
+        chunker = _ChunkHasher(self.chunk_size)
+
+        def hash_chunks() -> None:
+            for v in views:
+                chunker.update(v)
+
+        if sum(v.nbytes for v in views) >= _THREADED_HASH:
+            # One pass over the bytes, two hashes side by side: hashlib releases the GIL on large updates.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1, thread_name_prefix="bh-hash") as pool:
+                done = pool.submit(hash_chunks)
+                for v in views:
+                    hasher.update(v)
+                done.result()
+        else:
+            for v in views:
+                hasher.update(v)
+            hash_chunks()
         return self._store_hashed(hasher.hexdigest(), views, filename=filename, mime=mime, metadata=metadata,
-                                  progress=progress, entry=entry)
+                                  progress=progress, entry=entry, chunks=(self.chunk_size, chunker.digests()))
 
     def writer(self, *, filename: str | None = None, mime: str | None = None,
                metadata: dict[str, str] | None = None, progress: ProgressCallback | None = None,
@@ -306,13 +405,15 @@ class FileStore(Interface):
 
     def _store_hashed(self, bh_key: str, views: list[memoryview], *, filename: str | None, mime: str | None,
                       metadata: dict[str, str] | None, progress: ProgressCallback | None,
-                      entry: tuple[str, str] | None = None) -> str:
-        """Store ``views`` (whose SHA-256 hex is ``bh_key``, computed by the caller from exactly these bytes).
+                      entry: tuple[str, str] | None = None, chunks: tuple[int, bytes] | None = None) -> str:
+        """Store ``views`` (whose SHA-256 hex is ``bh_key``, computed by the caller from exactly these bytes, as
+        were the chunk hashes ``chunks``, ``(chunk_size, digests)``).
 
         A no-op when the row exists and the object is known to be in the bucket; a row whose object is gone is
         repaired by uploading again (the seed's rule: a put is a no-op only when the blob is in both tiers)."""
         has_row = self._has_row(bh_key)
         if has_row and self._trusted(bh_key):
+            self._add_chunks(bh_key, chunks)
             return bh_key
         size = sum(v.nbytes for v in views)
         object_key = self._prefix + bh_key
@@ -323,11 +424,13 @@ class FileStore(Interface):
                 self._store.put_stream(reader, object_key, size=size, progress=cb, **describe)
         self._present[bh_key] = self._clock()
         if not has_row:
-            self._insert(bh_key, object_key, size, mime, filename, metadata)
+            self._insert(bh_key, object_key, size, mime, filename, metadata, chunks)
+        else:
+            self._add_chunks(bh_key, chunks)
         return bh_key
 
     def _insert(self, bh_key: str, object_key: str, size: int, mime: str | None, filename: str | None,
-                metadata: dict[str, str] | None) -> None:
+                metadata: dict[str, str] | None, chunks: tuple[int, bytes] | None = None) -> None:
         with self._conn:
             self._conn.execute(
                 "INSERT OR IGNORE INTO filestore "
@@ -335,6 +438,18 @@ class FileStore(Interface):
                 (bh_key, object_key, size, mime, filename, time.time(),
                  json.dumps(metadata, sort_keys=True) if metadata else None),
             )
+            if chunks is not None:
+                self._conn.execute(f"INSERT OR IGNORE INTO {CHUNKS_TABLE} (blob, chunk_size, digests) "
+                                   "VALUES (?, ?, ?)", (bh_key, chunks[0], chunks[1]))
+
+    def _add_chunks(self, bh_key: str, chunks: tuple[int, bytes] | None) -> None:
+        """Record the chunk hashes of a blob that has a row but none yet (an older blob, put again)."""
+        if chunks is None or self._conn.execute(
+                f"SELECT 1 FROM {CHUNKS_TABLE} WHERE blob = ?", (bh_key,)).fetchone() is not None:
+            return
+        with self._conn:
+            self._conn.execute(f"INSERT OR IGNORE INTO {CHUNKS_TABLE} (blob, chunk_size, digests) VALUES (?, ?, ?)",
+                               (bh_key, chunks[0], chunks[1]))
 
     def _referencing_tables(self) -> dict[str, tuple[set[str], tuple[str, ...]]]:
         """The catalog tables whose rows use blobs: {table: (its columns, the columns holding bh-keys)}."""
@@ -372,6 +487,7 @@ class FileStore(Interface):
         self._present.pop(bh_key, None)
         with self._conn:
             self._conn.execute("DELETE FROM filestore WHERE bh_key = ?", (bh_key,))
+            self._conn.execute(f"DELETE FROM {CHUNKS_TABLE} WHERE blob = ?", (bh_key,))
         self._store.delete(row["object_key"] if row else self._prefix + bh_key)
         return row is not None
 
@@ -386,6 +502,7 @@ class FileStore(Interface):
         check_bh_key(bh_key)
         with self._conn:
             cur = self._conn.execute("DELETE FROM filestore WHERE bh_key = ?", (bh_key,))
+            self._conn.execute(f"DELETE FROM {CHUNKS_TABLE} WHERE blob = ?", (bh_key,))
         self._present.pop(bh_key, None)  # gc may take the object from now on
         return cur.rowcount > 0
 
@@ -477,7 +594,8 @@ class FileStore(Interface):
             raise self._missing(bh_key) from None
 
     def get_range(self, bh_key: str, start: int, end: int | None = None) -> bytes:
-        """Bytes ``[start, end)`` of the blob, with one ranged GET."""
+        """Bytes ``[start, end)`` of the blob, with one ranged GET (not verified; ``get_range_verified`` checks
+        the chunks it touches)."""
         row = self._require(bh_key)
         try:
             return self._store.get_range(row["object_key"], start, end)
@@ -492,6 +610,89 @@ class FileStore(Interface):
             return self._store.get_into(row["object_key"], buffer, start, progress=progress)
         except ObjectNotFound:
             raise self._missing(bh_key) from None
+
+    def chunk_hashes(self, bh_key: str) -> ChunkHashes | None:
+        """The blob's chunk hashes from the catalog, or None for a blob put without them (read unverified).
+
+        Raises IntegrityError when the catalog's row cannot describe the blob (a bad chunk size, or a number of
+        digests that does not fit its size)."""
+        return self._chunks_of(self._require(bh_key))
+
+    def _chunks_of(self, row: dict[str, Any]) -> ChunkHashes | None:
+        bh_key, size = row["bh_key"], int(row["size"])
+        found = self._conn.execute(f"SELECT chunk_size, digests FROM {CHUNKS_TABLE} WHERE blob = ?",
+                                   (bh_key,)).fetchone()
+        if found is None:
+            return None
+        chunk_size, digests = found
+        if not (isinstance(chunk_size, int) and chunk_size > 0 and isinstance(digests, bytes)
+                and len(digests) == -(-size // chunk_size) * _DIGEST):
+            raise IntegrityError(f"the catalog's chunk hashes of blob {bh_key[:12]}... do not fit the blob "
+                                 f"({size} bytes); delete its {CHUNKS_TABLE} row, or put the data again")
+        return ChunkHashes(bh_key, size, chunk_size, digests)
+
+    def get_range_verified(self, bh_key: str, start: int, end: int | None = None) -> bytes:
+        """Bytes ``[start, end)`` of the blob (slice rules), checked against its chunk hashes: the range is widened
+        to whole chunks, fetched with one ranged GET and each chunk's SHA-256 compared with the catalog's.
+
+        Raises IntegrityError naming the chunk whose bytes were altered. A blob without chunk hashes (put by an
+        older version) is read unverified, as ``get_range`` does."""
+        row = self._require(bh_key)
+        chunks = self._chunks_of(row)
+        if chunks is None:
+            return self.get_range(bh_key, start, end)
+        start, end, _ = slice(start, end).indices(chunks.size)
+        if end <= start:
+            return b""
+        lo, hi = chunks.span(start, end)
+        try:
+            data = self._store.get_range(row["object_key"], lo, hi)
+        except ObjectNotFound:
+            raise self._missing(bh_key) from None
+        if len(data) != hi - lo:
+            raise self._corrupt(bh_key)
+        hasher = _ChunkHasher(chunks.chunk_size)
+        hasher.update(data)
+        chunks.check(lo, hasher.digests())
+        return data if (lo, hi) == (start, end) else data[start - lo:end - lo]
+
+    def get_into_verified(self, bh_key: str, buffer: memoryview | bytearray, start: int = 0, *,
+                          progress: ProgressCallback | None = None) -> int:
+        """Read ``len(buffer)`` bytes of the blob from ``start`` into ``buffer``, checked against its chunk hashes.
+
+        The bytes of the first and last chunks outside the range are fetched too (up to 8 MiB of whole chunks with
+        one ranged GET, then a copy; more lands straight in ``buffer``, the edges fetched beside), and the chunks
+        are hashed as they arrive. A blob without chunk hashes is read unverified, as ``get_into`` does."""
+        row = self._require(bh_key)
+        chunks = self._chunks_of(row)
+        view = memoryview(buffer).cast("B")
+        end = start + view.nbytes
+        if chunks is None or not view.nbytes:
+            return self.get_into(bh_key, view, start, progress=progress)
+        if start < 0 or end > chunks.size:
+            raise ValueError(f"bytes {start}-{end} are outside blob {bh_key[:12]}... ({chunks.size} bytes)")
+        lo, hi = chunks.span(start, end)
+        object_key = row["object_key"]
+        hasher = _ChunkHasher(chunks.chunk_size)
+        try:
+            if hi - lo <= max(_ONE_GET, 4 * chunks.chunk_size):
+                whole = bytearray(hi - lo)
+                self._store.get_into(object_key, whole, lo, progress=progress, sink=hasher.update)
+                chunks.check(lo, hasher.digests())
+                view[:] = memoryview(whole)[start - lo:end - lo]
+                return view.nbytes
+            before, after = bytearray(start - lo), bytearray(hi - end)
+            if before:
+                self._store.get_into(object_key, before, lo)
+                hasher.update(before)
+            self._store.get_into(object_key, view, start, progress=progress, sink=hasher.update)
+            if after:
+                self._store.get_into(object_key, after, end)
+                hasher.update(after)
+        except ObjectNotFound:
+            raise self._missing(bh_key) from None
+        chunks.check(lo, hasher.digests())
+        return view.nbytes
 
     def get_verified(self, bh_key: str, buffer: memoryview | bytearray, *, head: bytes = b"",
                      progress: ProgressCallback | None = None) -> None:
@@ -641,8 +842,11 @@ class BlobWriter(io.RawIOBase):
         self._batch_size = 0
         self._size = 0
         self._hasher = hashlib.sha256()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bh-hash")
-        self._pending: Any = None
+        self._chunker = _ChunkHasher(files.chunk_size)
+        self._chunk_size = files.chunk_size
+        # Two helpers: the whole-content hash and the chunk hashes of a batch run side by side.
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="bh-hash")
+        self._pending: list[Any] = []
         self.bh_key: str | None = None
 
     def writable(self) -> bool:
@@ -662,25 +866,32 @@ class BlobWriter(io.RawIOBase):
         return len(data)
 
     def _flush_batch(self) -> None:
-        if self._pending is not None:
-            self._pending.result()
+        for pending in self._pending:
+            pending.result()
         batch, self._batch, self._batch_size = self._batch, [], 0
         hasher = self._hasher
+        chunker = self._chunker
 
         def update() -> None:
             for piece in batch:
                 hasher.update(piece)
 
-        self._pending = self._pool.submit(update)
+        def update_chunks() -> None:
+            for piece in batch:
+                chunker.update(piece)
+
+        self._pending = [self._pool.submit(update), self._pool.submit(update_chunks)]
 
     def close(self) -> None:
         if self.closed:
             return
         try:
             self._flush_batch()
-            self._pending.result()
+            for pending in self._pending:
+                pending.result()
             self.bh_key = self._files._store_hashed(
-                self._hasher.hexdigest(), [memoryview(c) for c in self._chunks], **self._opts)  # type: ignore[arg-type]
+                self._hasher.hexdigest(), [memoryview(c) for c in self._chunks],
+                chunks=(self._chunk_size, self._chunker.digests()), **self._opts)  # type: ignore[arg-type]
         finally:
             self._pool.shutdown(wait=False)
             self._chunks = []
@@ -734,11 +945,22 @@ def referenced_keys(conn: sqlite3.Connection, *, with_rows: bool = False) -> set
     return keys
 
 
-def _hash_file(path: Path) -> str:
+def _hash_file(path: Path, chunk_size: int) -> tuple[str, bytes]:
+    """The file's SHA-256 hex and its chunk digests, in one pass (the two hashes side by side in two threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     h = hashlib.sha256()
-    with path.open("rb", buffering=0) as f:
+    chunker = _ChunkHasher(chunk_size)
+    with path.open("rb", buffering=0) as f, ThreadPoolExecutor(1, thread_name_prefix="bh-hash") as pool:
         buf = bytearray(CHUNK_SIZE * 4)
         view = memoryview(buf)
         while n := f.readinto(view):
-            h.update(view[:n])
-    return h.hexdigest()
+            part = view[:n]
+            if n >= _THREADED_HASH:
+                done = pool.submit(chunker.update, part)
+                h.update(part)
+                done.result()
+            else:
+                h.update(part)
+                chunker.update(part)
+    return h.hexdigest(), chunker.digests()

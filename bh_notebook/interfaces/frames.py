@@ -326,6 +326,9 @@ class RangeFile(SeekableReader):
     ``prefetch(ranges)`` fetches many ranges at once, in parallel, merging ranges that nearly touch; reads that
     fall inside them are then served from memory. Parquet readers ask for one column chunk at a time, which
     against a bucket on the internet would be one round trip each.
+
+    Every range is widened to the blob's hash chunks and checked against their SHA-256 (``FileStore.
+    get_range_verified``), so altered bytes raise IntegrityError instead of being decoded.
     """
 
     def __init__(self, files: Any, bh_key: str, size: int, progress: ProgressCallback | None = None) -> None:
@@ -336,14 +339,20 @@ class RangeFile(SeekableReader):
         self._progress = progress
         self._lock = threading.Lock()
         self._blocks: list[tuple[int, bytes]] = []
+        chunks = files.chunk_hashes(bh_key)
+        self._chunk = chunks.chunk_size if chunks is not None else 1
         self.bytes_fetched = 0
         self.requests = 0
 
     def size(self) -> int:
         return self._size
 
+    def _widen(self, start: int, end: int) -> tuple[int, int]:
+        """``[start, end)`` widened to whole hash chunks: what a verified read fetches anyway."""
+        return start // self._chunk * self._chunk, min(self._size, -(-end // self._chunk) * self._chunk)
+
     def _fetch(self, start: int, end: int) -> bytes:
-        data = self._files.get_range(self._key, start, end)
+        data = self._files.get_range_verified(self._key, start, end)
         with self._lock:
             self.bytes_fetched += len(data)
             self.requests += 1
@@ -354,7 +363,7 @@ class RangeFile(SeekableReader):
     def prefetch(self, ranges: list[tuple[int, int]]) -> None:
         """Fetch these ``[start, end)`` ranges now, in parallel; later reads inside them cost no request."""
         merged: list[list[int]] = []
-        for start, end in sorted((max(0, a), min(self._size, b)) for a, b in ranges):
+        for start, end in sorted(self._widen(max(0, a), min(self._size, b)) for a, b in ranges if b > a):
             if end <= start or self._cached(start, end) is not None:
                 continue
             if merged and start - merged[-1][1] <= PREFETCH_GAP and end - merged[-1][0] <= PREFETCH_BLOCK:
@@ -385,7 +394,11 @@ class RangeFile(SeekableReader):
             return b""
         data = self._cached(self._pos, end)
         if data is None:
-            data = self._fetch(self._pos, end)
+            lo, hi = self._widen(self._pos, end)
+            block = self._fetch(lo, hi)
+            with self._lock:
+                self._blocks.append((lo, block))
+            data = block[self._pos - lo:end - lo]
         self._pos += len(data)
         return data
 

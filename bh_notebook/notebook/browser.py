@@ -409,7 +409,10 @@ def _preview_array(bh: BucketSQLite, store: Any, name: str, version: int | None)
     row_bytes = info.nbytes // info.shape[0] if info.shape and info.shape[0] else info.nbytes
     partial = bool(info.shape) and info.nbytes > PREVIEW_BYTES and row_bytes > 0 and not info.fortran_order
     if partial:
-        n = max(1, PREVIEW_BYTES // row_bytes)
+        blob = bh.files.metadata(info.bh_key)
+        header = blob.size - info.nbytes if blob is not None else 0
+        # The rows that fit in the blob's first PREVIEW_BYTES: whole hash chunks, none fetched beyond.
+        n = max(1, (PREVIEW_BYTES - header) // row_bytes)
         data = store.get(name, version, rows=slice(0, n))
         scope = f" (first {n:,} rows)"
     elif info.nbytes > PREVIEW_BYTES:
@@ -447,7 +450,7 @@ def _preview_file(bh: BucketSQLite, store: Any, name: str, version: int | None) 
         body.append(widgets.Image(value=store.get(name, version), format=IMAGE_TYPES[info.mime],
                                   layout=widgets.Layout(max_width="480px", height="auto")))
     elif info.nbytes and (info.mime is None or _looks_textual(info.mime, info.filename)):
-        raw = bh.files.get_range(info.bh_key, 0, TEXT_PREVIEW)
+        raw = bh.files.get_range_verified(info.bh_key, 0, TEXT_PREVIEW)
         text_ok = _looks_textual(info.mime, info.filename) or _is_text(raw)
         if text_ok:
             head = raw.decode("utf-8", errors="replace")
