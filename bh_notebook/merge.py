@@ -10,7 +10,8 @@ The rules, one per kind of table:
   new versions survive. Theirs were committed first and keep their numbers; ours that collide are renumbered to
   follow the highest. A version either side deleted is deleted.
 - ``filestore``: the union of both sides' blobs, less rows either side deleted (a blob is in the bucket before its
-  row is anywhere, so a merged row never points at a missing object).
+  row is anywhere, so a merged row never points at a missing object), except the rows of blobs that entries of the
+  merged catalog still use (one side released a blob while the other added an entry using it).
 - ``bh_kv``: a key changed on one side takes that side's value. Changed on both sides to different values (or
   set on one and deleted on the other) is a conflict, settled by **commit order: the later commit wins** (the
   merging writer's, since the other one committed first). No clock is compared; every conflict is reported.
@@ -106,6 +107,7 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path) -> 
                     _merge_kv(conn, report)
                 else:
                     _merge_other(conn, table, report)
+            _keep_rows_of_used_blobs(conn, report)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -164,6 +166,26 @@ def _merge_keyed(conn: sqlite3.Connection, table: str, key: list[str], report: M
         f"INSERT OR IGNORE INTO main.{t} SELECT * FROM theirs.{t} x "
         f"WHERE NOT EXISTS (SELECT 1 FROM base.{t} y WHERE {match})")
     report.taken += cur.rowcount
+
+
+def _keep_rows_of_used_blobs(conn: sqlite3.Connection, report: MergeReport) -> None:
+    """Put back a file row one side deleted (its last entry there went) while the merged catalog has entries using
+    the blob: the other side may have added one meanwhile, and an entry whose row is gone cannot be read."""
+    tables = _tables(conn, "main")
+    if "filestore" not in tables:
+        return
+    users = [t for t in tables if t != "filestore" and "bh_key" in _columns(conn, "main", t)]
+    if not users:
+        return
+    used = " UNION ".join(f"SELECT bh_key FROM main.{_q(t)}" for t in users)
+    cols = _columns(conn, "main", "filestore")
+    for schema in ("theirs", "base"):
+        if "filestore" not in _tables(conn, schema) or _columns(conn, schema, "filestore") != cols:
+            continue
+        cur = conn.execute(
+            f"INSERT OR IGNORE INTO main.filestore SELECT * FROM {schema}.filestore WHERE bh_key IN ({used}) "
+            "AND bh_key NOT IN (SELECT bh_key FROM main.filestore)")
+        report.taken += max(cur.rowcount, 0)
 
 
 def _merge_kv(conn: sqlite3.Connection, report: MergeReport) -> None:
