@@ -357,7 +357,7 @@ AGED_FINDING = ("a put that finds its blob already stored (an object this writer
 def test_aged_blob_lifetimes(make_config: Callable[..., BucketConfig], tmp_path: Path) -> None:
     """The machine with time passing (local backend); not shrunk while it is expected to fail (the shrunk sequences
     are in LOST_TO_A_CONCURRENT_GC)."""
-    _run(AgedBlobLifetimes, "local", make_config, tmp_path, examples=15, steps=25, shrink=False)
+    _run(AgedBlobLifetimes, "local", make_config, tmp_path, examples=30, steps=25, shrink=False)
 
 
 Step = tuple[Any, ...]  # (method of the machine, its arguments...)
