@@ -21,7 +21,7 @@ import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import InvalidKey, NotFound, PreconditionFailed
 from .interfaces.files import referenced_keys
@@ -29,8 +29,30 @@ from .merge import MergeReport
 from .storage.snapshot import vet_catalog_file
 
 if TYPE_CHECKING:
-    from .database import BucketSQLite
+    from .config import BucketConfig
     from .storage.bucket import BucketClient
+    from .storage.snapshot import SnapshotConfig
+
+
+class Catalog(Protocol):
+    """What branches need of a started BucketSQLite (a protocol, so that this module never imports database.py)."""
+
+    config: BucketConfig
+    snapshot_config: SnapshotConfig
+
+    @property
+    def bucket(self) -> BucketClient: ...
+
+    @property
+    def connection(self) -> sqlite3.Connection: ...
+
+    def force_flush(self) -> Any: ...
+
+    def pull(self) -> Any: ...
+
+    def _merge_file(self, theirs: Path, base: Path | None, *, label: str) -> MergeReport: ...
+
+    def start(self) -> Any: ...
 
 #: Between the main catalog's key and a branch's name.
 SEPARATOR = ".branch."
@@ -70,7 +92,7 @@ def branch_key(root: str, name: str) -> str:
 class Branches:
     """The branches of the bucket a BucketSQLite is started on; reached as ``bh.branches``."""
 
-    def __init__(self, bh: BucketSQLite) -> None:
+    def __init__(self, bh: Catalog) -> None:  # a started BucketSQLite
         self._bh = bh
 
     @property
@@ -125,7 +147,7 @@ class Branches:
             self._bh.bucket.delete(k)
         return existed
 
-    def open(self, name: str) -> BucketSQLite:
+    def open(self, name: str) -> Any:
         """A started BucketSQLite on branch ``name`` (``main``: the main catalog), with this one's settings."""
         import dataclasses
 
@@ -133,7 +155,8 @@ class Branches:
         if name != MAIN and self._bh.bucket.head(key) is None:
             raise NotFound(f"no branch {name!r} in {self._bh.config.location}; bh.branches.create({name!r}) makes "
                            "one from the current catalog")
-        return type(self._bh)(dataclasses.replace(self._bh.config, key=key), self._bh.snapshot_config).start()
+        make: Any = type(self._bh)  # a BucketSQLite, without importing database.py
+        return make(dataclasses.replace(self._bh.config, key=key), self._bh.snapshot_config).start()
 
     def merge(self, name: str) -> MergeReport:
         """Merge branch ``name`` into this catalog (three-way, against the branch's fork point) and commit.
@@ -178,7 +201,7 @@ class Branches:
         vet_catalog_file(dest, label=f"catalog {bh.config.key!r}")
 
 
-def shared_references(bh: BucketSQLite) -> set[str]:
+def shared_references(bh: Catalog) -> set[str]:
     """Blobs any catalog in the bucket uses: the main catalog, every branch and fork point, and ``.prev`` copies.
 
     What the collector spares besides this process's own catalog; each file is vetted before it is opened."""

@@ -911,14 +911,22 @@ class BlobWriter(io.RawIOBase):
             self.close()
 
 
+#: Where the registered kinds' blob columns come from: ``interfaces/registry.py`` (which imports this module) sets
+#: it when it is imported. Until then only ``bh_key`` columns count, which is what every built-in kind uses.
+_declared_blob_columns: list[Callable[[], dict[str, tuple[str, ...]]]] = [dict]
+
+
+def declare_blob_columns(source: Callable[[], dict[str, tuple[str, ...]]]) -> None:
+    """Set where ``referencing_tables`` learns which columns of which tables hold blob keys (the registry)."""
+    _declared_blob_columns[0] = source
+
+
 def referencing_tables(conn: sqlite3.Connection) -> dict[str, tuple[set[str], tuple[str, ...]]]:
     """The tables of the catalog behind ``conn`` whose rows use blobs: {table: (its columns, the bh-key columns)}.
 
     The registered kinds say which of their columns hold bh-keys (``blob_columns()``); any other table with a
     ``bh_key`` column (a user's table, a buckethead catalog's) counts too, through that column."""
-    from .registry import blob_columns
-
-    declared = blob_columns()
+    declared = _declared_blob_columns[0]()
     found: dict[str, tuple[set[str], tuple[str, ...]]] = {}
     for (table,) in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'filestore' "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .arrays import ArrayStore
 from .base import MERGE_RULES, Interface
-from .files import FileStore
+from .files import FileStore, declare_blob_columns
 from .frames import FrameStore
 from .kv import KVStore
 from .named_files import NamedFileStore
@@ -61,3 +61,5 @@ def blob_columns() -> dict[str, tuple[str, ...]]:
             found[table] = tuple(dict.fromkeys((*found.get(table, ()), *cols)))
     return found
 
+
+declare_blob_columns(blob_columns)
