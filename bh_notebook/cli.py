@@ -9,6 +9,7 @@ errors (``BhError``) end the command with a one-line message and exit code 1; cl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import sys
@@ -18,11 +19,13 @@ from typing import Any
 
 import click
 
+from .branches import MAIN, branch_key, root_key
 from .config import config_for
 from .database import BucketSQLite
 from .errors import BhError, NotFound
 from .notebook.display import human_bytes, when
 from .notebook.listing import KIND_OF, KINDS, kinds_holding, listing, versioned_stores
+from .storage import open_bucket
 from .storage.snapshot import SnapshotConfig
 
 #: Exit codes scripts can rely on.
@@ -68,6 +71,16 @@ def _store(ctx: click.Context, *, restore_from: str = "latest") -> Iterator[Buck
     """The started store of ``--url`` (else the environment, else the local store), committed and closed after."""
     url = ctx.find_root().params.get("url")
     config = config_for(url)
+    branch = ctx.find_root().params.get("branch")
+    if branch is not None and branch != MAIN:
+        config = dataclasses.replace(config, key=branch_key(root_key(config.key), branch))
+        probe = open_bucket(config)
+        try:
+            if probe.head(config.key) is None:
+                raise NotFound(f"no branch {branch!r} in {config.location}; 'bh-notebook branch create {branch}' "
+                               "makes one from the main catalog")
+        finally:
+            probe.close()
     bh = BucketSQLite(config, SnapshotConfig(interval_seconds=0), restore_from=restore_from)
     # Progress bars go to a terminal only: a script's stderr stays clean.
     bh.progress_factory = _terminal_progress if sys.stderr.isatty() else None
@@ -140,8 +153,9 @@ _kind_option = click.option("--kind", type=click.Choice(KINDS), help="Which kind
               help="file:///path, s3://bucket?endpoint_url=https://host or r2://<account_id>/<bucket> (as "
                    "%bh_connect takes). Default: the BUCKETHEAD_* variables, else the local store "
                    "($BH_NOTEBOOK_HOME or ~/.bh_notebook).")
+@click.option("--branch", metavar="NAME", help="Work on this branch of the catalog ('bh-notebook branch list').")
 @click.version_option(package_name="bh_notebook", message="%(prog)s %(version)s")
-def main(url: str | None) -> None:
+def main(url: str | None, branch: str | None) -> None:
     """Stash and fetch frames, arrays, files and settings in a bucket (or the local store) from a shell.
 
     \b
@@ -679,6 +693,92 @@ def pull(ctx: click.Context, as_json: bool) -> None:
             _emit_json({"new": report is not None, "report": None if report is None else str(report)})
         else:
             click.echo("nothing new in the bucket" if report is None else f"pulled: {report}")
+
+
+# -- branch ---------------------------------------------------------------------------------
+
+
+@main.group(cls=_Cli)
+def branch() -> None:
+    """Branches of the catalog: they share its blobs and commit on their own.
+
+    \b
+    Examples:
+      bh-notebook branch create experiment
+      bh-notebook --branch experiment put trial.parquet
+      bh-notebook branch merge experiment
+    """
+
+
+@branch.command(name="list")
+@_json_option
+@click.pass_context
+def branch_list(ctx: click.Context, as_json: bool) -> None:
+    """The branches, the one in use marked with '*'.
+
+    \b
+    Example:
+      bh-notebook branch list --json
+    """
+    with _store(ctx) as bh:
+        names, current = bh.branches.list(), bh.branches.current
+        if as_json:
+            _emit_json({"branches": names, "current": current})
+        else:
+            for name in names:
+                click.echo(("* " if name == current else "  ") + name)
+
+
+@branch.command(name="create")
+@click.argument("name")
+@click.option("--overwrite", is_flag=True, help="Start an existing branch again from here.")
+@click.pass_context
+def branch_create(ctx: click.Context, name: str, overwrite: bool) -> None:
+    """Make branch NAME from the catalog in use (the main one unless --branch says otherwise).
+
+    \b
+    Example:
+      bh-notebook branch create experiment
+    """
+    with _store(ctx) as bh:
+        key = bh.branches.create(name, overwrite=overwrite)
+        click.echo(f"created branch {name!r} from {bh.branches.current!r} ({key})")
+
+
+@branch.command(name="delete")
+@click.argument("name")
+@click.pass_context
+def branch_delete(ctx: click.Context, name: str) -> None:
+    """Delete branch NAME (its blobs stay until 'files gc' finds nothing uses them).
+
+    \b
+    Example:
+      bh-notebook branch delete experiment
+    """
+    with _store(ctx) as bh:
+        if not bh.branches.delete(name):
+            raise NotFound(f"no branch {name!r}; 'bh-notebook branch list' shows them")
+        click.echo(f"deleted branch {name!r}")
+
+
+@branch.command(name="merge")
+@click.argument("name")
+@_json_option
+@click.pass_context
+def branch_merge(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Merge branch NAME into the catalog in use (the main one unless --branch says otherwise).
+
+    \b
+    Examples:
+      bh-notebook branch merge experiment
+      bh-notebook --branch experiment branch merge main
+    """
+    with _store(ctx) as bh:
+        report = bh.branches.merge(name)
+        if as_json:
+            _emit_json({"taken": report.taken, "renumbered": report.renumbered, "conflicts": report.conflicts})
+        else:
+            click.echo(f"merged branch {name!r} into {bh.branches.current!r}: {report}")
 
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "Failed", "main"]

@@ -30,7 +30,8 @@ from .conftest import set_bucket_env
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["status", "ls", "history", "get", "put", "kv get", "kv set", "kv delete", "files list", "files get",
-            "files gc", "check", "restore", "share", "pull"]
+            "files gc", "check", "restore", "share", "pull", "branch list", "branch create", "branch delete",
+            "branch merge"]
 
 Run = Callable[..., Result]
 
@@ -307,11 +308,10 @@ def test_help_documents_exit_codes_and_every_command_has_an_example(cli: Run) ->
     top = ok(cli("--help")).stdout
     for line in ("0  ok", "1  an error of bh_notebook", "2  a usage error", "3  check found problems"):
         assert line in top
-    assert "branch" not in top
     for command in COMMANDS:
         text = ok(cli(*command.split(), "--help")).stdout
         assert "Example" in text and f"bh-notebook {command.split()[0]}" in text, command
-    for group in ("kv", "files"):
+    for group in ("kv", "files", "branch"):
         assert "Example" in ok(cli(group, "--help")).stdout
 
 
@@ -385,3 +385,20 @@ def test_installed_script_on_the_local_store(tmp_path: Path) -> None:
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
     assert run("kv", "frobnicate").returncode == 2
     assert json.loads(run("status", "--json").stdout)["kv_keys"] == 1
+
+
+def test_branches_from_the_command_line(where: str, cli: Run, tmp_path: Path) -> None:
+    ok(cli("kv", "set", "mode", "fast"))
+    assert "created branch 'exp' from 'main'" in ok(cli("branch", "create", "exp")).stdout
+    assert as_json(cli("branch", "list", "--json")) == {"branches": ["main", "exp"], "current": "main"}
+    ok(cli("--branch", "exp", "kv", "set", "mode", "careful"))
+    assert ok(cli("kv", "get", "mode")).stdout.strip() == "fast"  # the main catalog did not move
+    assert ok(cli("--branch", "exp", "kv", "get", "mode")).stdout.strip() == "careful"
+    assert "* exp" in ok(cli("--branch", "exp", "branch", "list")).stdout
+    merged = as_json(cli("branch", "merge", "exp", "--json"))
+    assert merged["taken"] >= 1
+    assert ok(cli("kv", "get", "mode")).stdout.strip() == "careful"
+    assert "no branch 'nope'" in failed(cli("--branch", "nope", "status"))
+    assert "branch names are 1-64 letters" in failed(cli("branch", "create", "a/b"))
+    assert "deleted branch 'exp'" in ok(cli("branch", "delete", "exp")).stdout
+    assert "no branch 'exp'" in failed(cli("branch", "delete", "exp"))
