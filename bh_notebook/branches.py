@@ -5,8 +5,8 @@ the other's branches), beside the main catalog ``<key>``. It starts as a copy of
 blob with it (nothing is copied but the catalog), commits independently (a BucketSQLite started on the branch's
 key, e.g. ``bh.branches.open(name)`` or ``%bh_branch switch``), and is merged back with ``merge``.
 
-Next to each branch, ``<key>.branch.<name>.base`` holds its fork point: the catalog it started from, or the branch
-as it was last merged. A merge is three-way against it, so only what changed on each side since then counts. The
+Beside each branch, ``<key>.fork.<name>`` holds its fork point: the catalog it started from, or the catalogs'
+state at their last merge (outside buckethead's ``<key>.branch.`` prefix, so buckethead lists no extra branches). A merge is three-way against it, so only what changed on each side since then counts. The
 rules are the two-writer rules (``merge.py``) with two differences, because the catalog being merged into is the
 one others already read: its version numbers stay and the branch's colliding versions are renumbered after them,
 and a KV key changed on both sides takes the branch's value.
@@ -56,8 +56,8 @@ class Catalog(Protocol):
 
 #: Between the main catalog's key and a branch's name.
 SEPARATOR = ".branch."
-#: After a branch's key: its fork point.
-BASE_SUFFIX = ".base"
+#: Between the main catalog's key and a branch's name, for the branch's fork point.
+FORK_SEPARATOR = ".fork."
 #: The name of the catalog that is no branch.
 MAIN = "main"
 
@@ -82,6 +82,11 @@ def root_key(key: str) -> str:
 def branch_of(key: str) -> str:
     """The branch a catalog key belongs to, or ``main``."""
     return key.split(SEPARATOR, 1)[1] if SEPARATOR in key else MAIN
+
+
+def fork_key(root: str, name: str) -> str:
+    """Where branch ``name``'s fork point is kept."""
+    return f"{root}{FORK_SEPARATOR}{check_branch_name(name)}"
 
 
 def branch_key(root: str, name: str) -> str:
@@ -132,7 +137,7 @@ class Branches:
             except PreconditionFailed:
                 raise PreconditionFailed(f"branch {name!r} exists already in {self._bh.config.location}; switch to "
                                          "it, or create it with overwrite=True to start it again from here") from None
-            self._bh.bucket.upload(snap, key + BASE_SUFFIX)
+            self._bh.bucket.upload(snap, fork_key(self.root, name))
         return key
 
     def delete(self, name: str) -> bool:
@@ -143,7 +148,7 @@ class Branches:
         if key == self._bh.config.key:
             raise InvalidKey(f"branch {name!r} is the one in use; switch to another before deleting it")
         existed = self._bh.bucket.head(key) is not None
-        for k in (key, key + BASE_SUFFIX, key + ".prev"):
+        for k in (key, fork_key(self.root, name), key + ".prev"):
             self._bh.bucket.delete(k)
         return existed
 
@@ -166,7 +171,8 @@ class Branches:
         key = branch_key(self.root, name)
         if key == self._bh.config.key:
             raise InvalidKey(f"{name!r} is the catalog in use; merge another branch into it")
-        base_key = (key if name != MAIN else self._bh.config.key) + BASE_SUFFIX
+        # The fork point of the branch involved: the one merged in, or (merging main into a branch) this one.
+        base_key = fork_key(self.root, name if name != MAIN else self.current)
         bucket = self._bh.bucket
         self._bh.pull()
         with tempfile.TemporaryDirectory(prefix="bh-branch-") as tmp:
@@ -184,8 +190,10 @@ class Branches:
             shutil.copyfile(theirs, kept)
             report = self._bh._merge_file(theirs, base, label=f"branch {name!r}")
             self._bh.force_flush()
-            if name != MAIN:
-                bucket.upload(kept, key + BASE_SUFFIX)  # the branch as merged: the next merge's fork point
+            if name != MAIN:  # the branch as merged in is now the common ancestor
+                bucket.upload(kept, base_key)
+            elif self.current != MAIN:  # main as merged into this branch is
+                bucket.upload(kept, base_key)
         return report
 
     def _committed_copy(self, dest: Path) -> None:

@@ -32,6 +32,9 @@ def test_a_branch_starts_from_the_catalog_shares_its_blobs_and_commits_on_its_ow
             exp.arrays.put("trial", np.ones(5))
         assert counting.bytes_out == 0  # nothing of the blobs was copied
         assert "trial" not in main.arrays and main.kv["lr"] == "0.1"  # the main catalog did not move
+        # buckethead lists every key under <key>.branch. but .prev copies as a branch: nothing else may be there.
+        under = [k for k in main.bucket.list_keys(config.key + ".branch.") if not k.endswith(".prev")]
+        assert under == [config.key + ".branch.exp"]
         main.pull()
         assert "trial" not in main.arrays
 
