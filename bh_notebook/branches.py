@@ -48,9 +48,13 @@ class Catalog(Protocol):
 
     def force_flush(self) -> Any: ...
 
+    @property
+    def dirty(self) -> bool: ...
+
     def pull(self) -> Any: ...
 
-    def _merge_file(self, theirs: Path, base: Path | None, *, label: str) -> MergeReport: ...
+    def _merge_file(self, theirs: Path, base: Path | None, *, label: str,
+                    into_shared: bool = True) -> MergeReport: ...
 
     def start(self) -> Any: ...
 
@@ -166,11 +170,16 @@ class Branches:
     def merge(self, name: str) -> MergeReport:
         """Merge branch ``name`` into this catalog (three-way, against the branch's fork point) and commit.
 
-        Afterwards the branch's fork point is the branch as merged, so a later merge takes only newer changes.
-        To merge the main catalog into a branch, open the branch and merge ``main``."""
+        Afterwards the fork point is the state both now share, so a later merge takes only newer changes.
+        To merge the main catalog into a branch, open the branch and merge ``main`` (with the two-writer rules:
+        main keeps its version numbers, and a KV key changed on both sides keeps the branch's value, the later
+        commit). Branches merge with main only: a fork point describes a branch and main."""
         key = branch_key(self.root, name)
         if key == self._bh.config.key:
             raise InvalidKey(f"{name!r} is the catalog in use; merge another branch into it")
+        if name != MAIN and self.current != MAIN:
+            raise InvalidKey(f"branches merge with main only: switch to main and merge {name!r} there (then merge "
+                             f"main into {self.current!r})")
         # The fork point of the branch involved: the one merged in, or (merging main into a branch) this one.
         base_key = fork_key(self.root, name if name != MAIN else self.current)
         bucket = self._bh.bucket
@@ -188,12 +197,11 @@ class Branches:
                 base = None  # no fork point known: everything on the branch counts as its change
             kept = Path(tmp) / "merged-from.db"
             shutil.copyfile(theirs, kept)
-            report = self._bh._merge_file(theirs, base, label=f"branch {name!r}")
+            report = self._bh._merge_file(theirs, base, label=f"branch {name!r}", into_shared=name != MAIN)
             self._bh.force_flush()
-            if name != MAIN:  # the branch as merged in is now the common ancestor
-                bucket.upload(kept, base_key)
-            elif self.current != MAIN:  # main as merged into this branch is
-                bucket.upload(kept, base_key)
+            if self._bh.dirty:  # not committed (the flush will be retried): the old fork point still holds
+                return report
+            bucket.upload(kept, base_key)  # what was merged in is now the state both sides share
         return report
 
     def _committed_copy(self, dest: Path) -> None:

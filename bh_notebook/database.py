@@ -728,8 +728,9 @@ class BucketSQLite:
         if self.on_merge is not None:
             self.on_merge(report)
 
-    def _merge_file(self, theirs: Path, base: Path | None, *, label: str) -> MergeReport:
-        """Merge another catalog file (a branch's) into this one with the branch rules (see ``merge_catalog``).
+    def _merge_file(self, theirs: Path, base: Path | None, *, label: str, into_shared: bool = True) -> MergeReport:
+        """Merge another catalog file into this one: with ``into_shared`` by the rules of a branch merged into the
+        catalog others read (``merge_catalog(branch=True)``), else (main into a branch) by the two-writer rules.
 
         Both files are vetted first; the result is in memory, committed by the next flush."""
         assert self._workdir is not None
@@ -740,7 +741,7 @@ class BucketSQLite:
         with self._flush_lock:
             merge_conn = connect_catalog(self._uri)
             try:
-                report = merge_catalog(merge_conn, base, theirs, branch=True)
+                report = merge_catalog(merge_conn, base, theirs, branch=into_shared)
                 assert_no_code(merge_conn)
             finally:
                 merge_conn.close()

@@ -102,6 +102,9 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
         try:
             ours_tables = set(_tables(conn, "main"))
             base_tables = set(_tables(conn, "base"))
+            # Merging a branch, every number this catalog ever gave out stays its own (deleted ones included):
+            # taken before the retired-number table merges the branch's numbers in.
+            given = _numbers_given(conn, ours_tables, rules) if branch else {}
             # The retired-number table first: renumbering our versions must see both sides' highest numbers.
             for table in sorted(_tables(conn, "theirs"), key=lambda name: rules.get(name) != "retired"):
                 if table not in ours_tables:  # a table only they have: copy it whole
@@ -142,7 +145,7 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
                 elif table == CHUNKS_TABLE:  # checked before the rules: FileStore's second table
                     _merge_keyed(conn, table, ["blob"], report)
                 elif rule == "versioned":
-                    _merge_versioned(conn, table, cols, report, ours_keep=branch)
+                    _merge_versioned(conn, table, cols, report, ours_keep=given if branch else None)
                 elif rule == "blobs":
                     _merge_keyed(conn, table, ["bh_key"], report)
                 elif rule == "kv":
@@ -161,8 +164,23 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
     return report
 
 
+def _numbers_given(conn: sqlite3.Connection, tables: set[str], rules: dict[str, str]) -> dict[tuple[str, str], int]:
+    """{(table, name): the highest version number ours ever gave out}, from its versions and its retired numbers."""
+    given: dict[tuple[str, str], int] = {}
+    for table in tables:
+        if rules.get(table) == "versioned":
+            for name, top in conn.execute(f"SELECT name, max(version) FROM main.{_q(table)} GROUP BY name"):
+                given[(table, name)] = int(top)
+    if RETIRED_TABLE in tables:
+        for table, name, last in conn.execute(f"SELECT tbl, name, last FROM main.{RETIRED_TABLE}"):
+            given[(table, name)] = max(given.get((table, name), 0), int(last))
+    return given
+
+
 def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], report: MergeReport, *,
-                     ours_keep: bool = False) -> None:
+                     ours_keep: dict[tuple[str, str], int] | None = None) -> None:
+    """``ours_keep`` (merging a branch): ours keeps every number it gave out, given as {(table, name): highest};
+    a branch version at or below it moves past both sides' last."""
     t = _q(table)
     col_list = ", ".join(_q(c) for c in cols)
     same = "x.name = y.name AND x.version = y.version AND x.bh_key = y.bh_key AND x.created_at = y.created_at"
@@ -181,9 +199,10 @@ def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], repo
         values = dict(zip(cols, row))
         mine = conn.execute(f"SELECT bh_key, created_at FROM main.{t} WHERE name = ? AND version = ?",
                             (values["name"], values["version"])).fetchone()
-        if mine is not None:
-            if (mine[0], mine[1]) == (values["bh_key"], values["created_at"]):
-                continue  # the same row on both sides
+        if mine is not None and (mine[0], mine[1]) == (values["bh_key"], values["created_at"]):
+            continue  # the same row on both sides
+        taken_here = ours_keep is not None and values["version"] <= ours_keep.get((table, values["name"]), 0)
+        if mine is not None or taken_here:
             # Both sides made version N: theirs committed first and keeps it; ours moves past both sides' last.
             # (Merging a branch, ours is the shared catalog and keeps it; the branch's version moves instead.)
             top = conn.execute(
@@ -191,7 +210,7 @@ def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], repo
                 f"UNION ALL SELECT max(version) FROM theirs.{t} WHERE name = ? "
                 f"UNION ALL SELECT last FROM main.{RETIRED_TABLE} WHERE tbl = ? AND name = ?)",
                 (values["name"], values["name"], table, values["name"])).fetchone()[0]
-            if ours_keep:
+            if ours_keep is not None:
                 row = tuple(int(top) + 1 if c == "version" else v for c, v in zip(cols, row))
                 report.renumbered.append(f"{values['name']}@{values['version']}->{int(top) + 1} (from the branch)")
             else:

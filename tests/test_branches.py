@@ -103,3 +103,44 @@ def test_branch_names_and_misuse_get_clear_errors(config: BucketConfig) -> None:
             exp.branches.merge("main")  # the main catalog's changes into the branch
             assert exp.kv["on_main"] == "1"
         assert main.branches.delete("nope") is False
+
+
+def test_a_branch_merge_never_gives_out_a_number_main_already_gave(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as main:
+        main.arrays.put("x", np.zeros(2))
+        main.branches.create("exp")
+        main.arrays.put("x", np.full(2, 2.0))  # x@2 on main: others may have read it ...
+        main.arrays.delete("x", 2)  # ... and it was deleted: x@2 stays retired
+        main.force_flush()
+        with main.branches.open("exp") as exp:
+            exp.arrays.put("x", np.full(2, 3.0))  # the branch's own x@2
+        report = main.branches.merge("exp")
+        assert sorted(v.version for v in main.arrays.history("x")) == [1, 3]
+        np.testing.assert_array_equal(main.arrays.get("x", 3), np.full(2, 3.0))
+        with pytest.raises(NotFound):
+            main.arrays.get("x", 2)  # never anything but main's deleted x@2
+        assert any("x@2->3" in r for r in report.renumbered)
+
+
+def test_merging_main_into_a_branch_uses_the_two_writer_rules(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as main:
+        main.kv["lr"] = "0.1"
+        main.arrays.put("x", np.zeros(2))
+        main.branches.create("exp")
+        with main.branches.open("exp") as exp:
+            exp.kv["lr"] = "0.5"
+            exp.arrays.put("x", np.full(2, 5.0))  # the branch's x@2
+            main.kv["lr"] = "0.2"
+            main.arrays.put("x", np.full(2, 2.0))  # main's x@2, which others read
+            main.force_flush()
+            exp.branches.merge("main")
+            assert exp.kv["lr"] == "0.5"  # the branch's value: its commit is the later one
+            np.testing.assert_array_equal(exp.arrays.get("x", 2), np.full(2, 2.0))  # main's numbers hold
+            np.testing.assert_array_equal(exp.arrays.get("x", 3), np.full(2, 5.0))
+            with pytest.raises(InvalidKey, match="branches merge with main only"):
+                main.branches.create("other")
+                exp.branches.merge("other")
+        main.branches.merge("exp")  # back into main: only what the branch did since it took main in
+        assert main.kv["lr"] == "0.5"
+        assert sorted(v.version for v in main.arrays.history("x")) == [1, 2, 3]
+        np.testing.assert_array_equal(main.arrays.get("x", 2), np.full(2, 2.0))

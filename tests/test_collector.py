@@ -151,3 +151,15 @@ def test_check_reports_rows_that_disagree_and_repairs_a_misplaced_file_row(confi
         assert any("points at its own object again" in line for line in fixed.fixed)
         np.testing.assert_array_equal(bh.arrays.get("x"), arr)
         assert bh.check().inconsistent_rows == ["an entry points at 'not-a-blob', which is no blob key"]
+
+
+def test_an_upload_slower_than_fresh_seconds_is_checked_and_renewed(config: BucketConfig) -> None:
+    """S3 dates a multipart upload by when it started: an upload that took long is touched once it is done, so
+    the collector's grace runs from the end of the upload."""
+    counting = CountingBucket(open_bucket(config))
+    with BucketSQLite(config, NO_TIMER, bucket_client=counting) as bh:
+        bh.files.fresh_seconds = -1.0  # every upload counts as slow
+        counting.reset()
+        bh.arrays.put("x", np.arange(100.0))
+        assert counting.calls == {"head": 2, "put_stream": 1, "touch": 1}
+        np.testing.assert_array_equal(bh.arrays.get("x"), np.arange(100.0))

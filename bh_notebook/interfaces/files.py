@@ -243,6 +243,14 @@ class FileStore(Interface):
         seen = self._present.get(bh_key)
         return seen is not None and self._clock() - seen < self.trust_seconds
 
+    def _renew_after_slow_upload(self, started: float, object_key: str, size: int, describe: dict[str, Any]) -> None:
+        """An upload that took longer than ``fresh_seconds`` may carry the time it *started* as its last-modified
+        (S3 dates a multipart upload by its initiation): check it once more, touching it when it looks old, so the
+        collector's grace runs from now."""
+        if self._clock() - started > self.fresh_seconds and not self._rely_on(object_key, size, describe):
+            raise IntegrityError(f"{object_key!r} is missing or has the wrong size right after it was uploaded; "
+                                 "nothing points at it yet. Put the data again")
+
     def _rely_on(self, object_key: str, size: int, describe: dict[str, Any]) -> bool:
         """Whether the object is in the bucket with the right size, made fresh enough to outlive our commit.
 
@@ -332,8 +340,10 @@ class FileStore(Interface):
             object_key = self._prefix + bh_key
             describe = _describe(mime, entry)
             if not self._rely_on(object_key, size, describe):
+                started = self._clock()
                 with self._progress(progress, f"put {filename or path.name}", size) as cb:
                     self._store.upload(path, object_key, progress=cb, **describe)
+                self._renew_after_slow_upload(started, object_key, size, describe)
             self._present[bh_key] = self._clock()
             if not has_row:
                 self._insert(bh_key, object_key, size, mime, filename, metadata, chunks)
@@ -420,8 +430,10 @@ class FileStore(Interface):
         describe = _describe(mime, entry)
         if not self._rely_on(object_key, size, describe):
             reader = ChainReader(*views)
+            started = self._clock()
             with self._progress(progress, f"put {filename or bh_key[:12]}", size) as cb:
                 self._store.put_stream(reader, object_key, size=size, progress=cb, **describe)
+            self._renew_after_slow_upload(started, object_key, size, describe)
         self._present[bh_key] = self._clock()
         if not has_row:
             self._insert(bh_key, object_key, size, mime, filename, metadata, chunks)

@@ -584,12 +584,21 @@ class S3Bucket(BucketClient):
 
     def _upload_active(self, key: str, upload_id: str, cutoff: float) -> bool:
         """Whether a multipart upload received a part after ``cutoff``: a big upload keeps its start time while it
-        runs, so only its parts tell whether a writer is still at it."""
-        try:
-            r = self._call("list", key, self._client.list_parts, Bucket=self.name, Key=key, UploadId=upload_id)
-        except BhError:
-            return False  # gone or finishing: nothing to abort either way
-        return any(part["LastModified"].timestamp() > cutoff for part in r.get("Parts", []))
+        runs, so only its parts tell whether a writer is still at it. When that cannot be told, it counts as active
+        (aborting a live upload fails a put; keeping a dead one costs storage until the next gc)."""
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Key": key, "UploadId": upload_id}
+        while True:
+            try:
+                r = self._call("list", key, self._client.list_parts, **kwargs)
+            except ObjectNotFound:
+                return False  # gone or finished meanwhile: nothing to abort
+            except BhError:
+                return True
+            if any(part["LastModified"].timestamp() > cutoff for part in r.get("Parts", [])):
+                return True
+            if not r.get("IsTruncated"):
+                return False
+            kwargs["PartNumberMarker"] = r.get("NextPartNumberMarker")
 
     def presigned_url(self, key: str, expires_in: int = 3600) -> str | None:
         check_key(key)
