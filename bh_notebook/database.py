@@ -685,7 +685,10 @@ class BucketSQLite:
             self.last_merge = None
             self._merge_remote()
             after = self._fingerprint()
-            if was_clean and after[0] == before[0]:
+            if self.last_merge is not None and self.last_merge.rows_kept > 0:
+                # The merge kept file rows their catalog dropped: ours differs from theirs, so commit it.
+                self._flushed_fingerprint = (-1, -1)
+            elif was_clean and after[0] == before[0]:
                 # Nothing of ours was waiting and nobody wrote meanwhile: we now hold exactly their catalog.
                 self._flushed_fingerprint = after
             return self.last_merge
@@ -719,6 +722,8 @@ class BucketSQLite:
         finally:
             merge_conn.close()
         theirs.replace(base)  # our catalog now contains theirs: it is the base of the next merge
+        # What the bucket holds now is theirs: a flush may skip its upload only when our catalog is that file.
+        self._snapshot_sha = file_sha256(base)
         self._etag = info.etag
         self.last_merge = report
         if report.conflicts:

@@ -61,6 +61,9 @@ class MergeReport:
 
     taken: int = 0
     renumbered: list[str] = field(default_factory=list)
+    #: File rows kept although the other side dropped them (a merged entry still uses each): the merged catalog then
+    #: differs from theirs, so it has to be committed even when nothing else of ours was waiting.
+    rows_kept: int = 0
     conflicts: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -260,6 +263,7 @@ def _keep_rows_in_use(conn: sqlite3.Connection, report: MergeReport) -> None:
                                f"{schema}.filestore WHERE bh_key = ?", (key,))
             if cur.rowcount > 0:
                 report.taken += 1
+                report.rows_kept += 1
                 _keep_chunks(conn, schema, key)
                 break
 

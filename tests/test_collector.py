@@ -163,3 +163,19 @@ def test_an_upload_slower_than_fresh_seconds_is_checked_and_renewed(config: Buck
         bh.arrays.put("x", np.arange(100.0))
         assert counting.calls == {"head": 2, "put_stream": 1, "touch": 1}
         np.testing.assert_array_equal(bh.arrays.get("x"), np.arange(100.0))
+
+
+def test_a_file_row_kept_by_a_pull_is_committed_so_the_other_writer_gets_it_back(config: BucketConfig) -> None:
+    arr = np.arange(40.0)
+    with BucketSQLite(config, NO_TIMER) as a, BucketSQLite(config, NO_TIMER) as b:
+        key = a.arrays.put("x", arr).bh_key
+        a.force_flush()
+        b.pull()
+        with a.connection as conn:  # a's catalog loses the file row (a crash, another tool) and commits that
+            conn.execute("DELETE FROM filestore WHERE bh_key = ?", (key,))
+        a.force_flush()
+        report = b.pull()  # b keeps the row: its catalog's entry x still uses the blob
+        assert report is not None and report.rows_kept == 1 and b.dirty  # so b has something to commit
+        b.force_flush()
+        a.pull()
+        np.testing.assert_array_equal(a.arrays.get("x"), arr)  # a has the row back

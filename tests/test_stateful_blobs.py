@@ -397,6 +397,15 @@ FIXED = {
     # An entry whose file row was lost: gc with grace 0 deleted its blob.
     "lost_file_row": [("put", 0, A, 0, 0), ("drop_file_row", 0, (A, "a_x", 1)), ("quiescent_gc", 0),
                       ("check_fix", 0)],
+    # A pull kept a file row the other writer's commit had dropped (an entry still used it), but the catalog counted
+    # as committed: its next flush saw the same bytes it had uploaded before and sent nothing, so the other writer
+    # never got the row back (found by this machine; a kept row now makes the catalog dirty, and after a merge the
+    # upload is skipped only when the catalog equals the one in the bucket).
+    "pull_keeps_a_dropped_row": [("put", 0, A, 1, 4), ("drop_file_row", 0, (A, "a_y", 1)), ("quiescent_gc", 1),
+                                 ("put", 0, F, 1, 0), ("drop_file_row", 0, (F, "a_y", 1)), ("check_fix", 1),
+                                 ("drop_file_row", 0, (A, "a_y", 1)), ("flush", 0), ("concurrent_gc", 1),
+                                 ("concurrent_gc", 0), ("drop_file_row", 0, (A, "a_y", 1)), ("quiescent_gc", 0),
+                                 ("check_fix", 1)],
     # Found by the machine with time passing; fixed by touching a blob a put relies on when it is old, and by
     # trusting a checked blob for FileStore.trust_seconds only.
     # W1 deletes its only entry using blob K (its row goes, the old object waits for gc) and commits; W1 then puts
