@@ -332,24 +332,10 @@ class FileStore(Interface):
             filename = filename if filename is not None else path.name
             if mime is None and filename:
                 mime = mimetypes.guess_type(filename)[0]
-            chunks = (self.chunk_size, digests)
-            has_row = self._has_row(bh_key)
-            if has_row and self._trusted(bh_key):
-                self._add_chunks(bh_key, chunks)
-                return bh_key
-            object_key = self._prefix + bh_key
-            describe = _describe(mime, entry)
-            if not self._rely_on(object_key, size, describe):
-                started = self._clock()
-                with self._progress(progress, f"put {filename or path.name}", size) as cb:
-                    self._store.upload(path, object_key, progress=cb, **describe)
-                self._renew_after_slow_upload(started, object_key, size, describe)
-            self._present[bh_key] = self._clock()
-            if not has_row:
-                self._insert(bh_key, object_key, size, mime, filename, metadata, chunks)
-            else:
-                self._add_chunks(bh_key, chunks)
-            return bh_key
+            return self._put_blob(
+                bh_key, size, label=filename or path.name, mime=mime, filename=filename, metadata=metadata,
+                progress=progress, entry=entry, chunks=(self.chunk_size, digests),
+                send=lambda key, cb, describe: self._store.upload(path, key, progress=cb, **describe))
         if isinstance(data, (bytes, bytearray, memoryview)):
             if mime is None and filename:
                 mime = mimetypes.guess_type(filename)[0]
@@ -421,18 +407,30 @@ class FileStore(Interface):
 
         A no-op when the row exists and the object is known to be in the bucket; a row whose object is gone is
         repaired by uploading again (the seed's rule: a put is a no-op only when the blob is in both tiers)."""
+        size = sum(v.nbytes for v in views)
+        return self._put_blob(
+            bh_key, size, label=filename or bh_key[:12], mime=mime, filename=filename, metadata=metadata,
+            progress=progress, entry=entry, chunks=chunks,
+            send=lambda key, cb, describe: self._store.put_stream(ChainReader(*views), key, size=size, progress=cb,
+                                                                  **describe))
+
+    def _put_blob(self, bh_key: str, size: int, *, label: str, mime: str | None, filename: str | None,
+                  metadata: dict[str, str] | None, progress: ProgressCallback | None,
+                  entry: tuple[str, str] | None, chunks: tuple[int, bytes] | None,
+                  send: Callable[[str, ProgressCallback | None, dict[str, Any]], object]) -> str:
+        """What every put does once the bytes are hashed: trust a blob this process checked lately, else rely on
+        the object in the bucket (HEAD, size, touch when old) or upload it with ``send(object_key, progress,
+        describe)``; then register the row (or add chunk hashes to an older one)."""
         has_row = self._has_row(bh_key)
         if has_row and self._trusted(bh_key):
             self._add_chunks(bh_key, chunks)
             return bh_key
-        size = sum(v.nbytes for v in views)
         object_key = self._prefix + bh_key
         describe = _describe(mime, entry)
         if not self._rely_on(object_key, size, describe):
-            reader = ChainReader(*views)
             started = self._clock()
-            with self._progress(progress, f"put {filename or bh_key[:12]}", size) as cb:
-                self._store.put_stream(reader, object_key, size=size, progress=cb, **describe)
+            with self._progress(progress, f"put {label}", size) as cb:
+                send(object_key, cb, describe)
             self._renew_after_slow_upload(started, object_key, size, describe)
         self._present[bh_key] = self._clock()
         if not has_row:
