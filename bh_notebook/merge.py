@@ -35,7 +35,7 @@ from pathlib import Path
 from .connection import PLAIN_TABLE_SQL
 from .connection import quote_ident as _q
 from .interfaces.base import RETIRED_TABLE
-from .interfaces.files import CHUNKS_TABLE, referencing_tables
+from .interfaces.files import CHUNKS_TABLE, referenced_keys
 from .interfaces.kv import migrate_kv_table
 from .interfaces.registry import merge_rules
 
@@ -246,11 +246,7 @@ def _keep_rows_in_use(conn: sqlite3.Connection, report: MergeReport) -> None:
     new name, relying on the row it still has. Without this the merged catalog holds an entry whose blob has no
     row: unreadable, and fair game for the collector."""
     have = {r[0] for r in conn.execute("SELECT bh_key FROM main.filestore")}
-    used: set[str] = set()
-    for table, (_, using) in referencing_tables(conn).items():
-        for col in using:
-            used |= {r[0] for r in conn.execute(f"SELECT DISTINCT {_q(col)} FROM main.{_q(table)} "
-                                                f"WHERE {_q(col)} IS NOT NULL")}
+    used = referenced_keys(conn)  # the collector's own reading (unqualified names resolve to main first)
     cols = ", ".join(_q(c) for c in _columns(conn, "main", "filestore"))
     for key in sorted(used - have):
         for schema in ("theirs", "base"):
