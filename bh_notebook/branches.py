@@ -5,11 +5,12 @@ the other's branches), beside the main catalog ``<key>``. It starts as a copy of
 blob with it (nothing is copied but the catalog), commits independently (a BucketSQLite started on the branch's
 key, e.g. ``bh.branches.open(name)`` or ``%bh_branch switch``), and is merged back with ``merge``.
 
-Beside each branch, ``<key>.fork.<name>`` holds its fork point: the catalog it started from, or the catalogs'
-state at their last merge (outside buckethead's ``<key>.branch.`` prefix, so buckethead lists no extra branches). A merge is three-way against it, so only what changed on each side since then counts. The
-rules are the two-writer rules (``merge.py``) with two differences, because the catalog being merged into is the
-one others already read: its version numbers stay and the branch's colliding versions are renumbered after them,
-and a KV key changed on both sides takes the branch's value.
+Beside each branch, ``<key>.fork.<name>`` holds its fork point: the catalog it started from, or the state both
+shared at their last merge (outside buckethead's ``<key>.branch.`` prefix, so buckethead lists no extra branches).
+A merge is three-way against it, so only what changed on each side since then counts. Branches merge with main
+only. Merging main into a branch follows the two-writer rules (``merge.py``); merging a branch into main differs
+in two ways, because main is what others already read: every number main ever gave out stays its own (the
+branch's versions are renumbered after them), and a KV key changed on both sides takes the branch's value.
 
 Blobs belong to every catalog in the bucket: the collector spares anything any branch (or ``.prev``) uses.
 """
