@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .errors import InvalidKey, NotFound, PreconditionFailed
 from .interfaces.files import referenced_keys
 from .merge import MergeReport
-from .storage.snapshot import vet_catalog_file
 
 if TYPE_CHECKING:
     from .config import BucketConfig
@@ -53,6 +52,8 @@ class Catalog(Protocol):
     def dirty(self) -> bool: ...
 
     def pull(self) -> Any: ...
+
+    def _copy_committed(self, dest: Path) -> None: ...
 
     def _merge_file(self, theirs: Path, base: Path | None, *, label: str,
                     into_shared: bool = True) -> MergeReport: ...
@@ -130,31 +131,49 @@ class Branches:
     def create(self, name: str, *, overwrite: bool = False) -> str:
         """Make branch ``name`` from this catalog as it is now (committed first); return its catalog key.
 
-        Refused with PreconditionFailed when the branch exists, unless ``overwrite=True`` (which replaces it with
-        the current catalog, as buckethead's overwrite does)."""
+        The branch's log starts with one commit holding that catalog (and a checkpoint at its key). Refused with
+        PreconditionFailed when the branch exists, unless ``overwrite=True`` (which replaces it with the current
+        catalog, as buckethead's overwrite does)."""
+        from .sync.replica import Replica
+
         key = branch_key(self.root, check_branch_name(name))
         self._bh.force_flush()
+        bucket = self._bh.bucket
+        exists = PreconditionFailed(f"branch {name!r} exists already in {self._bh.config.location}; switch to "
+                                    "it, or create it with overwrite=True to start it again from here")
+        if overwrite:
+            _delete_catalog(bucket, key)
+        elif bucket.head(key) is not None:
+            raise exists
         with tempfile.TemporaryDirectory(prefix="bh-branch-") as tmp:
             snap = Path(tmp) / "snap.db"
-            self._committed_copy(snap)
-            try:
-                self._bh.bucket.upload(snap, key, if_none_match=None if overwrite else "*")
-            except PreconditionFailed:
-                raise PreconditionFailed(f"branch {name!r} exists already in {self._bh.config.location}; switch to "
-                                         "it, or create it with overwrite=True to start it again from here") from None
-            self._bh.bucket.upload(snap, fork_key(self.root, name))
+            self._bh._copy_committed(snap)
+            work = Path(tmp) / "work"
+            work.mkdir()
+            replica = Replica(bucket, key, work, location=self._bh.config.location)
+            if replica.log.get_commit(1) is not None:
+                raise exists
+
+            def taken(*_: object) -> MergeReport:
+                raise exists  # another process created the branch meanwhile
+
+            def copy(path: Path) -> None:
+                shutil.copyfile(snap, path)
+
+            replica.commit(copy, taken)
+            bucket.upload(snap, fork_key(self.root, name))
         return key
 
     def delete(self, name: str) -> bool:
-        """Delete branch ``name``'s catalog (its blobs stay for the collector); return whether it existed.
+        """Delete branch ``name``'s catalog and log (its blobs stay for the collector); return whether it existed.
 
         The branch in use cannot be deleted; switch away first."""
         key = branch_key(self.root, check_branch_name(name))
         if key == self._bh.config.key:
             raise InvalidKey(f"branch {name!r} is the one in use; switch to another before deleting it")
         existed = self._bh.bucket.head(key) is not None
-        for k in (key, fork_key(self.root, name), key + ".prev"):
-            self._bh.bucket.delete(k)
+        _delete_catalog(self._bh.bucket, key)
+        self._bh.bucket.delete(fork_key(self.root, name))
         return existed
 
     def open(self, name: str) -> Any:
@@ -187,10 +206,10 @@ class Branches:
         self._bh.pull()
         with tempfile.TemporaryDirectory(prefix="bh-branch-") as tmp:
             theirs = Path(tmp) / "theirs.db"
-            info = bucket.head(key)
-            if info is None:
+            read = catalog_state(bucket, key, Path(tmp))
+            if read is None:
                 raise NotFound(f"no branch {name!r} in {self._bh.config.location}")
-            bucket.download(key, theirs, if_match=info.etag)
+            read.replace(theirs)
             base: Path | None = Path(tmp) / "base.db"
             try:
                 bucket.download(base_key, base)  # type: ignore[arg-type]
@@ -205,54 +224,69 @@ class Branches:
             bucket.upload(kept, base_key)  # what was merged in is now the state both sides share
         return report
 
-    def _committed_copy(self, dest: Path) -> None:
-        """The catalog as this process last committed it (it just flushed), vetted, at ``dest``."""
-        bh = self._bh
-        info = bh.bucket.head(bh.config.key)
-        if info is None:  # nothing committed (an empty catalog is not uploaded): start the branch from ours
-            from .storage.snapshot import backup_to_file
+def _delete_catalog(bucket: BucketClient, key: str) -> None:
+    """Delete the catalog at ``key``: its checkpoint copy, ``.prev``, commit log and checkpoints."""
+    from .sync.log import prefixes
 
-            backup_to_file(bh.connection, dest)
-            return
-        bh.bucket.download(bh.config.key, dest, if_match=info.etag)
-        vet_catalog_file(dest, label=f"catalog {bh.config.key!r}")
+    for k in (key, key + ".prev"):
+        bucket.delete(k)
+    for prefix in prefixes(key):
+        for info in list(bucket.list_info(prefix)):
+            bucket.delete(info.key)
+
+
+def catalog_state(bucket: BucketClient, key: str, workdir: Path) -> Path | None:
+    """The newest state of the catalog at ``key`` (its checkpoint and log; a copy another program wrote to
+    ``key`` merged in), as a vetted file in ``workdir``; None when there is none. Writes nothing to the bucket."""
+    from .merge import merge_catalog
+    from .sync.replica import read_head
+
+    work = Path(tempfile.mkdtemp(prefix="state-", dir=workdir))
+    files = read_head(bucket, key, work)
+    if not files:
+        return None
+    head = files[0]
+    for other in files[1:]:  # a foreign copy: merged in as a union (its fork point is not needed to read)
+        conn = sqlite3.connect(head)
+        try:
+            merge_catalog(conn, None, other)
+        finally:
+            conn.close()
+    return head
 
 
 def shared_references(bh: Catalog) -> set[str]:
     """Blobs any catalog in the bucket uses: the main catalog, every branch and fork point, and ``.prev`` copies.
 
-    What the collector spares besides this process's own catalog; each file is vetted before it is opened."""
+    What the collector spares besides this process's own catalog (each read as its checkpoint plus its log, and a
+    copy another program wrote, every file vetted before it is opened)."""
+    from .sync.log import catalog_of
+    from .sync.replica import read_head
+
     bucket = bh.bucket
     root = root_key(bh.config.key)
+    catalogs: set[str] = set()
+    logged: set[str] = {bh.config.key}
+    for info in bucket.list_info(root):
+        name = catalog_of(info.key)
+        if name != info.key:
+            logged.add(name)
+        rest = name[len(root):]
+        if name == bh.config.key or not (rest == "" or rest.startswith(".")):
+            continue  # our own catalog is read from memory; "snap.db2" is another catalog's business
+        catalogs.add(name)
+    # The copy before a logged catalog's checkpoint: restored from, its log brings it to that catalog's newest
+    # state, so it needs no blob the catalog itself does not.
+    catalogs = {c for c in catalogs if not (c.endswith(".prev") and c[:-len(".prev")] in logged)}
     keys: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="bh-refs-") as tmp:
-        for n, info in enumerate(bucket.list_info(root)):
-            rest = info.key[len(root):]
-            if info.key == bh.config.key or not (rest == "" or rest.startswith(".")):
-                continue  # our own catalog is read from memory; "snap.db2" is another catalog's business
-            path = Path(tmp) / f"{n}.db"
-            if not _download_current(bucket, info.key, path):
-                continue  # deleted since the listing
-            vet_catalog_file(path, label=f"catalog {info.key!r}", hint=" gc did not run; nothing was deleted.")
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            try:
-                keys |= referenced_keys(conn, with_rows=True)
-            finally:
-                conn.close()
+        for n, key in enumerate(sorted(catalogs)):
+            work = Path(tmp) / str(n)
+            work.mkdir()
+            for path in read_head(bucket, key, work):
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+                try:
+                    keys |= referenced_keys(conn, with_rows=True)
+                finally:
+                    conn.close()
     return keys
-
-
-def _download_current(bucket: BucketClient, key: str, path: Path) -> bool:
-    """Download the object now under ``key`` whole (retrying while writers replace it); False when it is gone."""
-    for _ in range(20):
-        info = bucket.head(key)
-        if info is None:
-            return False
-        try:
-            bucket.download(key, path, if_match=info.etag)
-            return True
-        except NotFound:
-            return False
-        except PreconditionFailed:
-            continue  # replaced between the HEAD and the GET: read the newer one
-    raise PreconditionFailed(f"catalog {key!r} kept changing while gc read it; gc did not run, nothing was deleted")

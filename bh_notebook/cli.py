@@ -622,11 +622,11 @@ def _report_doc(report: Any) -> dict[str, Any]:
 
 @main.command()
 @click.option("--from", "source", type=click.Choice(["prev"]), required=True,
-              help="prev: the snapshot before the latest (<key>.prev).")
+              help="prev: the catalog as it was before the newest commit.")
 @_json_option
 @click.pass_context
 def restore(ctx: click.Context, source: str, as_json: bool) -> None:
-    """Make the previous catalog snapshot the current one (when the latest is damaged or a change was a mistake).
+    """Make the catalog as it was before the newest commit the current one (when that change was a mistake).
 
     \b
     Example:

@@ -35,8 +35,6 @@ from .errors import (
     NotCommitted,
     NotStarted,
     SnapshotCorruptError,
-    ObjectNotFound,
-    PreconditionFailed,
     SnapshotConflict,
 )
 from .interfaces.arrays import ArrayStore
@@ -51,17 +49,18 @@ from .branches import Branches, shared_references
 _S = TypeVar("_S", bound=Interface)
 from .check import CheckReport
 from .check import check as run_check
-from .merge import MergeReport, merge_catalog
+from .merge import MergeReport, keep_rows_in_use, merge_catalog
 from .storage import BucketClient, open_bucket
 from .storage.snapshot import (
     BackupTimeout,
     SnapshotConfig,
     assert_no_code,
     backup_to_file,
-    file_sha256,
     restore_from_file,
     vet_catalog_file,
 )
+from .sync import changes as sync_changes
+from .sync.replica import Arrival, Replica
 
 log = logging.getLogger("bh_notebook")
 
@@ -89,25 +88,6 @@ def _takes_two_arguments(callback: Callable[..., Any]) -> bool:
     return len(required) >= 2
 
 
-class _Race:
-    """Losing races to other writers: the first loss retries at once, later ones wait a random, growing while
-    (so writers stop colliding), and after ``patience`` seconds of losing ``give_up()`` is raised."""
-
-    def __init__(self, patience: float, give_up: Callable[[], BaseException]) -> None:
-        self._patience = patience
-        self._give_up = give_up
-        self._losses = 0
-        self._since = time.monotonic()
-
-    def lost(self) -> None:
-        self._losses += 1
-        if self._losses == 1:
-            return
-        if time.monotonic() - self._since > self._patience:
-            raise self._give_up()
-        time.sleep(random.uniform(0, min(2.0, 0.02 * 2 ** min(self._losses, 10))))
-
-
 class BucketSQLite:
     """The catalog of one bucket, kept in memory and snapshotted to ``config.key`` in the bucket.
 
@@ -123,8 +103,16 @@ class BucketSQLite:
     commit_patience_seconds: float = 300.0
     #: Called with a MergeReport after each merge of another writer's catalog.
     on_merge: Callable[[MergeReport], Any] | None = None
-    #: Pull other writers' commits on the timer while idle (one HEAD request per ``interval_seconds``).
+    #: Pull other writers' commits on the timer while idle (one GET, a 404 when nothing is new, per
+    #: ``interval_seconds``).
     auto_pull: bool = False
+    #: Every this many commits, the committing writer writes a checkpoint (the whole catalog, under a key of its
+    #: own, copied to ``config.key``), which bounds how many commits a fresh reader replays.
+    checkpoint_every: int = 100
+    #: At ``stop()``, a process that committed writes a checkpoint to ``config.key`` when the one there is older
+    #: than this many seconds (by the bucket's clock), so buckethead and other readers of the key see a recent
+    #: state; the key is then rewritten at most once per this period. None turns it off.
+    checkpoint_at_stop_seconds: float | None = 60.0
     #: How long a snapshot waits for another connection's open write transaction before it is put off.
     snapshot_wait_seconds: float = 10.0
 
@@ -141,7 +129,8 @@ class BucketSQLite:
         bucket_config: BucketConfig | None = None,
     ) -> None:
         if restore_from not in ("latest", "prev"):
-            raise ValueError("restore_from is 'latest' (the snapshot) or 'prev' (the one before it, <key>.prev)")
+            raise ValueError("restore_from is 'latest' (the newest state) or 'prev' (the state before the newest "
+                             "commit, committed again by the first flush)")
         if bucket_config is not None:  # buckethead's name for the first argument
             if config is not None:
                 raise TypeError("pass the BucketConfig once: as config (or the first argument) or as bucket_config")
@@ -166,8 +155,7 @@ class BucketSQLite:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._etag: str | None = None  # of the snapshot we restored or last wrote; None: none exists yet
-        self._snapshot_sha: str | None = None  # content hash of that snapshot
+        self._replica: Replica | None = None  # the commit log's state: base.db at a position
         self._flushed_fingerprint: tuple[int, ...] | None = None
         self._last_flush_at: float | None = None  # monotonic
         self._last_flush_wall: float | None = None
@@ -178,12 +166,13 @@ class BucketSQLite:
         self.restored_from: str | None = None
         self.last_merge: MergeReport | None = None
         self._resumed: spool.SpooledCatalog | None = None  # unsaved work this process resumed, until pushed
+        self._kept: spool.SpooledCatalog | None = None  # our own work kept on disk after a failed flush
+        self._rolled_back = False  # started with restore_from="prev": the earlier state waits to be committed
         #: Where this process kept its catalog when its final flush failed (None: it did not).
         self.unsaved_at: Path | None = None
         #: Triggers and views found in catalogs read from the bucket, which were dropped instead of run.
         self.removed_from_bucket: list[str] = []
-        self._workdir: Path | None = None  # holds base.db: the snapshot this process last synced with
-        self._keep_prev_ok = True  # False after restoring from .prev: the corrupt latest must not replace it
+        self._workdir: Path | None = None  # holds base.db: the state this process last synced with
         self._stores: dict[str, Interface] = {}  # kind -> store, in the registry's order, while started
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -214,7 +203,7 @@ class BucketSQLite:
         self._snap_conn = connect_catalog(self._uri, check_same_thread=False)
         self._vended = [conn]
         self._build_interfaces()
-        self._flushed_fingerprint = self._fingerprint() if self._resumed is None else None
+        self._flushed_fingerprint = self._fingerprint() if self._resumed is None and not self._rolled_back else None
         self._started = True
         self._stopping.clear()
         if self.snapshot_config.interval_seconds and self.snapshot_config.interval_seconds > 0:
@@ -299,45 +288,53 @@ class BucketSQLite:
         self._require_started()
         return Branches(self)
 
+    def _new_replica(self, bucket: BucketClient) -> Replica:
+        assert self._workdir is not None
+        return Replica(bucket, self.config.key, self._workdir, checkpoint_every=self.checkpoint_every,
+                       keep_previous=self.snapshot_config.keep_previous, patience=self.commit_patience_seconds,
+                       location=self.config.location)
+
     def _restore(self, bucket: BucketClient, conn: sqlite3.Connection) -> None:
+        """Build the newest state from the checkpoint at ``config.key`` (or ``.prev``) and the commit log after
+        it, and copy it into the catalog in memory."""
         key = self.config.key
         spool.clean_stale_workdirs()
         self._workdir = spool.make_workdir()
+        self._replica = replica = self._new_replica(bucket)
         if self.restore_from_which == "latest" and self._resume_unsaved(conn):
             return
-        info = bucket.head(key)
         source = key + ".prev" if self.restore_from_which == "prev" else key
-        if self.restore_from_which == "prev" and bucket.head(source) is None:
-            raise SnapshotCorruptError(f"there is no previous snapshot {source!r} in {self.config.location} to "
-                                       "restore from")
-        if info is None and source == key:
-            self._etag = None
-            self._snapshot_sha = None
-            return
-        path = self._workdir / "restore.db"
-        try:
-            bucket.download(source, path)
-        except ObjectNotFound:  # deleted between HEAD and GET: start empty
-            self._etag = None
-            return
         hint = (f" Nothing in the bucket was changed. To start from the previous snapshot ({key + '.prev'!r}), "
                 "use BucketSQLite(config, restore_from='prev')." if source == key else
                 " Nothing in the bucket was changed.")
-        removed = restore_from_file(path, conn, label=f"catalog snapshot {source!r} in {self.config.location}",
-                                    hint=hint)
+        state, replayed = replica.open(key, hint=hint)
+        self._report_removed(replica.removed, key)
+        replica.removed = []
+        self.removed_from_bucket.extend(replica.refused)
+        if replica.took_in_report is not None:
+            self.last_merge = replica.took_in_report
+        if source != key:  # the state before the newest commit, committed again by the first flush
+            if replica.position < 1:
+                raise SnapshotCorruptError(f"there is no earlier state of the catalog in {self.config.location} to "
+                                           "restore from: nothing was committed yet")
+            assert self._workdir is not None
+            state = self._workdir / "earlier.db"
+            replica.state_at(replica.position - 1, state)
+            self._rolled_back = True
+            self.restored_from = f"{key} as of commit {replica.position - 1}, the one before the newest"
+        if state is None:
+            return
+        # Built from vetted files by applying row changes: vetted already.
+        restore_from_file(state, conn, label=f"catalog {source!r} in {self.config.location}", vetted=True)
         assert_no_code(conn)
-        self._report_removed(removed, source)
-        # What this process now holds is the base of any later merge with another writer.
-        path.replace(self._workdir / "base.db")
-        self._snapshot_sha = file_sha256(self._workdir / "base.db") if source == key else None
-        self._etag = info.etag if info is not None else None
-        self.restored_from = source
-        self._keep_prev_ok = source == key
+        if source == key:
+            self.restored_from = source if not replayed else f"{source} and {replayed} commits after it"
 
     def _resume_unsaved(self, conn: sqlite3.Connection) -> bool:
         """Resume from a catalog a stopped process could not save to this bucket, if there is one: it becomes
-        the catalog in memory, with the snapshot and etag that process last synced with, so the first flush merges
-        whatever was committed since, as a running writer's would."""
+        the catalog in memory, with the state and log position that process last synced with, so the first flush
+        takes in whatever was committed since and commits the rest, as a running writer's would."""
+        assert self._replica is not None
         for found in spool.pending(location=self.config.location, key=self.config.key):
             claimed = spool.claim(found)
             if claimed is None:
@@ -351,10 +348,11 @@ class BucketSQLite:
                 spool.release(claimed, pushed=False)
                 continue
             self._report_removed(removed, str(found.path))
-            if claimed.base is not None:
+            position = claimed.etag[len("log:"):] if claimed.etag and claimed.etag.startswith("log:") else ""
+            if claimed.base is not None and position.isdigit():
                 shutil.copyfile(claimed.base, self._workdir / "base.db")
-            self._etag = claimed.etag
-            self._snapshot_sha = None
+                self._replica.position = int(position)
+            # else: saved by the snapshot layout; its first flush merges it with the log from the start
             self._resumed = claimed
             self.restored_from = f"unsaved work saved at {found.path}"
             log.warning("bh_notebook: resuming work a stopped process could not save to %s (kept at %s until it "
@@ -362,12 +360,39 @@ class BucketSQLite:
             return True
         return False
 
+    def keep_unsaved(self) -> Path | None:
+        """Keep the catalog on local disk now if it has changes no flush has committed (what a notebook does
+        after a cell while the bucket is unreachable); returns where, or None when nothing needed keeping."""
+        self._require_started()
+        with self._flush_lock:
+            self._keep_on_disk()
+        return self._kept.path if self._kept is not None else None
+
+    def _keep_on_disk(self) -> None:
+        """After a failed flush: keep the catalog on local disk (replacing what an earlier failure kept), so the
+        work survives this process being killed before a flush succeeds; the next start here pushes it."""
+        if not self.dirty or self._snap_conn is None or self._workdir is None or self._replica is None:
+            return
+        try:
+            kept = spool.save(self._snap_conn, self._workdir / "base.db", location=self.config.location,
+                              key=self.config.key, etag=f"log:{self._replica.position}", live=True)
+        except Exception as exc:  # noqa: BLE001 - the flush error is the one that matters
+            log.error("bh_notebook: the catalog could not be kept on local disk either (%s)", exc)
+            return
+        if self._kept is not None:
+            spool.release(self._kept, pushed=True)
+        self._kept = kept
+        self.unsaved_at = kept.path
+        log.warning("bh_notebook: until the next flush succeeds, this process's unsaved catalog is kept at %s "
+                    "(a restart here pushes it)", kept.path)
+
     def _spool_unsaved(self, exc: BaseException) -> None:
         """Keep the catalog on local disk when the final flush failed; the next start() pushes it."""
         assert self._snap_conn is not None and self._workdir is not None
         try:
+            assert self._replica is not None
             saved = spool.save(self._snap_conn, self._workdir / "base.db", location=self.config.location,
-                               key=self.config.key, etag=self._etag)
+                               key=self.config.key, etag=f"log:{self._replica.position}")
         except Exception as spool_exc:  # noqa: BLE001 - the flush error is the one to raise
             log.error("bh_notebook: the catalog could not be saved to %s nor kept on local disk (%s)",
                       self.config.location, spool_exc)
@@ -375,6 +400,9 @@ class BucketSQLite:
         if self._resumed is not None:  # what we resumed from is now inside the new spool folder
             spool.release(self._resumed, pushed=True)
             self._resumed = None
+        if self._kept is not None:
+            spool.release(self._kept, pushed=True)
+            self._kept = None
         message = (f"the catalog could not be saved to {self.config.location}; it is kept at {saved.path} and "
                    "pushed by the next start on this bucket")
         self.unsaved_at = saved.path
@@ -401,6 +429,11 @@ class BucketSQLite:
                 if self.dirty or self._resumed is not None:
                     self._spool_unsaved(exc)
                 raise
+            if self.checkpoint_at_stop_seconds is not None and self._replica is not None:
+                try:
+                    self._replica.checkpoint_if_stale(self.checkpoint_at_stop_seconds)
+                except BhError as exc:  # everything is committed; the copy at the key only lags behind
+                    log.warning("bh_notebook: the checkpoint at stop was not written (%s)", exc)
         finally:
             self._started = False
             if self._atexit is not None:
@@ -426,6 +459,7 @@ class BucketSQLite:
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
                 self._workdir = None
+            self._replica = None
 
     close = stop
 
@@ -593,7 +627,7 @@ class BucketSQLite:
             fingerprint = self._fingerprint()
             if not force and fingerprint == self._flushed_fingerprint:
                 self._flush_pending = False
-                return FlushResult(False, 0, 0.0, self._etag)
+                return FlushResult(False, 0, 0.0, None)
             if self.on_flush_start is not None:
                 self.on_flush_start()
             try:
@@ -603,15 +637,20 @@ class BucketSQLite:
                 self._last_error = exc
                 if self.on_flush_error is not None:
                     self.on_flush_error(exc)
-                return FlushResult(False, 0, time.monotonic() - started, self._etag)
+                return FlushResult(False, 0, time.monotonic() - started, None)
             except BaseException as exc:
                 self._last_error = exc
                 log.warning("bh_notebook: flushing the catalog failed: %s", exc)
+                if isinstance(exc, BhError) and not self._stopping.is_set():
+                    self._keep_on_disk()
                 if self.on_flush_error is not None:
                     self.on_flush_error(exc)
                 raise
             self._last_error = None
             self._flush_pending = False
+            if self._kept is not None and not self.dirty:  # what the failed flush kept is in the log now
+                spool.release(self._kept, pushed=True)
+                self._kept = None
             self._last_flush_at = time.monotonic()
             self._last_flush_wall = time.time()
             callback: Callable[..., Any] | None = self.on_flush_complete
@@ -623,108 +662,77 @@ class BucketSQLite:
             return result
 
     def _snapshot_and_upload(self, fingerprint: tuple[int, ...], started: float) -> FlushResult:
-        assert self._snap_conn is not None and self._bucket is not None and self._workdir is not None
-        key = self.config.key
-        path = self._workdir / "snap.db"
-        backup_to_file(self._snap_conn, path, timeout=self.snapshot_wait_seconds)
-        sha = file_sha256(path)
-        if sha == self._snapshot_sha and self._etag is not None:
-            self._flushed_fingerprint = fingerprint
-            return FlushResult(False, 0, time.monotonic() - started, self._etag)
-        race = self._race("commit")
-        while True:
-            if self._etag is not None and self.snapshot_config.keep_previous and self._keep_prev_ok:
-                try:  # only the snapshot this process synced with (and vetted) may become .prev
-                    self._bucket.copy(key, key + ".prev", if_match=self._etag)
-                except (ObjectNotFound, PreconditionFailed):
-                    pass  # it changed: the upload below loses its race and merges
-            try:
-                if self._etag is None:
-                    etag = self._bucket.upload(path, key, if_none_match="*")
-                else:
-                    etag = self._bucket.upload(path, key, if_match=self._etag)
-                break
-            except PreconditionFailed:
-                # Another writer committed since we synced: merge theirs into ours and try again.
-                race.lost()
-                self._merge_remote()
-                backup_to_file(self._snap_conn, path, timeout=self.snapshot_wait_seconds)
-                sha = file_sha256(path)
-        size = path.stat().st_size
-        path.replace(self._workdir / "base.db")
-        if self._resumed is not None:  # the work a stopped process could not save is in the bucket now
-            spool.release(self._resumed, pushed=True)
-            self._resumed = None
-        self._keep_prev_ok = True
-        self._etag = etag
-        self._snapshot_sha = sha
-        self._flushed_fingerprint = fingerprint
-        return FlushResult(True, size, time.monotonic() - started, etag)
+        """Commit what changed since the state this process last synced with, as the next commit of the log."""
+        assert self._snap_conn is not None and self._replica is not None
+        snap_conn = self._snap_conn
 
-    def _race(self, what: str) -> _Race:
-        return _Race(self.commit_patience_seconds, lambda: SnapshotConflict(
-            f"the catalog snapshot {self.config.key!r} in {self.config.location} kept changing for "
-            f"{self.commit_patience_seconds:.0f} s while this process tried to {what} it. Nothing was "
-            "overwritten; your changes are still in memory and the next flush tries again."))
+        def snapshot(path: Path) -> None:
+            backup_to_file(snap_conn, path, timeout=self.snapshot_wait_seconds)
+
+        self.last_merge = None
+        committed, _ = self._replica.commit(snapshot, self._merge_arrival)
+        if self._resumed is not None and committed is not None or self._resumed is not None and not self.dirty:
+            spool.release(self._resumed, pushed=True)  # the work a stopped process could not save is in
+            self._resumed = None
+        if self.last_merge is not None and self.last_merge.rows_kept > 0 and committed is None:
+            self._flushed_fingerprint = (-1, -1)  # a kept row makes ours differ from the log: commit it next
+        else:
+            self._flushed_fingerprint = fingerprint
+        if committed is None:
+            return FlushResult(False, 0, time.monotonic() - started, None)
+        return FlushResult(True, committed.nbytes, time.monotonic() - started, committed.etag)
+
+    @property
+    def log_position(self) -> int:
+        """The position in the commit log of the state this process last synced with (0: none yet)."""
+        return self._replica.position if self._replica is not None else 0
 
     def pull(self) -> MergeReport | None:
         """Take in what other writers committed since this process last synced with the bucket.
 
-        One HEAD request when nothing is new (then None is returned); otherwise their catalog is downloaded,
-        vetted and merged into this one by the same rules as a flush that lost a race, and the MergeReport is
-        returned (also in ``last_merge`` and to ``on_merge``). Local changes not yet flushed are kept.
+        One GET (a 404) when nothing is new: then None is returned. Otherwise the new commits are read, applied and
+        merged into this catalog by the same rules as a flush that lost a race, and the MergeReport is returned
+        (also in ``last_merge`` and to ``on_merge``). Local changes not yet flushed are kept.
         """
         self._require_started()
-        assert self._bucket is not None
+        assert self._replica is not None
         with self._flush_lock:
-            info = self._bucket.head(self.config.key)
-            if info is None or info.etag == self._etag:
-                return None
             before = self._fingerprint()
             was_clean = before == self._flushed_fingerprint
+            arrival = self._replica.fetch()
+            if arrival is None:
+                return None
             self.last_merge = None
-            self._merge_remote()
+            report = self._replica.take(arrival, self._merge_arrival)
             after = self._fingerprint()
-            if self.last_merge is not None and self.last_merge.rows_kept > 0:
+            if report.rows_kept > 0:
                 # The merge kept file rows their catalog dropped: ours differs from theirs, so commit it.
                 self._flushed_fingerprint = (-1, -1)
             elif was_clean and after[0] == before[0]:
-                # Nothing of ours was waiting and nobody wrote meanwhile: we now hold exactly their catalog.
+                # Nothing of ours was waiting and nobody wrote meanwhile: we now hold exactly the new state.
                 self._flushed_fingerprint = after
-            return self.last_merge
+            return report
 
-    def _merge_remote(self) -> None:
-        """Download the snapshot another writer committed and merge it into the catalog in memory."""
-        assert self._snap_conn is not None and self._bucket is not None and self._workdir is not None
-        key = self.config.key
-        theirs = self._workdir / "theirs.db"
-        race = self._race("read")
-        while True:
-            info = self._bucket.head(key)
-            if info is None:  # it was deleted: the next attempt creates it
-                self._etag = None
-                return
-            try:
-                self._bucket.download(key, theirs, if_match=info.etag)  # exactly the version with this etag
-                break
-            except (ObjectNotFound, PreconditionFailed):
-                race.lost()  # another writer committed again meanwhile
-        removed = vet_catalog_file(theirs, label=f"catalog snapshot {key!r} another writer committed",
-                                   hint=" Not merging it; your changes are still in memory.")
-        self._report_removed(removed, key)
-        base = self._workdir / "base.db"
-        # A connection of the merge's own: its ATTACH/DETACH never meet the notebook thread's statements, and a
-        # merge that fails leaves nothing attached anywhere (closing drops the attachments).
+    def _merge_arrival(self, arrival: Arrival, old_base: Path | None) -> MergeReport:
+        """Bring what other writers committed into the catalog in memory.
+
+        When the catalog still equals the state it last synced with (nothing of ours is waiting), their row
+        changes are replayed on it as they are, row for row; otherwise their head is merged in three ways
+        (``merge.py``)."""
+        self._report_removed(self._replica.removed if self._replica is not None else [], self.config.key)
+        if self._replica is not None:
+            self._replica.removed = []
         merge_conn = connect_catalog(self._uri)
         try:
-            report = merge_catalog(merge_conn, base if base.exists() else None, theirs)
+            report = None
+            if arrival.changes is not None and old_base is not None:
+                report = _replay_if_unchanged(merge_conn, old_base, arrival.head, arrival.changes)
+            if report is None:
+                report = merge_catalog(merge_conn, old_base, arrival.head)
             assert_no_code(merge_conn)
         finally:
             merge_conn.close()
-        theirs.replace(base)  # our catalog now contains theirs: it is the base of the next merge
-        # What the bucket holds now is theirs: a flush may skip its upload only when our catalog is that file.
-        self._snapshot_sha = file_sha256(base)
-        self._etag = info.etag
+        report.commits = arrival.commits
         self.last_merge = report
         if report.conflicts:
             log.warning("bh_notebook: %s", report)
@@ -732,6 +740,7 @@ class BucketSQLite:
             log.info("bh_notebook: %s", report)
         if self.on_merge is not None:
             self.on_merge(report)
+        return report
 
     def _merge_file(self, theirs: Path, base: Path | None, *, label: str, into_shared: bool = True) -> MergeReport:
         """Merge another catalog file into this one: with ``into_shared`` by the rules of a branch merged into the
@@ -754,6 +763,16 @@ class BucketSQLite:
         if self.on_merge is not None:
             self.on_merge(report)
         return report
+
+    def _copy_committed(self, dest: Path) -> None:
+        """The state this process last committed or synced with (call after a flush), at ``dest``."""
+        assert self._workdir is not None
+        base = self._workdir / "base.db"
+        with self._flush_lock:
+            if base.exists():
+                shutil.copyfile(base, dest)
+                return
+        backup_to_file(self.connection, dest)  # nothing committed yet (an empty catalog): ours as it is
 
     def _report_removed(self, removed: list[str], key: str) -> None:
         if not removed:
@@ -809,7 +828,7 @@ class BucketSQLite:
             "started": self._started,
         }
         if self._started:
-            info.update(dirty=self.dirty, last_flush=self._last_flush_wall)
+            info.update(dirty=self.dirty, last_flush=self._last_flush_wall, log_position=self.log_position)
             # frames, arrays, named_files, kv_keys, then blobs and blob_bytes (the unlisted blob store last)
             for store in sorted(self._stores.values(), key=lambda store: not store.listed):
                 info.update(store.status_counts())
@@ -820,6 +839,37 @@ class BucketSQLite:
     def __repr__(self) -> str:
         state = ("dirty" if self.dirty else "clean") if self._started else "stopped"
         return f"<BucketSQLite {self.config.backend} {self.config.location!r} key={self.config.key!r} {state}>"
+
+
+def _replay_if_unchanged(conn: sqlite3.Connection, old_base: Path, head: Path,
+                         arrived: list[sync_changes.Change]) -> MergeReport | None:
+    """Replay ``arrived`` on the catalog behind ``conn`` when it holds exactly ``old_base`` (checked inside the
+    same transaction, so no write of ours slips in between); None when it does not (then merge instead).
+
+    A file row the arrived commits dropped while an entry still uses it is kept, as a merge keeps it
+    (``merge.keep_rows_in_use``); the catalog then differs from ``head`` and has to be committed."""
+    report = MergeReport(taken=sum(change.rows for change in arrived))
+    conn.execute("ATTACH DATABASE ? AS base", (str(old_base),))
+    conn.execute("ATTACH DATABASE ? AS theirs", (str(head),))
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # a CatalogConnection waits for other connections' transactions
+        try:
+            if not sync_changes.same_rows(conn, "main", "base"):
+                conn.execute("ROLLBACK")
+                return None
+            for change in arrived:
+                sync_changes.apply_to(conn, change)
+            if conn.execute("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'filestore'"
+                            ).fetchone():
+                keep_rows_in_use(conn, report)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.execute("DETACH DATABASE base")
+        conn.execute("DETACH DATABASE theirs")
+    return report
 
 
 __all__ = ["BhError", "BucketSQLite", "FlushResult", "SnapshotConfig"]

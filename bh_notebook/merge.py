@@ -60,6 +60,8 @@ class MergeReport:
     """What a merge did: rows taken from the other writer, our versions renumbered, and conflicts settled."""
 
     taken: int = 0
+    #: How many commits of other writers this merge took in (0 for a merge of a whole catalog, e.g. a branch).
+    commits: int = 0
     renumbered: list[str] = field(default_factory=list)
     #: File rows kept although the other side dropped them (a merged entry still uses each): the merged catalog then
     #: differs from theirs, so it has to be committed even when nothing else of ours was waiting.
@@ -67,7 +69,11 @@ class MergeReport:
     conflicts: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        parts = [f"merged another writer's catalog: {self.taken} changes taken"]
+        if self.commits:
+            parts = [f"took in {self.commits} commit{'s' if self.commits != 1 else ''} of other writers: "
+                     f"{self.taken} changes"]
+        else:
+            parts = [f"merged another writer's catalog: {self.taken} changes taken"]
         if self.renumbered:
             parts.append(f"our versions renumbered: {', '.join(self.renumbered)}")
         if self.conflicts:
@@ -156,7 +162,7 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
                 else:
                     _merge_other(conn, table, report)
             if "filestore" in ours_tables:
-                _keep_rows_in_use(conn, report)
+                keep_rows_in_use(conn, report)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -239,7 +245,7 @@ def _merge_keyed(conn: sqlite3.Connection, table: str, key: list[str], report: M
     report.taken += cur.rowcount
 
 
-def _keep_rows_in_use(conn: sqlite3.Connection, report: MergeReport) -> None:
+def keep_rows_in_use(conn: sqlite3.Connection, report: MergeReport) -> None:
     """A file row one side dropped (its last entry went) stays while a merged entry of the other side uses it.
 
     One writer deletes its last entry using blob K and drops K's row; the other puts the same bytes again under a
@@ -265,7 +271,7 @@ def _keep_rows_in_use(conn: sqlite3.Connection, report: MergeReport) -> None:
 
 
 def _keep_chunks(conn: sqlite3.Connection, schema: str, key: str) -> None:
-    """Bring back the chunk hashes of a file row kept by ``_keep_rows_in_use``, when ``schema`` has them."""
+    """Bring back the chunk hashes of a file row kept by ``keep_rows_in_use``, when ``schema`` has them."""
     tables = {r[0] for r in conn.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type = 'table'")}
     mine = {r[0] for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")}
     if CHUNKS_TABLE not in tables or CHUNKS_TABLE not in mine:
@@ -343,4 +349,4 @@ def _merge_other(conn: sqlite3.Connection, table: str, report: MergeReport) -> N
         report.conflicts.append(f"table {table} changed on both sides; kept ours")
 
 
-__all__ = ["RETIRED_TABLE", "MergeReport", "merge_catalog", "table_rules", "versioned_tables"]
+__all__ = ["RETIRED_TABLE", "MergeReport", "keep_rows_in_use", "merge_catalog", "table_rules", "versioned_tables"]

@@ -53,9 +53,12 @@ class SpooledCatalog:
 
 
 def save(source: sqlite3.Connection, base: Path | None, *, location: str, key: str,
-         etag: str | None) -> SpooledCatalog:
-    """Write the catalog behind ``source``, the snapshot it last synced with (``base``) and that snapshot's
-    ``etag`` to a new spool folder."""
+         etag: str | None, live: bool = False) -> SpooledCatalog:
+    """Write the catalog behind ``source``, the state it last synced with (``base``) and that state's log
+    position (``etag``, as ``log:<position>``) to a new spool folder.
+
+    ``live``: kept by a store that is still running (a flush failed); other processes leave it alone while this
+    process is alive, and this one removes it once a flush succeeds. Killed, it is resumed by the next start."""
     root = spool_root()
     root.mkdir(parents=True, exist_ok=True)
     saved_at = time.time()
@@ -70,7 +73,7 @@ def save(source: sqlite3.Connection, base: Path | None, *, location: str, key: s
         if base is not None and base.exists():
             shutil.copyfile(base, staging / "base.db")
         (staging / "meta.json").write_text(json.dumps({"location": location, "key": key, "saved_at": saved_at,
-                                                       "etag": etag}))
+                                                       "etag": etag, "live_pid": os.getpid() if live else None}))
         final = root / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(saved_at))}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging.replace(final)  # complete or absent: a half-written spool folder is never picked up
     except BaseException:
@@ -92,6 +95,9 @@ def pending(*, location: str, key: str) -> list[SpooledCatalog]:
             meta = json.loads((entry / "meta.json").read_text())
         except (OSError, ValueError):
             continue
+        live_pid = meta.get("live_pid")
+        if isinstance(live_pid, int) and live_pid != os.getpid() and _alive(live_pid):
+            continue  # kept by a store still running in another process: it pushes it itself
         if meta.get("location") == location and meta.get("key") == key and (entry / "catalog.db").exists():
             found.append(SpooledCatalog(entry, location, key, float(meta.get("saved_at", 0.0)), meta.get("etag")))
     return found

@@ -51,6 +51,13 @@ OLD_BH_NOTEBOOK_KV = "CREATE TABLE bh_kv (key TEXT PRIMARY KEY NOT NULL, value B
 NO_TIMER = SnapshotConfig(interval_seconds=0)
 
 
+@pytest.fixture(autouse=True)
+def _key_holds_every_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """buckethead reads and writes the catalog at the key: each session ends by refreshing the checkpoint there
+    (by default only one older than a minute is), so buckethead sees what bh_notebook committed."""
+    monkeypatch.setattr(BucketSQLite, "checkpoint_at_stop_seconds", 0.0)
+
+
 @pytest.fixture(params=["local", "moto"])
 def cfg(request: pytest.FixtureRequest, make_config: Callable[..., BucketConfig]) -> BucketConfig:
     return make_config(request.param)

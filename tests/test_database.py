@@ -102,7 +102,8 @@ def test_background_timer_flushes(config: BucketConfig) -> None:
             reader.stop()
 
 
-def test_callbacks_and_previous_snapshot(config: BucketConfig) -> None:
+def test_callbacks_and_previous_snapshot(config: BucketConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(BucketSQLite, "checkpoint_every", 1)  # the key holds a checkpoint of every commit
     events: list[str] = []
     with BucketSQLite(config, NO_TIMER, on_flush_start=lambda: events.append("start"),
                       on_flush_complete=lambda r: events.append(f"done {r.uploaded}")) as bh:
@@ -130,8 +131,7 @@ def test_keep_previous_off(make_config, backend: str) -> None:  # type: ignore[n
 
 
 def test_corrupt_snapshot_raises_and_changes_nothing(config: BucketConfig) -> None:
-    with BucketSQLite(config, NO_TIMER) as bh:
-        bh.kv["v"] = "1"
+    """A damaged catalog file with no log beside it (the whole-snapshot layout) is refused, naming the way out."""
     bucket = open_bucket(config)
     garbage = b"SQLite format 3\x00" + b"\x13" * 5000
     bucket.put_bytes(garbage, config.key)
@@ -145,13 +145,31 @@ def test_corrupt_snapshot_raises_and_changes_nothing(config: BucketConfig) -> No
     assert {i.key: (i.etag, i.size) for i in bucket.list_info()} == before
 
 
-def test_truncated_snapshot_fails_integrity_check(config: BucketConfig) -> None:
+def test_a_damaged_checkpoint_copy_falls_back_to_the_log(config: BucketConfig) -> None:
+    """With a commit log, a damaged copy at the key costs nothing: the newest checkpoint and the commits after it
+    hold the catalog, and starting changes nothing in the bucket."""
     with BucketSQLite(config, NO_TIMER) as bh:
+        bh.kv["v"] = "1"
+        bh.force_flush()
+        bh.kv["w"] = "2"
+    bucket = open_bucket(config)
+    for garbage in (b"SQLite format 3\x00" + b"\x13" * 5000, b"not a database at all", b""):
+        bucket.put_bytes(garbage, config.key)
+        before = {i.key: (i.etag, i.size) for i in bucket.list_info()}
+        with BucketSQLite(config, NO_TIMER) as bh:
+            assert (bh.kv["v"], bh.kv["w"]) == ("1", "2")
+        assert {i.key: (i.etag, i.size) for i in bucket.list_info()} == before
+
+
+def test_truncated_snapshot_fails_integrity_check(config: BucketConfig, tmp_path: Path) -> None:
+    scratch = BucketConfig.for_local(tmp_path / "scratch")
+    with BucketSQLite(scratch, NO_TIMER) as bh:
         bh.connection.execute("CREATE TABLE t (x BLOB)")
         bh.connection.executemany("INSERT INTO t VALUES (?)", [(bytes(3000),) for _ in range(200)])
         bh.connection.commit()
+        bh.force_flush()
+        good = bh.bucket.get_bytes(config.key)  # the checkpoint copy, as the whole-snapshot layout left one
     bucket = open_bucket(config)
-    good = bucket.get_bytes(config.key)
     # Keep the header, scramble pages in the middle: it opens, but the integrity check fails.
     bad = good[:4096] + bytes(b ^ 0x5A for b in good[4096:len(good) // 2]) + good[len(good) // 2:]
     bucket.put_bytes(bad, config.key)

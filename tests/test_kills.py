@@ -1,4 +1,4 @@
-"""SIGKILL a writer at random moments of a mixed workload (puts, deletes, commits, pulls), trial after trial on one
+"""SIGKILL a writer at random moments of a mixed workload (puts, deletes, commits, pulls, checkpoints), trial after trial on one
 bucket: every operation acknowledged before the kill is there with its bytes, and the catalog and bucket agree.
 
 The child acknowledges an operation on stdout only after ``force_flush()`` returned, which is the durability
@@ -33,6 +33,7 @@ CHILD = textwrap.dedent('''
 
     url, trial, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     rng = random.Random(seed)
+    BucketSQLite.checkpoint_every = 3  # checkpoints often, so kills land in them too
     bh = BucketSQLite(BucketConfig.from_url(url), SnapshotConfig(interval_seconds=0)).start()
     print("ready", flush=True)
     arrays = []

@@ -365,8 +365,8 @@ def test_a_merge_with_another_writer_is_reported(ip: InteractiveShell, capsys: p
     ip.run_line_magic("bh_flush", "")
     captured = capsys.readouterr()
     out = captured.out
-    assert "merged another writer's catalog" in out and "kv 'owner': kept ours over their value (committed later)" in out
-    assert (out + captured.err).count("merged another writer's catalog") == 1  # once, not also as a log line
+    assert "took in 1 commit of other writers" in out and "kv 'owner': kept ours over their value (committed later)" in out
+    assert (out + captured.err).count("took in 1 commit of other writers") == 1  # once, not also as a log line
     assert ip.run_line_magic("bh_kv", "theirs") == "1"
 
 
@@ -512,7 +512,7 @@ def test_a_merge_is_reported_once_per_cell(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", MERGE_SCRIPT], env=env, capture_output=True, text=True, timeout=120,
                           check=True)
     cell = (done.stdout + done.stderr).split("--- the cell that merges", 1)[1]
-    assert cell.count("merged another writer's catalog") == 1, cell
+    assert cell.count("took in 1 commit of other writers") == 1, cell
 
 
 def test_put_shows_progress_like_get(ip: InteractiveShell, capsys: pytest.CaptureFixture[str],
@@ -655,7 +655,7 @@ def test_a_teammates_entries_show_up_without_a_restart(ip: InteractiveShell,
     with BucketSQLite(bh.config, SnapshotConfig(interval_seconds=0)) as teammate:
         teammate.kv["note"] = "hello"
     report = ip.run_line_magic("bh_pull", "")
-    assert report is not None and "pulled: merged another writer's catalog" in capsys.readouterr().out
+    assert report is not None and "pulled: took in 1 commit of other writers" in capsys.readouterr().out
     assert ip.run_line_magic("bh_kv", "note") == "hello"
 
 

@@ -275,7 +275,8 @@ class BHMagics(Magics):
                     # Durable when the cell has finished: the commit happens before the cell returns (it costs
                     # the cell one commit), so a kernel killed right after loses nothing the cell stored.
                     bh.force_flush()
-                else:  # the bucket failed last time: retry in the background rather than hold every cell
+                else:  # the bucket failed last time: retry in the background rather than hold every cell,
+                    bh.keep_unsaved()  # and keep this cell's work on local disk meanwhile
                     bh.request_flush()
         except BhError as exc:  # never break the user's cell over a flush
             print(f"bh_notebook: the catalog could not be saved yet ({_one_line(str(exc))}); it is kept in "

@@ -139,13 +139,14 @@ def vet_catalog_file(path: Path, *, label: str = "snapshot", hint: str = "") -> 
 
 
 def restore_from_file(path: Path, target: sqlite3.Connection, *, label: str = "snapshot",
-                      hint: str = "") -> list[str]:
-    """Vet ``path`` (see vet_catalog_file) and copy it into ``target``; returns what vetting removed.
+                      hint: str = "", vetted: bool = False) -> list[str]:
+    """Vet ``path`` (see vet_catalog_file; ``vetted=True``: this process vetted it already) and copy it into
+    ``target``; returns what vetting removed.
 
     Raises SnapshotCorruptError (or UntrustedCatalog), naming ``label``, when the file is not a healthy catalog;
     ``target`` is then left as it was.
     """
-    removed = vet_catalog_file(path, label=label, hint=hint)
+    removed = [] if vetted else vet_catalog_file(path, label=label, hint=hint)
     try:
         src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
