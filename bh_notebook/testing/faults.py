@@ -6,7 +6,9 @@ Modes (for the next ``count`` connections, then back to passing through, or for 
 response ``delay`` seconds), ``"hang"`` (accept and read the request, never answer: a dead endpoint),
 ``"trickle"`` (relay both ways in pieces of ``trickle_bytes``, waiting ``delay`` seconds before each: a slow
 link that keeps moving), ``"corrupt"`` (flip one bit of the request at byte ``corrupt_at``, past the headers of
-a large upload: what a faulty middlebox or NIC does). Changing the mode closes open connections, so pooled ones meet the new mode too.
+a large upload: what a faulty middlebox or NIC does), ``"cut_request"`` (relay requests whole except the next ``cut_times`` whose
+request line contains ``cut_match``: of those, the headers and the first ``cut_body_at`` body bytes, then a reset of
+both sides: an upload cut off right after its headers, or mid-body). Changing the mode closes open connections, so pooled ones meet the new mode too.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class FaultProxy:
         self.delay = 2.0
         self.trickle_bytes = 16 * 1024
         self.corrupt_at = 4096
+        self.cut_body_at = 0
+        self.cut_match = b""
+        self.cut_times = 0
         self.faults = 0
         self.connections = 0
         self._open: set[socket.socket] = set()
@@ -120,6 +125,10 @@ class FaultProxy:
         budget = [self.reset_after if mode == "reset" else None]
         trickle = self.delay if mode == "trickle" else None
         corrupt = self.corrupt_at if mode == "corrupt" else None
+        if mode == "cut_request":
+            threading.Thread(target=self._cut_request, args=(client, upstream), daemon=True).start()
+            self._pipe(upstream, client, None, 0.0)
+            return
         threading.Thread(target=self._pipe, args=(client, upstream, None, 0.0, trickle, corrupt), daemon=True).start()
         self._pipe(upstream, client, budget, self.delay if mode == "slow" else 0.0, trickle)
 
@@ -153,6 +162,45 @@ class FaultProxy:
             pass
         _close(dst)
         _close(src)
+
+    def _cut_request(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Relay requests whole, except the next ``cut_times`` whose request line contains ``cut_match``: of those
+        only the headers and the first ``cut_body_at`` body bytes go upstream, then both sides are reset."""
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                end = buf.index(b"\r\n\r\n") + 4
+                head = buf[:end]
+                line = head.split(b"\r\n", 1)[0]
+                length = 0
+                for header in head.split(b"\r\n")[1:]:
+                    name, _, value = header.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+                with self._lock:
+                    cut = self.cut_times > 0 and self.cut_match in line
+                    if cut:
+                        self.cut_times -= 1
+                        self.faults += 1
+                if cut:
+                    upstream.sendall(buf[: end + min(length, int(self.cut_body_at))])
+                    break
+                while len(buf) < end + length:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                upstream.sendall(buf[: end + length])
+                buf = buf[end + length:]
+        except OSError:
+            pass
+        _reset(upstream)
+        _reset(client)
 
     def close(self) -> None:
         """Stop listening and drop every connection."""
