@@ -228,11 +228,13 @@ def _delete_catalog(bucket: BucketClient, key: str) -> None:
     """Delete the catalog at ``key``: its checkpoint copy, ``.prev``, commit log and checkpoints."""
     from .sync.log import prefixes
 
+    # Newest first: a delete cut short leaves a shorter log, never a gap in which a new log's commit 1 would
+    # sit beneath an old log's later commits.
+    for prefix in prefixes(key):
+        for info in sorted(bucket.list_info(prefix), key=lambda i: i.key, reverse=True):
+            bucket.delete(info.key)
     for k in (key, key + ".prev"):
         bucket.delete(k)
-    for prefix in prefixes(key):
-        for info in list(bucket.list_info(prefix)):
-            bucket.delete(info.key)
 
 
 def catalog_state(bucket: BucketClient, key: str, workdir: Path) -> Path | None:

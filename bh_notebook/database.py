@@ -648,9 +648,12 @@ class BucketSQLite:
                 raise
             self._last_error = None
             self._flush_pending = False
-            if self._kept is not None and not self.dirty:  # what the failed flush kept is in the log now
-                spool.release(self._kept, pushed=True)
-                self._kept = None
+            if self._kept is not None:  # what a failed flush kept is in the log now
+                if self.dirty:  # newer changes are not: keep them (with the new base) instead
+                    self._keep_on_disk()
+                else:
+                    spool.release(self._kept, pushed=True)
+                    self._kept = None
             self._last_flush_at = time.monotonic()
             self._last_flush_wall = time.time()
             callback: Callable[..., Any] | None = self.on_flush_complete
@@ -794,14 +797,21 @@ class BucketSQLite:
         assert self._workdir is not None
         keys = shared_references(self)  # every other catalog in the bucket: branches, fork points, .prev
         with self._flush_lock:
-            base = self._workdir / "base.db"
-            if not base.exists():
-                return keys
-            conn = sqlite3.connect(f"file:{base}?mode=ro", uri=True)
-            try:
-                return keys | referenced_keys(conn, with_rows=True)
-            finally:
-                conn.close()
+            files = [self._workdir / "base.db"]
+            if self._replica is not None and self._replica.position > 1:
+                # What restore_from="prev" (an undo of the newest commit) would bring back stays whole too.
+                earlier = self._workdir / "earlier-gc.db"
+                self._replica.state_at(self._replica.position - 1, earlier)
+                files.append(earlier)
+            for path in files:
+                if not path.exists():
+                    continue
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+                try:
+                    keys |= referenced_keys(conn, with_rows=True)
+                finally:
+                    conn.close()
+            return keys
 
     # -- checks ------------------------------------------------------------------------------
 

@@ -124,6 +124,11 @@ class SnapshotConflict(BhError):
     """Another writer committed a snapshot that could not be merged with ours."""
 
 
+class CatalogDeleted(BhError):
+    """The catalog this process writes was deleted or created anew in the bucket (a branch deleted, or created again
+    with overwrite) while it was open; nothing more is committed to it. Your changes are still in memory."""
+
+
 class NotCommitted(BhError):
     """This process's catalog changes could not be committed, so an operation that needs them shared (gc) did not
     run; nothing was deleted. Try again when the bucket is reachable."""
@@ -139,6 +144,7 @@ class NotStarted(BhError, RuntimeError):
 
 __all__ = [
     "AccessDenied",
+    "CatalogDeleted",
     "AlreadyStarted",
     "BackendError",
     "BhError",

@@ -96,8 +96,8 @@ def pending(*, location: str, key: str) -> list[SpooledCatalog]:
         except (OSError, ValueError):
             continue
         live_pid = meta.get("live_pid")
-        if isinstance(live_pid, int) and live_pid != os.getpid() and _alive(live_pid):
-            continue  # kept by a store still running in another process: it pushes it itself
+        if isinstance(live_pid, int) and _alive(live_pid):
+            continue  # kept by a store still running (in this process too): it pushes it itself
         if meta.get("location") == location and meta.get("key") == key and (entry / "catalog.db").exists():
             found.append(SpooledCatalog(entry, location, key, float(meta.get("saved_at", 0.0)), meta.get("etag")))
     return found

@@ -144,3 +144,37 @@ def test_merging_main_into_a_branch_uses_the_two_writer_rules(config: BucketConf
         assert main.kv["lr"] == "0.5"
         assert sorted(v.version for v in main.arrays.history("x")) == [1, 2, 3]
         np.testing.assert_array_equal(main.arrays.get("x", 2), np.full(2, 2.0))
+
+
+@pytest.mark.parametrize("how", ["delete", "overwrite"])
+def test_a_branch_deleted_under_an_open_writer_takes_no_late_commit(config: BucketConfig, how: str) -> None:
+    """A writer that still has a branch open when it is deleted (or created again) is told at its next flush;
+    its late commits never reach the new branch's log."""
+    from bh_notebook.errors import CatalogDeleted
+
+    with BucketSQLite(config, NO_TIMER) as main:
+        for i in range(3):
+            main.kv[f"m{i}"] = "main"
+            main.force_flush()
+        main.branches.create("exp")
+        teammate = main.branches.open("exp")
+        try:
+            teammate.kv["m0"] = "old branch"
+            teammate.force_flush()
+            if how == "delete":
+                main.branches.delete("exp")
+                main.branches.create("exp")
+            else:
+                main.branches.create("exp", overwrite=True)
+            teammate.kv["m2"] = "late"
+            with pytest.raises(CatalogDeleted, match="deleted"):
+                teammate.force_flush()
+            assert teammate.kv["m2"] == "late"  # still in memory
+        finally:
+            teammate._started = False  # abandoned: its stop() would only raise again
+        with main.branches.open("exp") as fresh:
+            for n in range(4):
+                fresh.kv["new"] = str(n)
+                fresh.force_flush()
+        with main.branches.open("exp") as reader:
+            assert (reader.kv["m0"], reader.kv["m2"], reader.kv["new"]) == ("main", "main", "3")

@@ -45,8 +45,12 @@ def test_gc_commits_this_writers_changes_first(config: BucketConfig) -> None:
         a.arrays.delete("x")  # not committed yet
         report = a.files.gc(grace_seconds=0)
         assert not a.dirty  # gc committed the delete before it judged the blob
-        # Nothing else needs it: restoring from an older checkpoint replays the log up to that delete.
-        assert report.deleted == [key] and report.kept_for_other_catalogs == 0
+        # The state before the newest commit (what restore_from="prev" brings back) still has x: kept until the
+        # log moves on.
+        assert report.deleted == [] and report.kept_for_other_catalogs == 1
+        a.kv["moved"] = "on"
+        a.force_flush()  # now the state before the newest commit no longer has x either
+        assert a.files.gc(grace_seconds=0).deleted == [key]
     with BucketSQLite(config, NO_TIMER) as fresh:
         assert "x" not in fresh.arrays and fresh.check().ok
 

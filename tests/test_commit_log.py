@@ -287,17 +287,43 @@ def test_commit_objects_name_their_own_size_and_hash() -> None:
 
 def test_nothing_from_a_whole_catalog_commit_runs(make_config: Callable[..., BucketConfig],
                                                    tmp_path: Path) -> None:
-    """A commit that stands for a whole catalog (a schema change) is vetted like a snapshot: a planted trigger is
-    dropped, never run."""
+    """A commit that stands for a whole catalog (a schema change) is vetted like a snapshot, by its writer before
+    it is sent and by every reader: a trigger planted in one is dropped, never run; a virtual table is refused."""
+    from bh_notebook.errors import UntrustedCatalog
+    from bh_notebook.storage.snapshot import file_sha256
+    from bh_notebook.sync.changes import encode
+
     config = make_config("local")
-    with BucketSQLite(config, NO_TIMER) as victim, BucketSQLite(config, NO_TIMER) as attacker:
+    with BucketSQLite(config, NO_TIMER) as victim, BucketSQLite(config, NO_TIMER) as writer:
         victim.kv["precious"] = "1"
         victim.force_flush()
-        attacker.pull()
-        with attacker.connection as conn:  # a schema change makes the next commit a whole catalog
+        writer.pull()
+        with writer.connection as conn:  # a trigger of the writer's own never leaves its process
             conn.execute("CREATE TABLE user_notes (id INTEGER PRIMARY KEY, note TEXT)")
-            conn.execute("CREATE TRIGGER wipe AFTER INSERT ON bh_arrays BEGIN DELETE FROM bh_kv; END")
-        attacker.force_flush()
+            conn.execute("CREATE TRIGGER own AFTER INSERT ON bh_arrays BEGIN DELETE FROM bh_kv; END")
+        writer.force_flush()
+        with writer.connection as conn:
+            conn.execute("CREATE VIRTUAL TABLE docs USING fts5(body)")
+        with pytest.raises(UntrustedCatalog, match="table 'docs'.*Drop it"):
+            writer.force_flush()
+        with writer.connection as conn:
+            conn.execute("DROP TABLE docs")
+        # An attacker with write access plants a whole catalog with a trigger straight into the log.
+        victim.pull()
+        planted = tmp_path / "planted.db"
+        backup_to_file(victim.connection, planted)
+        conn = sqlite3.connect(planted)
+        conn.execute("CREATE TRIGGER wipe AFTER INSERT ON bh_arrays BEGIN DELETE FROM bh_kv; END")
+        conn.commit()
+        conn.close()
+        bucket = open_bucket(config)
+        log = CommitLog(bucket, config.key)
+        n = victim.log_position + 1
+        sha = file_sha256(planted)
+        bucket.upload(planted, log.state_key(n, sha))
+        record = {"position": n, "writer": "attacker",
+                  "whole": {"key": log.state_key(n, sha), "sha256": sha, "size": planted.stat().st_size}}
+        assert log.put_commit(n, encode(record, None)) is not None
         victim.pull()
         assert "trigger 'wipe'" in " ".join(victim.removed_from_bucket)
         victim.arrays.put("x", np.arange(3))
@@ -307,6 +333,7 @@ def test_nothing_from_a_whole_catalog_commit_runs(make_config: Callable[..., Buc
         assert fresh.kv["precious"] == "1"
         names = [r[0] for r in fresh.connection.execute("SELECT name FROM sqlite_master WHERE type='trigger'")]
         assert names == []
+        assert "user_notes" in [r[0] for r in fresh.connection.execute("SELECT name FROM sqlite_master")]
 
 
 def test_commits_are_created_once_and_a_race_moves_to_the_next_position(

@@ -112,11 +112,14 @@ def test_virtual_table_is_refused(config: BucketConfig, tmp_path: Path) -> None:
     bucket = open_bucket(old)
     with BucketSQLite(BucketConfig.for_local(tmp_path / "scratch"), NO_TIMER) as scratch:
         scratch.kv["setting"] = "1"
-        scratch.connection.execute("CREATE VIRTUAL TABLE planted USING fts5(body)")
         path = tmp_path / "virtual.db"
         from bh_notebook.storage.snapshot import backup_to_file
 
         backup_to_file(scratch.connection, path)
+    db = sqlite3.connect(path)
+    db.execute("CREATE VIRTUAL TABLE planted USING fts5(body)")
+    db.commit()
+    db.close()
     bucket.upload(path, old.key)
     with pytest.raises(UntrustedCatalog, match="planted"):
         BucketSQLite(old, NO_TIMER).start()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import sqlite3
 import zlib
 from dataclasses import dataclass, field
@@ -67,29 +68,78 @@ class Change:
 
 
 def schema_of(conn: sqlite3.Connection, schema: str = "main") -> list[tuple[str, str, str, str | None]]:
-    """The schema rows (type, name, table, SQL) that define a catalog, log tables excluded, in a stable order."""
+    """The schema rows (type, name, table, SQL) that define a catalog, in a stable order: tables and indexes,
+    without the log's tables, and without triggers and views (which never travel: every catalog read from the
+    bucket is vetted without them)."""
     rows = conn.execute(f"SELECT type, name, tbl_name, sql FROM {schema}.sqlite_master "
-                        "ORDER BY type, name").fetchall()
+                        "WHERE type IN ('table', 'index') ORDER BY type, name").fetchall()
     return [(r[0], r[1], r[2], r[3]) for r in rows if r[2] not in LOG_TABLES]
+
+
+_WITHOUT_ROWID = re.compile(r"\)\s*WITHOUT\s+ROWID\s*$", re.IGNORECASE)
+#: The names SQLite answers with a table's rowid, unless a column has taken the name.
+ROWID_NAMES = ("rowid", "_rowid_", "oid")
+
+
+def _without_rowid(conn: sqlite3.Connection, schema: str, table: str) -> bool:
+    row = conn.execute(f"SELECT sql FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?",
+                       (table,)).fetchone()
+    return bool(row and isinstance(row[0], str) and _WITHOUT_ROWID.search(row[0].strip().rstrip(";")))
+
+
+def _rowid_alias(conn: sqlite3.Connection, schema: str, table: str) -> str | None:
+    """A name that reads the table's rowid (no column has taken it), or None when all three are taken."""
+    taken = {c.lower() for c in _columns(conn, schema, table)}
+    return next((name for name in ROWID_NAMES if name not in taken), None)
 
 
 def _key_columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
     """``["rowid"]`` for an ordinary table; the primary key's columns for a ``WITHOUT ROWID`` one."""
-    try:
-        conn.execute(f"SELECT rowid FROM {schema}.{_q(table)} LIMIT 0")
+    if not _without_rowid(conn, schema, table):
         return ["rowid"]
-    except sqlite3.OperationalError:
-        info = conn.execute(f"PRAGMA {schema}.table_info({_q(table)})").fetchall()
-        return [r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5])]
+    info = conn.execute(f"PRAGMA {schema}.table_info({_q(table)})").fetchall()
+    return [r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5])]
 
 
 def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
     return [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({_q(table)})")]
 
 
+def _table_change(conn: sqlite3.Connection, new: str, base: str, table: str) -> TableChange | None:
+    """The rows of ``table`` that differ from ``base`` to ``new`` (same schema); None when its rows cannot be
+    named (an ordinary table whose columns took every name of the rowid).
+
+    Rows are matched on the rowid (a b-tree lookup per row, instead of EXCEPT sorting both tables) or, in a
+    ``WITHOUT ROWID`` table, on the primary key; values are compared byte for byte and by type (``'abc'`` and
+    ``'ABC'`` under NOCASE, ``1`` and ``1.0``, are changes)."""
+    cols = _columns(conn, new, table)
+    t = _q(table)
+    key = _key_columns(conn, new, table)
+    if key == ["rowid"]:
+        alias = _rowid_alias(conn, new, table)
+        if alias is None:
+            return None
+        join = f"b.{alias} = n.{alias}"
+        new_keys, base_keys, missing = [f"n.{alias}"], [f"b.{alias}"], f"b.{alias} IS NULL"
+    else:
+        join = " AND ".join(f"b.{_q(k)} = n.{_q(k)}" for k in key)  # the key's own collation, as its uniqueness
+        new_keys = [f"n.{_q(k)}" for k in key]
+        base_keys = [f"b.{_q(k)}" for k in key]
+        missing = f"b.{_q(key[0])} IS NULL"  # primary key columns of a WITHOUT ROWID table are NOT NULL
+    differs = " OR ".join(f"(n.{_q(c)} IS NOT b.{_q(c)} COLLATE BINARY OR typeof(n.{_q(c)}) IS NOT "
+                          f"typeof(b.{_q(c)}))" for c in cols) or "0"
+    upsert = [list(r) for r in conn.execute(
+        f"SELECT {', '.join([*new_keys, *(f'n.{_q(c)}' for c in cols)])} FROM {new}.{t} n "
+        f"LEFT JOIN {base}.{t} b ON {join} WHERE {missing} OR {differs}")]
+    delete = [list(r) for r in conn.execute(
+        f"SELECT {', '.join(base_keys)} FROM {base}.{t} b WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {new}.{t} n WHERE {join})")]
+    return TableChange(key, cols, upsert, delete)
+
+
 def diff(base: Path | None, new: Path) -> Change | None:
-    """The change from ``base`` (None: an empty catalog) to ``new``; None when their schemas differ (the new
-    state must then be committed whole)."""
+    """The change from ``base`` (None: an empty catalog) to ``new``; None when their schemas differ or a table's
+    rows cannot be named (the new state must then be committed whole)."""
     conn = sqlite3.connect(":memory:")
     try:
         conn.execute("ATTACH DATABASE ? AS new", (str(new),))
@@ -103,28 +153,11 @@ def diff(base: Path | None, new: Path) -> Change | None:
                 .fetchall():
             if table in LOG_TABLES:
                 continue
-            key = _key_columns(conn, "new", table)
-            cols = _columns(conn, "new", table)
-            t = _q(table)
-            key_sql = ", ".join(_q(k) if k != "rowid" else "rowid" for k in key)
-            if key == ["rowid"]:
-                # A join on rowid (a b-tree lookup per row) instead of EXCEPT, which sorts both tables whole.
-                picked = ", ".join(["n.rowid", *(f"n.{_q(c)}" for c in cols)])
-                changed = " OR ".join(f"n.{_q(c)} IS NOT b.{_q(c)}" for c in cols) or "0"
-                upsert = [list(r) for r in conn.execute(
-                    f"SELECT {picked} FROM new.{t} n LEFT JOIN base.{t} b ON b.rowid = n.rowid "
-                    f"WHERE b.rowid IS NULL OR {changed}")]
-                delete = [list(r) for r in conn.execute(
-                    f"SELECT b.rowid FROM base.{t} b WHERE NOT EXISTS "
-                    f"(SELECT 1 FROM new.{t} n WHERE n.rowid = b.rowid)")]
-            else:
-                all_sql = ", ".join([key_sql, *(_q(c) for c in cols)])
-                upsert = [list(r) for r in conn.execute(
-                    f"SELECT {all_sql} FROM new.{t} EXCEPT SELECT {all_sql} FROM base.{t}")]
-                delete = [list(r) for r in conn.execute(
-                    f"SELECT {key_sql} FROM base.{t} EXCEPT SELECT {key_sql} FROM new.{t}")]
-            if upsert or delete:
-                change.tables[table] = TableChange(key, cols, upsert, delete)
+            tc = _table_change(conn, "new", "base", table)
+            if tc is None:
+                return None
+            if tc.upsert or tc.delete:
+                change.tables[table] = tc
         return change
     finally:
         conn.close()
@@ -132,17 +165,14 @@ def diff(base: Path | None, new: Path) -> Change | None:
 
 def same_rows(conn: sqlite3.Connection, a: str, b: str) -> bool:
     """Whether databases ``a`` and ``b`` of ``conn`` hold the same schema and the same rows (with the same
-    rowids), log tables aside."""
+    rowids, values equal byte for byte and by type), log tables aside."""
     if schema_of(conn, a) != schema_of(conn, b):
         return False
     for (table,) in conn.execute(f"SELECT name FROM {a}.sqlite_master WHERE type = 'table'").fetchall():
         if table in LOG_TABLES:
             continue
-        key = _key_columns(conn, a, table)
-        cols = "rowid, *" if key == ["rowid"] else "*"
-        t = _q(table)
-        if conn.execute(f"SELECT EXISTS (SELECT {cols} FROM {a}.{t} EXCEPT SELECT {cols} FROM {b}.{t}) OR "
-                        f"EXISTS (SELECT {cols} FROM {b}.{t} EXCEPT SELECT {cols} FROM {a}.{t})").fetchone()[0]:
+        tc = _table_change(conn, a, b, table)
+        if tc is None or tc.upsert or tc.delete:
             return False
     return True
 
@@ -180,11 +210,17 @@ def apply_to(conn: sqlite3.Connection, change: Change, schema: str = "main") -> 
                     any(len(r) != len(tc.key) + len(tc.columns) for r in tc.upsert):
                 raise CorruptCommit(f"a commit's row for table {table!r} has the wrong number of values")
             t = f"{schema}.{_q(table)}"
-            keys = [("rowid" if k == "rowid" else _q(k)) for k in tc.key]
+            if tc.key == ["rowid"]:
+                alias = _rowid_alias(conn, schema, table)
+                if alias is None:
+                    raise CorruptCommit(f"a commit changes table {table!r} by rowid, which it cannot name")
+                keys = [alias]
+            else:
+                keys = [_q(k) for k in tc.key]
             where = " AND ".join(f"{k} = ?" for k in keys)
             conn.executemany(f"DELETE FROM {t} WHERE {where}", tc.delete)
             if tc.key == ["rowid"]:
-                names = ", ".join(["rowid", *(_q(c) for c in tc.columns)])
+                names = ", ".join([keys[0], *(_q(c) for c in tc.columns)])
                 rows = tc.upsert
                 width = 1 + len(tc.columns)
             else:  # the key columns are among the columns: send each value once

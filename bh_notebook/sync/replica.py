@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from ..connection import quote_ident
-from ..errors import BhError, ObjectNotFound, PreconditionFailed, SnapshotConflict, SnapshotCorruptError
+from ..errors import (
+    BhError,
+    CatalogDeleted,
+    ObjectNotFound,
+    PreconditionFailed,
+    SnapshotConflict,
+    SnapshotCorruptError,
+    UntrustedCatalog,
+)
 from ..merge import MergeReport, merge_catalog
 from ..storage import BucketClient
 from ..storage.snapshot import file_sha256, vet_catalog_file
@@ -81,6 +89,21 @@ class Race:
         time.sleep(random.uniform(0, min(2.0, 0.02 * 2 ** min(self._losses, 10))))
 
 
+def read_log_id(path: Path) -> str | None:
+    """The id of the log a checkpoint file belongs to (None: it records none)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        cols = [r[1] for r in conn.execute(f"PRAGMA table_info({STATE_TABLE})")]
+        if "log_id" not in cols:
+            return None
+        row = conn.execute(f"SELECT log_id FROM {STATE_TABLE}").fetchone()
+        return str(row[0]) if row is not None and isinstance(row[0], str) else None
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        conn.close()
+
+
 def read_state(path: Path) -> int | None:
     """The log position a checkpoint file records, or None when it has none (not written by the log)."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -121,11 +144,17 @@ class Replica:
         self.location = location
         self.writer = uuid.uuid4().hex
         self.position = 0
+        #: The id of this log, chosen by its first commit: a log deleted and begun again (a branch deleted, or
+        #: created again) has another, so a late commit to the old one is never applied to the new one.
+        self.log_id: str | None = None
         #: Etags of ``<key>`` known to be genuine checkpoints, with their positions (ours, seen at start, or
         #: announced in others' commits): such a copy may be replaced without reading it first.
         self.known_checkpoints: dict[str, int] = {}
         #: SHA-256 of every foreign ``<key>`` (one written by another program) already taken in as a commit.
         self.taken_in: set[str] = set()
+        #: Etags of copies at ``<key>`` already looked at and found damaged or taken in (replaced at the next
+        #: checkpoint; not downloaded again meanwhile).
+        self.passed_over: set[str] = set()
         self._announce: list[tuple[str, int]] = []  # checkpoints we wrote, announced by our next commit
         self.removed: list[str] = []  # triggers/views dropped from catalogs read from the bucket
         #: Copies at the key that could not be used (damaged, or holding what this library never runs), passed
@@ -186,6 +215,7 @@ class Replica:
                 start.unlink(missing_ok=True)
             if genuine:
                 assert position is not None
+                self.log_id = read_log_id(start)
                 drop_log_tables(start)
                 start.replace(self.base)
                 self.position = position
@@ -226,6 +256,8 @@ class Replica:
             except (ObjectNotFound, SnapshotCorruptError) as exc:
                 log.warning("bh_notebook: checkpoint %r cannot be used (%s)", ckey, exc)
                 continue
+            if position is None or self.log_id is None:
+                self.log_id = read_log_id(dest) or self.log_id
             drop_log_tables(dest)
             return pos
         return None
@@ -308,6 +340,12 @@ class Replica:
             label = f"commit {self.log.commit_key(n)!r} in {self.location}"
             try:
                 record, change = changes.decode(data, label=label)
+                log_id = record.get("log_id")
+                if n == 1 and isinstance(log_id, str):
+                    self.log_id = log_id
+                elif self.log_id is not None and isinstance(log_id, str) and log_id != self.log_id:
+                    raise CorruptCommit(f"{label} belongs to an earlier log of this catalog, since deleted (a "
+                                        "writer that kept it open committed late)")
                 if change is not None:
                     changes.apply(arrival.head, change)
                     if arrival.changes is not None:
@@ -382,27 +420,59 @@ class Replica:
         if change is True:
             change = changes.diff(self.base if self.base.exists() else None, candidate)
         assert change is None or isinstance(change, Change)
-        record: dict[str, Any] = {"position": n, "writer": self.writer, **(extra or {})}
+        if n == 1:
+            self.log_id = uuid.uuid4().hex  # a new log (were it lost, the winner's id is read with its commit)
+        record: dict[str, Any] = {"position": n, "writer": self.writer, "log_id": self.log_id, **(extra or {})}
         if self._announce:
             record["checkpoints"] = [[etag, pos] for etag, pos in self._announce]
         nbytes = 0
+        uploaded: str | None = None
         if change is None:  # the schema changed: the commit stands for the whole catalog
+            # Readers vet it (a trigger or view dropped, anything else refused): vet it the same way first, so
+            # what this process builds on is what they apply, and nothing is shipped that they would not run.
+            try:
+                vet_catalog_file(candidate, label="catalog")
+            except UntrustedCatalog as exc:
+                found = str(exc).split("(", 1)[-1].split(")", 1)[0]
+                raise UntrustedCatalog(f"the catalog holds {found}, which other writers would refuse to open (a "
+                                       "virtual table, e.g. FTS5, or a malformed schema row): it cannot be shared "
+                                       "through the bucket. Drop it from the catalog; nothing was committed and "
+                                       "your changes are still in memory.") from None
             sha = file_sha256(candidate)
             key = self.log.state_key(n, sha)
             try:
                 self.bucket.upload(candidate, key, if_none_match="*")
                 nbytes += candidate.stat().st_size
+                uploaded = key
             except PreconditionFailed:
                 pass  # the very same bytes are there already
             record["whole"] = {"key": key, "sha256": sha, "size": candidate.stat().st_size}
         data = changes.encode(record, change)
         etag = self.log.put_commit(n, data)
         if etag is None:
+            if uploaded is not None:
+                self._drop_unnamed(n, uploaded)
             return None
         self._announce = []
         candidate.replace(self.base)
         self.position = n
         return Committed(n, nbytes + len(data), etag)
+
+    def _drop_unnamed(self, position: int, key: str) -> None:
+        """Delete the whole catalog uploaded for a position another writer took, unless the commit there names it
+        (a PUT of ours that landed although its answer was lost: that commit is ours)."""
+        data = self.log.get_commit(position)
+        try:
+            record, _ = changes.decode(data or b"", label="commit")
+        except CorruptCommit:
+            return  # unreadable: keep what might be named
+        whole = record.get("whole")
+        if record.get("writer") == self.writer or (isinstance(whole, dict) and whole.get("key") == key):
+            return
+        try:
+            self.bucket.delete(key)
+        except BhError:
+            pass
 
     def commit(self, snapshot: Callable[[Path], None],
                merge_in: Callable[[Arrival, Path | None], MergeReport]) -> tuple[Committed | None, MergeReport | None]:
@@ -457,9 +527,27 @@ class Replica:
         """One HEAD of ``<key>``: when it is not a checkpoint this process knows, look at it (a genuine
         checkpoint of another writer is remembered; a copy another program wrote waits in ``pending_foreign``)."""
         info = self.bucket.head(self.key)
-        if info is None or info.etag in self.known_checkpoints or self.pending_foreign is not None:
+        if info is None and self.position > 0:
+            self._check_log_is_ours()
+        if info is None or info.etag in self.known_checkpoints or info.etag in self.passed_over \
+                or self.pending_foreign is not None:
             return
-        self._look_at_copy(info.etag)
+        if self._look_at_copy(info.etag) == -1:
+            self.passed_over.add(info.etag)  # damaged, or taken in already: not read again at every commit
+
+    def _check_log_is_ours(self) -> None:
+        """CatalogDeleted when the log this process built on is gone or was begun again by someone else."""
+        data = self.log.get_commit(1)
+        theirs: str | None = None
+        if data is not None:
+            try:
+                theirs = changes.decode(data, label="commit 1")[0].get("log_id")
+            except CorruptCommit:
+                return
+        if data is None or (self.log_id is not None and theirs != self.log_id):
+            raise CatalogDeleted(f"the catalog {self.key!r} in {self.location} was deleted (or created again) "
+                                 "while this process had it open, so nothing more is committed to it. Your "
+                                 "changes are still in memory; copy what you need to another catalog.")
 
     def checkpoint_if_stale(self, min_age: float) -> int:
         """Write a checkpoint when ``<key>`` holds an older position and was written more than ``min_age``
@@ -503,8 +591,8 @@ class Replica:
         shutil.copyfile(self.base, path)
         conn = sqlite3.connect(path)
         try:
-            conn.execute(f"CREATE TABLE {STATE_TABLE} (position INTEGER NOT NULL, writer TEXT NOT NULL)")
-            conn.execute(f"INSERT INTO {STATE_TABLE} VALUES (?, ?)", (self.position, self.writer))
+            conn.execute(f"CREATE TABLE {STATE_TABLE} (position INTEGER NOT NULL, writer TEXT NOT NULL, log_id TEXT)")
+            conn.execute(f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?)", (self.position, self.writer, self.log_id))
             conn.commit()
         finally:
             conn.close()
@@ -557,6 +645,9 @@ class Replica:
             position = read_state(path)
             sha = file_sha256(path)
             if position is not None and self.bucket.head(self.log.checkpoint_key(position, sha)) is not None:
+                theirs = read_log_id(path)
+                if self.log_id is not None and theirs is not None and theirs != self.log_id:
+                    self._check_log_is_ours()  # a checkpoint of a log begun again: raises CatalogDeleted
                 self.known_checkpoints[etag] = position
                 return position
         except SnapshotCorruptError:
@@ -580,4 +671,4 @@ def read_head(bucket: BucketClient, key: str, workdir: Path) -> list[Path]:
     return files
 
 
-__all__ = ["Arrival", "Committed", "Race", "Replica", "STATE_TABLE", "drop_log_tables", "read_head", "read_state"]
+__all__ = ["Arrival", "Committed", "Race", "Replica", "STATE_TABLE", "drop_log_tables", "read_head", "read_log_id", "read_state"]
