@@ -226,7 +226,7 @@ def test_a_snapshot_rewritten_by_another_program_is_taken_in(config: BucketConfi
         assert c.last_merge is None
 
 
-def test_a_rewrite_found_while_checkpointing_is_taken_in(make_config: Callable[..., BucketConfig],
+def test_a_rewrite_is_noticed_by_the_next_commit_and_taken_in(make_config: Callable[..., BucketConfig],
                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = make_config("local")
     monkeypatch.setattr(BucketSQLite, "checkpoint_every", 2)
@@ -242,10 +242,12 @@ def test_a_rewrite_found_while_checkpointing_is_taken_in(make_config: Callable[.
         conn.close()
         bucket.upload(copy, config.key)
         a.kv["more"] = "2"
-        a.force_flush()  # commit 2: a checkpoint is due, and the key is not one of ours: taken in first
+        counting_before = a.log_position
+        a.force_flush()  # commit 2 HEADs the key first: not one of ours, so it is merged in and committed with it
         assert a.kv["theirs"] == "t"
         assert a.kv["mine"] == "1" and a.kv["more"] == "2"
-        assert a.log_position == 3
+        assert a.log_position == counting_before + 1 == 2
+        assert bucket.get_bytes(config.key) != copy.read_bytes()  # a checkpoint replaced the rewritten copy
     with BucketSQLite(config, NO_TIMER) as b:
         assert b.kv["theirs"] == "t" and b.kv["more"] == "2"
         assert b.last_merge is None  # the key is a checkpoint again
