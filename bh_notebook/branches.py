@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import InvalidKey, NotFound, PreconditionFailed
-from .interfaces.files import referenced_keys
+from .interfaces.files import referenced_keys_of_file
 from .merge import MergeReport
 
 if TYPE_CHECKING:
@@ -286,9 +286,5 @@ def shared_references(bh: Catalog) -> set[str]:
             work = Path(tmp) / str(n)
             work.mkdir()
             for path in read_head(bucket, key, work):
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-                try:
-                    keys |= referenced_keys(conn, with_rows=True)
-                finally:
-                    conn.close()
+                keys |= referenced_keys_of_file(path)
     return keys

@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 from .errors import CatalogBusy
@@ -81,6 +82,19 @@ class CatalogConnection(sqlite3.Connection):
             return False
         self.rollback()
         return False
+
+
+@contextmanager
+def immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back when the block raises (explicit statements, so the block
+    may ATTACH or DETACH around it as the merges do)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def connect_catalog(uri: str, *, check_same_thread: bool = True) -> CatalogConnection:

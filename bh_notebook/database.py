@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from .config import BucketConfig
 from . import spool
-from .connection import connect_catalog
+from .connection import connect_catalog, immediate_transaction
 from .errors import (
     AlreadyStarted,
     BhError,
@@ -39,7 +39,7 @@ from .errors import (
 )
 from .interfaces.arrays import ArrayStore
 from .interfaces.base import Interface
-from .interfaces.files import FileStore, referenced_keys
+from .interfaces.files import FileStore, referenced_keys_of_file
 from .interfaces.frames import FrameStore
 from .interfaces.kv import KVStore
 from .interfaces.named_files import NamedFileStore
@@ -804,13 +804,8 @@ class BucketSQLite:
                 self._replica.state_at(self._replica.position - 1, earlier)
                 files.append(earlier)
             for path in files:
-                if not path.exists():
-                    continue
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-                try:
-                    keys |= referenced_keys(conn, with_rows=True)
-                finally:
-                    conn.close()
+                if path.exists():
+                    keys |= referenced_keys_of_file(path)
             return keys
 
     # -- checks ------------------------------------------------------------------------------
@@ -862,20 +857,14 @@ def _replay_if_unchanged(conn: sqlite3.Connection, old_base: Path, head: Path,
     conn.execute("ATTACH DATABASE ? AS base", (str(old_base),))
     conn.execute("ATTACH DATABASE ? AS theirs", (str(head),))
     try:
-        conn.execute("BEGIN IMMEDIATE")  # a CatalogConnection waits for other connections' transactions
-        try:
+        with immediate_transaction(conn):  # a CatalogConnection waits for other connections' transactions
             if not sync_changes.same_rows(conn, "main", "base"):
-                conn.execute("ROLLBACK")
-                return None
+                return None  # (nothing was written: the transaction commits empty)
             for change in arrived:
                 sync_changes.apply_to(conn, change)
             if conn.execute("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'filestore'"
                             ).fetchone():
                 keep_rows_in_use(conn, report)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     finally:
         conn.execute("DETACH DATABASE base")
         conn.execute("DETACH DATABASE theirs")

@@ -32,7 +32,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .connection import PLAIN_TABLE_SQL
+from .connection import PLAIN_TABLE_SQL, immediate_transaction
 from .connection import quote_ident as _q
 from .interfaces.base import RETIRED_TABLE
 from .interfaces.files import CHUNKS_TABLE, referenced_keys
@@ -107,8 +107,7 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
     conn.execute("ATTACH DATABASE ? AS theirs", (str(theirs),))
     conn.execute("ATTACH DATABASE ? AS base", (str(base) if base is not None else ":memory:",))
     try:
-        conn.execute("BEGIN IMMEDIATE")  # a CatalogConnection waits for other connections' transactions
-        try:
+        with immediate_transaction(conn):  # a CatalogConnection waits for other connections' transactions
             ours_tables = set(_tables(conn, "main"))
             base_tables = set(_tables(conn, "base"))
             # Merging a branch, every number this catalog ever gave out stays its own (deleted ones included):
@@ -163,10 +162,6 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
                     _merge_other(conn, table, report)
             if "filestore" in ours_tables:
                 keep_rows_in_use(conn, report)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     finally:
         conn.execute("DETACH DATABASE theirs")
         conn.execute("DETACH DATABASE base")

@@ -963,6 +963,15 @@ def referenced_keys(conn: sqlite3.Connection, *, with_rows: bool = False) -> set
     return keys
 
 
+def referenced_keys_of_file(path: Path) -> set[str]:
+    """Every blob the catalog file at ``path`` uses, its file rows included (opened read-only)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return referenced_keys(conn, with_rows=True)
+    finally:
+        conn.close()
+
+
 def _hash_file(path: Path, chunk_size: int) -> tuple[str, bytes]:
     """The file's SHA-256 hex and its chunk digests, in one pass (the two hashes side by side in two threads)."""
     from concurrent.futures import ThreadPoolExecutor

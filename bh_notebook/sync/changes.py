@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..connection import immediate_transaction
 from ..connection import quote_ident as _q
 from ..errors import SnapshotCorruptError
 
@@ -184,13 +185,8 @@ def apply(path: Path, change: Change) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA trusted_schema = OFF")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_transaction(conn):
             apply_to(conn, change)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     finally:
         conn.close()
 

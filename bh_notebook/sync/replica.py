@@ -89,34 +89,32 @@ class Race:
         time.sleep(random.uniform(0, min(2.0, 0.02 * 2 ** min(self._losses, 10))))
 
 
-def read_log_id(path: Path) -> str | None:
-    """The id of the log a checkpoint file belongs to (None: it records none)."""
+def _log_state(path: Path) -> tuple[int | None, str | None]:
+    """(position, log id) a checkpoint file records in ``bh_log_state``; (None, None) when it has none."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         cols = [r[1] for r in conn.execute(f"PRAGMA table_info({STATE_TABLE})")]
-        if "log_id" not in cols:
-            return None
-        row = conn.execute(f"SELECT log_id FROM {STATE_TABLE}").fetchone()
-        return str(row[0]) if row is not None and isinstance(row[0], str) else None
+        if "position" not in cols:
+            return None, None
+        row = conn.execute(f"SELECT position, {'log_id' if 'log_id' in cols else 'NULL'} FROM {STATE_TABLE}"
+                           ).fetchone()
     except sqlite3.DatabaseError:
-        return None
+        return None, None
     finally:
         conn.close()
+    if row is None:
+        return None, None
+    return (row[0] if isinstance(row[0], int) else None), (row[1] if isinstance(row[1], str) else None)
 
 
 def read_state(path: Path) -> int | None:
     """The log position a checkpoint file records, or None when it has none (not written by the log)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                            (STATE_TABLE,)).fetchone():
-            return None
-        row = conn.execute(f"SELECT position FROM {STATE_TABLE}").fetchone()
-        return int(row[0]) if row is not None and isinstance(row[0], int) else None
-    except sqlite3.DatabaseError:
-        return None
-    finally:
-        conn.close()
+    return _log_state(path)[0]
+
+
+def read_log_id(path: Path) -> str | None:
+    """The id of the log a checkpoint file belongs to (None: it records none)."""
+    return _log_state(path)[1]
 
 
 def drop_log_tables(path: Path) -> None:
