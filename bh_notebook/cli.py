@@ -82,6 +82,8 @@ def _store(ctx: click.Context, *, restore_from: str = "latest") -> Iterator[Buck
         finally:
             probe.close()
     bh = BucketSQLite(config, SnapshotConfig(interval_seconds=0), restore_from=restore_from)
+    # One command is one short session: refresh the whole catalog at the key at most once a minute, not per command.
+    bh.checkpoint_at_stop_seconds = 60.0
     # Progress bars go to a terminal only: a script's stderr stays clean.
     bh.progress_factory = _terminal_progress if sys.stderr.isatty() else None
     bh.start()

@@ -109,10 +109,11 @@ class BucketSQLite:
     #: Every this many commits, the committing writer writes a checkpoint (the whole catalog, under a key of its
     #: own, copied to ``config.key``), which bounds how many commits a fresh reader replays.
     checkpoint_every: int = 100
-    #: At ``stop()``, a process that committed writes a checkpoint to ``config.key`` when the one there is older
-    #: than this many seconds (by the bucket's clock), so buckethead and other readers of the key see a recent
-    #: state; the key is then rewritten at most once per this period. None turns it off.
-    checkpoint_at_stop_seconds: float | None = 60.0
+    #: At ``stop()``, a process whose commits are newer than the checkpoint at ``config.key`` writes one when that
+    #: checkpoint is older than this many seconds (by the bucket's clock), so buckethead and other readers of the
+    #: key see the session's work; 0: at every stop that committed something. The command line uses 60 (a
+    #: command is a short session). None turns it off.
+    checkpoint_at_stop_seconds: float | None = 0.0
     #: How long a snapshot waits for another connection's open write transaction before it is put off.
     snapshot_wait_seconds: float = 10.0
 

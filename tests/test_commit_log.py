@@ -102,6 +102,21 @@ def test_500_flushes_send_a_few_percent_of_snapshots_and_write_no_key_twice(
     assert time.monotonic() - t0 < 120
 
 
+def test_a_session_leaves_its_work_in_the_copy_at_the_key(make_config: Callable[..., BucketConfig],
+                                                            tmp_path: Path) -> None:
+    """What buckethead (or any SQLite tool) opens at the key holds each finished session's work."""
+    config = make_config("local")
+    for i in range(3):
+        with BucketSQLite(config, NO_TIMER) as bh:
+            bh.kv[f"session{i}"] = str(i)
+        copy = tmp_path / f"copy{i}.db"
+        open_bucket(config).download(config.key, copy)
+        conn = sqlite3.connect(copy)
+        keys = {r[0] for r in conn.execute("SELECT key FROM bh_kv")}
+        conn.close()
+        assert keys == {f"session{n}" for n in range(i + 1)}
+
+
 def test_idle_session_sends_one_cheap_request_per_interval(make_config: Callable[..., BucketConfig]) -> None:
     config = make_config("moto")
     counting = CountingBucket(open_bucket(config))
@@ -148,6 +163,7 @@ def test_fresh_reader_starts_from_the_newest_checkpoint(make_config: Callable[..
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     config = make_config("local")
     monkeypatch.setattr(BucketSQLite, "checkpoint_every", 10)
+    monkeypatch.setattr(BucketSQLite, "checkpoint_at_stop_seconds", None)  # (a stop would checkpoint 25)
     with BucketSQLite(config, NO_TIMER) as w:
         for i in range(25):
             w.kv[f"k{i}"] = str(i)
