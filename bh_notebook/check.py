@@ -71,7 +71,8 @@ def check(bh: Catalog, fix: bool = False, *, verify: bool = True, grace_seconds:
           used_elsewhere: set[str] | frozenset[str] = frozenset()) -> CheckReport:
     """Compare the catalog's rows with the bucket's objects. See ``BucketSQLite.check``.
 
-    ``used_elsewhere``: blobs other catalogs in the bucket use (branches, ``.prev``); they are no orphans."""
+    ``used_elsewhere``: blobs other catalogs in the bucket use (branches, fork points) and the state before the
+    newest commit (what an undo brings back); they are no orphans."""
     report = CheckReport()
     files = bh.files
     conn = bh.connection

@@ -798,16 +798,23 @@ class BucketSQLite:
         assert self._workdir is not None
         keys = shared_references(self)  # every other catalog in the bucket: branches, fork points, .prev
         with self._flush_lock:
-            files = [self._workdir / "base.db"]
-            if self._replica is not None and self._replica.position > 1:
-                # What restore_from="prev" (an undo of the newest commit) would bring back stays whole too.
-                earlier = self._workdir / "earlier-gc.db"
-                self._replica.state_at(self._replica.position - 1, earlier)
-                files.append(earlier)
-            for path in files:
-                if path.exists():
-                    keys |= referenced_keys_of_file(path)
-            return keys
+            base = self._workdir / "base.db"
+            if base.exists():
+                keys |= referenced_keys_of_file(base)
+        return keys | self._kept_for_undo()
+
+    def _kept_for_undo(self) -> set[str]:
+        """The blobs the state before the newest commit uses: what ``restore_from="prev"`` (an undo) brings back,
+        which the collector spares and the check does not count as orphans."""
+        with self._flush_lock:
+            if self._replica is None or self._replica.position <= 1 or self._workdir is None:
+                return set()
+            earlier = self._workdir / "earlier-gc.db"
+            self._replica.state_at(self._replica.position - 1, earlier)
+            try:
+                return referenced_keys_of_file(earlier)
+            finally:
+                earlier.unlink(missing_ok=True)
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -820,7 +827,7 @@ class BucketSQLite:
         self._require_started()
         self.pull()
         return run_check(self, fix, verify=verify, grace_seconds=grace_seconds,
-                         used_elsewhere=shared_references(self))
+                         used_elsewhere=shared_references(self) | self._kept_for_undo())
 
     # -- status ------------------------------------------------------------------------------
 
