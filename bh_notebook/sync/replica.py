@@ -253,6 +253,7 @@ class Replica:
                 self.removed += vet_catalog_file(dest, label=f"checkpoint {ckey!r}")
             except (ObjectNotFound, SnapshotCorruptError) as exc:
                 log.warning("bh_notebook: checkpoint %r cannot be used (%s)", ckey, exc)
+                dest.unlink(missing_ok=True)  # never left behind as a state to build on
                 continue
             if position is None or self.log_id is None:
                 self.log_id = read_log_id(dest) or self.log_id
@@ -296,19 +297,19 @@ class Replica:
             finally:
                 conn.close()
             if self._try_commit(merged, {"took_in": sha}) is not None:
+                self.took_in_report = report
+                log.warning("bh_notebook: %r in %s was rewritten by another program since the last checkpoint; "
+                            "its changes were taken in as commit %d (%s)", self.key, self.location, self.position,
+                            report)
                 break
             race.lost()
             arrival = self.fetch()
             if arrival is not None:
                 self.accept(arrival)
             if sha in self.taken_in:
-                report = MergeReport()
-                break
+                break  # another writer took it in first: its commit is in the state now
         self.taken_in.add(sha)
-        self.took_in_report = report
-        log.warning("bh_notebook: %r in %s was rewritten by another program since the last checkpoint; its "
-                    "changes were taken in as commit %d (%s)", self.key, self.location, self.position, report)
-        self.checkpoint(replace_etag=etag)
+        self._checkpoint_quietly(replace_etag=etag)
 
     # -- reading the log -------------------------------------------------------------------------------------
 
