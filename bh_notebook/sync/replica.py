@@ -160,6 +160,7 @@ class Replica:
         self.refused: list[str] = []
         self.skipped: list[str] = []  # commits that could not be read, passed over by every reader alike
         self.took_in_report: MergeReport | None = None
+        self.committed = False  # whether this process created a commit
         #: A copy of ``<key>`` another program wrote, found while checkpointing: (file, sha, etag), merged into
         #: the catalog in use and committed by the running ``commit``.
         self.pending_foreign: tuple[Path, str, str] | None = None
@@ -455,6 +456,7 @@ class Replica:
         self._announce = []
         candidate.replace(self.base)
         self.position = n
+        self.committed = True
         return Committed(n, nbytes + len(data), etag)
 
     def _drop_unnamed(self, position: int, key: str) -> None:
@@ -552,8 +554,8 @@ class Replica:
         """Write a checkpoint when ``<key>`` holds an older position and was written more than ``min_age``
         seconds ago by the bucket's clock (what a process does at stop, so readers of ``<key>`` such as buckethead
         see a recent state, at most one rewrite of the key per ``min_age``). Returns the bytes uploaded."""
-        if not self.base.exists() or self.position == 0:
-            return 0
+        if not self.committed or not self.base.exists() or self.position == 0:
+            return 0  # a session that only read leaves the bucket as it found it
         info = self.bucket.head(self.key)
         if info is not None:
             known = self.known_checkpoints.get(info.etag)
