@@ -308,7 +308,7 @@ class BucketSQLite:
         hint = (f" Nothing in the bucket was changed. To start from the previous snapshot ({key + '.prev'!r}), "
                 "use BucketSQLite(config, restore_from='prev')." if source == key else
                 " Nothing in the bucket was changed.")
-        state, replayed = replica.open(key, hint=hint)
+        state, replayed = replica.open(hint=hint)
         self._report_removed(replica.removed, key)
         replica.removed = []
         self.removed_from_bucket.extend(replica.refused)

@@ -179,13 +179,13 @@ class Replica:
 
     # -- starting ----------------------------------------------------------------------------------------------
 
-    def open(self, source: str | None = None, *, take_in: bool = True,
+    def open(self, *, take_in: bool = True,
              hint: str = " Nothing in the bucket was changed.") -> tuple[Path | None, int]:
-        """Build ``base.db`` at the newest position, starting from ``<source>`` (default ``<key>``), and take in a
-        ``<key>`` another program rewrote (``take_in=False``, for readers that must not write: it is left in
+        """Build ``base.db`` at the newest position, starting from the checkpoint copy at ``<key>``, and take in
+        a ``<key>`` another program rewrote (``take_in=False``, for readers that must not write: it is left in
         ``foreign_copy``). Returns (the state file, commits replayed); the file is None when the bucket holds no
         catalog yet."""
-        source = source or self.key
+        source = self.key
         start = self.workdir / "start.db"
         foreign: tuple[Path, str, str] | None = None  # (file, sha, etag) of a catalog another program wrote
         info = self.bucket.head(source)
@@ -218,8 +218,7 @@ class Replica:
                 drop_log_tables(start)
                 start.replace(self.base)
                 self.position = position
-                if source == self.key:
-                    self.known_checkpoints[info.etag] = position
+                self.known_checkpoints[info.etag] = position
                 have_base = True
             elif start.exists():
                 foreign = (start, sha, info.etag)
