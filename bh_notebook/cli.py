@@ -250,7 +250,7 @@ def history(ctx: click.Context, name: str, kind: str | None, as_json: bool) -> N
         if as_json:
             _emit_json([{"name": v.name, "kind": k, "version": v.version, "size": v.nbytes,
                          "shape": shown.shape_text(v), "created": _iso(v.created_at), "metadata": v.metadata,
-                         "bh_key": v.bh_key} for v in versions])
+                         "bh_key": v.bh_key, "version_id": getattr(v, "version_id", "")} for v in versions])
             return
         rows = [[str(v.version), when(v.created_at), human_bytes(v.nbytes), shown.shape_text(v),
                  v.metadata.get("note", ""), ", ".join(f"{a}={b}" for a, b in v.metadata.items() if a != "note"),
@@ -695,6 +695,32 @@ def pull(ctx: click.Context, as_json: bool) -> None:
             _emit_json({"new": report is not None, "report": None if report is None else str(report)})
         else:
             click.echo("nothing new in the bucket" if report is None else f"pulled: {report}")
+
+
+@main.command()
+@click.option("--older-than", "older_than", type=click.FloatRange(min=0), default=7 * 24 * 3600.0,
+              show_default=True, metavar="S", help="Keep whatever was written less than S seconds ago (by the "
+              "bucket's clock): a writer that read the log within S still finds every commit after its state.")
+@_json_option
+@click.pass_context
+def prune(ctx: click.Context, older_than: float, as_json: bool) -> None:
+    """Delete old commits and checkpoints of the catalog's log that no reader needs.
+
+    The two newest checkpoints and every commit after the older of them are kept, and so is anything younger
+    than --older-than. Blobs are not touched (``files gc``). A writer committing does this on its own after
+    each periodic checkpoint.
+
+    \b
+    Example:
+      bh-notebook prune --older-than 86400
+    """
+    with _store(ctx) as bh:
+        r = bh.prune_log(retention_seconds=older_than)
+        if as_json:
+            _emit_json({"commits": r.commits, "checkpoints": r.checkpoints, "states": r.states,
+                        "bytes": r.nbytes, "floor": r.floor})
+        else:
+            click.echo(str(r))
 
 
 # -- branch ---------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ from .storage.snapshot import (
     vet_catalog_file,
 )
 from .sync import changes as sync_changes
-from .sync.replica import Arrival, Replica
+from .sync.replica import DEFAULT_RETENTION_SECONDS, Arrival, PruneReport, Replica
 
 log = logging.getLogger("bh_notebook")
 
@@ -114,6 +114,9 @@ class BucketSQLite:
     #: key see the session's work; 0: at every stop that committed something. The command line uses 60 (a
     #: command is a short session). None turns it off.
     checkpoint_at_stop_seconds: float | None = 0.0
+    #: After each periodic checkpoint, the committing writer prunes commits and checkpoints older than this (by the
+    #: bucket's clock) that no reader can still need (``prune_log``). None: never prune automatically.
+    log_retention_seconds: float | None = DEFAULT_RETENTION_SECONDS
     #: How long a snapshot waits for another connection's open write transaction before it is put off.
     snapshot_wait_seconds: float = 10.0
 
@@ -293,7 +296,7 @@ class BucketSQLite:
         assert self._workdir is not None
         return Replica(bucket, self.config.key, self._workdir, checkpoint_every=self.checkpoint_every,
                        keep_previous=self.snapshot_config.keep_previous, patience=self.commit_patience_seconds,
-                       location=self.config.location)
+                       location=self.config.location, retention_seconds=self.log_retention_seconds)
 
     def _restore(self, bucket: BucketClient, conn: sqlite3.Connection) -> None:
         """Build the newest state from the checkpoint at ``config.key`` (or ``.prev``) and the commit log after
@@ -686,6 +689,22 @@ class BucketSQLite:
             return FlushResult(False, 0, time.monotonic() - started, None)
         return FlushResult(True, committed.nbytes, time.monotonic() - started, committed.etag)
 
+    def prune_log(self, *, retention_seconds: float | None = None, keep_checkpoints: int = 2) -> PruneReport:
+        """Delete old commits and checkpoints of this catalog's log that no reader can still need.
+
+        Kept: the ``keep_checkpoints`` newest checkpoints (at least 2, so the state before the newest commit can
+        always be rebuilt), every commit after the oldest of them, commit 1, and anything younger than
+        ``retention_seconds`` (default ``log_retention_seconds``, 7 days) by the bucket's clock, so a writer that
+        read the log within that time finds every commit after its state. A writer asleep for longer takes in the
+        newest checkpoint by a three-way merge; nothing it holds is lost. Blobs are never touched here (``gc``)."""
+        self._require_started()
+        assert self._replica is not None
+        if retention_seconds is None:
+            retention_seconds = (self.log_retention_seconds if self.log_retention_seconds is not None
+                                 else DEFAULT_RETENTION_SECONDS)
+        with self._flush_lock:
+            return self._replica.prune(retention_seconds=retention_seconds, keep_checkpoints=keep_checkpoints)
+
     @property
     def log_position(self) -> int:
         """The position in the commit log of the state this process last synced with (0: none yet)."""
@@ -810,7 +829,11 @@ class BucketSQLite:
             if self._replica is None or self._replica.position <= 1 or self._workdir is None:
                 return set()
             earlier = self._workdir / "earlier-gc.db"
-            self._replica.state_at(self._replica.position - 1, earlier)
+            try:
+                self._replica.state_at(self._replica.position - 1, earlier)
+            except SnapshotCorruptError as exc:  # no undo can bring it back either: nothing to spare
+                log.warning("bh_notebook: %s", exc)
+                return set()
             try:
                 return referenced_keys_of_file(earlier)
             finally:

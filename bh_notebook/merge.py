@@ -8,8 +8,10 @@ The rules, one per kind of table; each store declares its tables' rules (``merge
 registry of kinds, ``interfaces/registry.py``), and a table no registered store owns gets the rule for user tables:
 
 - Versioned tables (``"versioned"``: ``bh_arrays``, ``bh_frames``, ``bh_named_files``, ...): versions are
-  immutable, so both sides' new versions survive. Theirs were committed first and keep their numbers; ours that
-  collide are renumbered to follow the highest. A version either side deleted is deleted.
+  immutable and matched by their ``version_id`` (given at put; a version from before ids has a legacy id derived
+  from its name, number, blob and time, the same on every writer), never by number, so both sides' new versions
+  survive. Theirs were committed first and keep their numbers; ours that collide are renumbered to follow the
+  highest (their ids stay). A version either side deleted is deleted.
 - ``filestore`` (``"blobs"``): the union of both sides' blobs, less rows either side deleted (a blob is in the
   bucket before its row is anywhere, so a merged row never points at a missing object), except that a row an
   entry still uses is kept.
@@ -38,6 +40,7 @@ from .interfaces.base import RETIRED_TABLE
 from .interfaces.files import CHUNKS_TABLE, referenced_keys
 from .interfaces.kv import migrate_kv_table
 from .interfaces.registry import merge_rules
+from .interfaces.versioned import VERSION_ID, legacy_version_id, migrate_versioned_table
 
 #: The rule of a table no registered store owns (a user's table): the side that changed it wins.
 OTHER_RULE = "other"
@@ -125,6 +128,8 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
                     conn.execute(f"INSERT INTO main.{_q(table)} SELECT * FROM theirs.{_q(table)}")
                     if table == "bh_kv":
                         migrate_kv_table(conn)
+                    if rules.get(table) == "versioned":  # an older writer's table: its versions get their ids
+                        migrate_versioned_table(conn, table)
                     report.taken += 1
                     continue
                 if table == "bh_kv":  # merged by column name: the other writer may be older, or buckethead
@@ -138,12 +143,17 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
                     _merge_kv(conn, report, theirs_win=branch)
                     continue
                 cols = _columns(conn, "main", table)
-                if cols != _columns(conn, "theirs", table):
+                rule = rules.get(table, OTHER_RULE)
+                theirs_cols = _columns(conn, "theirs", table)
+                if rule == "versioned":  # a side from before versions had ids lacks only that column
+                    cols_match = [c for c in cols if c != VERSION_ID] == [c for c in theirs_cols if c != VERSION_ID]
+                else:
+                    cols_match = cols == theirs_cols
+                if not cols_match:
                     report.conflicts.append(f"table {table} has different columns on the two sides; kept ours")
                     continue
                 if table not in base_tables:
                     conn.execute(f"CREATE TABLE base.{_q(table)} AS SELECT * FROM main.{_q(table)} WHERE 0")
-                rule = rules.get(table, OTHER_RULE)
                 if rule == "retired":  # the highest number ever given out: the larger of the two
                     cur = conn.execute(
                         f"INSERT INTO main.{RETIRED_TABLE} (tbl, name, last) SELECT tbl, name, last FROM "
@@ -181,30 +191,57 @@ def _numbers_given(conn: sqlite3.Connection, tables: set[str], rules: dict[str, 
     return given
 
 
+def _version_id_sql(conn: sqlite3.Connection, schema: str, table: str, alias: str) -> str:
+    """SQL for the id of a version row ``alias`` of ``schema.table``: its ``version_id``, or for a row put before
+    versions had ids (a side without the column, or a row an older writer added) the legacy id every writer
+    derives alike (``versioned.legacy_version_id``, registered on the merge's connection)."""
+    legacy = (f"bh_legacy_version_id({_sql_text(table)}, {alias}.name, {alias}.version, {alias}.bh_key, "
+              f"{alias}.created_at)")
+    if VERSION_ID in _columns(conn, schema, table):
+        return f"coalesce({alias}.{VERSION_ID}, {legacy})"
+    return legacy
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], report: MergeReport, *,
                      ours_keep: dict[tuple[str, str], int] | None = None) -> None:
-    """``ours_keep`` (merging a branch): ours keeps every number it gave out, given as {(table, name): highest};
+    """Versions are matched by id, never by number: a version the other side deleted is deleted here, one it
+    added is added (moving ours when both used a number).
+
+    ``ours_keep`` (merging a branch): ours keeps every number it gave out, given as {(table, name): highest};
     a branch version at or below it moves past both sides' last."""
     t = _q(table)
-    col_list = ", ".join(_q(c) for c in cols)
-    same = "x.name = y.name AND x.version = y.version AND x.bh_key = y.bh_key AND x.created_at = y.created_at"
-    # Theirs' deletions of versions in base: only that very row goes (same number, blob and time), never a
-    # different row that happens to carry the number.
+    conn.create_function("bh_legacy_version_id", 5, legacy_version_id, deterministic=True)
+    ids = {schema: _version_id_sql(conn, schema, table, alias)
+           for schema, alias in (("main", f"main.{t}"), ("base", "b"), ("theirs", "x"))}
+    their_ids = {"theirs": _version_id_sql(conn, "theirs", table, "y"), "base": _version_id_sql(conn, "base", table,
+                                                                                                 "y")}
+    # Theirs' deletions of versions in base: the version with that id goes, wherever its number is now.
     deleted = conn.execute(
-        f"SELECT b.name, b.version, b.bh_key, b.created_at FROM base.{t} b WHERE NOT EXISTS "
-        f"(SELECT 1 FROM theirs.{t} y WHERE y.name = b.name AND y.version = b.version)").fetchall()
-    for name, version, bh_key, created_at in deleted:
-        cur = conn.execute(f"DELETE FROM main.{t} WHERE name = ? AND version = ? AND bh_key = ? AND created_at = ?",
-                           (name, version, bh_key, created_at))
+        f"SELECT b.name, {ids['base']} FROM base.{t} b WHERE NOT EXISTS "
+        f"(SELECT 1 FROM theirs.{t} y WHERE y.name = b.name AND {their_ids['theirs']} = {ids['base']})").fetchall()
+    for name, vid in deleted:
+        cur = conn.execute(f"DELETE FROM main.{t} WHERE name = ? AND {ids['main']} = ?", (name, vid))
         report.taken += cur.rowcount
+    # Our columns, as theirs has them; a side from before ids has none, and its rows get their legacy ids.
+    their_cols = set(_columns(conn, "theirs", table))
+    names = [c for c in cols if c in their_cols or c == VERSION_ID]
+    select = ", ".join(ids["theirs"] if c == VERSION_ID else f"x.{_q(c)}" for c in names)
+    col_list = ", ".join(_q(c) for c in names)
     added = conn.execute(
-        f"SELECT {col_list} FROM theirs.{t} x WHERE NOT EXISTS (SELECT 1 FROM base.{t} y WHERE {same})").fetchall()
-    for row in added:
-        values = dict(zip(cols, row))
-        mine = conn.execute(f"SELECT bh_key, created_at FROM main.{t} WHERE name = ? AND version = ?",
+        f"SELECT {ids['theirs']}, {select} FROM theirs.{t} x WHERE NOT EXISTS "
+        f"(SELECT 1 FROM base.{t} y WHERE y.name = x.name AND {their_ids['base']} = {ids['theirs']})").fetchall()
+    for vid, *rest in added:
+        row = tuple(rest)
+        values = dict(zip(names, row))
+        if conn.execute(f"SELECT 1 FROM main.{t} WHERE name = ? AND {ids['main']} = ?",
+                        (values["name"], vid)).fetchone():
+            continue  # the same version on both sides
+        mine = conn.execute(f"SELECT 1 FROM main.{t} WHERE name = ? AND version = ?",
                             (values["name"], values["version"])).fetchone()
-        if mine is not None and (mine[0], mine[1]) == (values["bh_key"], values["created_at"]):
-            continue  # the same row on both sides
         taken_here = ours_keep is not None and values["version"] <= ours_keep.get((table, values["name"]), 0)
         if mine is not None or taken_here:
             # Both sides made version N: theirs committed first and keeps it; ours moves past both sides' last.
@@ -215,13 +252,13 @@ def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], repo
                 f"UNION ALL SELECT last FROM main.{RETIRED_TABLE} WHERE tbl = ? AND name = ?)",
                 (values["name"], values["name"], table, values["name"])).fetchone()[0]
             if ours_keep is not None:
-                row = tuple(int(top) + 1 if c == "version" else v for c, v in zip(cols, row))
+                row = tuple(int(top) + 1 if c == "version" else v for c, v in zip(names, row))
                 report.renumbered.append(f"{values['name']}@{values['version']}->{int(top) + 1} (from the branch)")
             else:
                 conn.execute(f"UPDATE main.{t} SET version = ? WHERE name = ? AND version = ?",
                              (int(top) + 1, values["name"], values["version"]))
                 report.renumbered.append(f"{values['name']}@{values['version']}->{int(top) + 1}")
-        conn.execute(f"INSERT INTO main.{t} ({col_list}) VALUES ({', '.join('?' for _ in cols)})", row)
+        conn.execute(f"INSERT INTO main.{t} ({col_list}) VALUES ({', '.join('?' for _ in names)})", row)
         report.taken += 1
 
 

@@ -140,6 +140,8 @@ def test_versions_history_ls_and_status(where: str, cli: Run, tmp_path: Path) ->
     ok(cli("kv", "set", "sales_owner", "ana"))
 
     assert [v["version"] for v in as_json(cli("history", "sales", "--json"))] == [2, 1]
+    ids = [v["version_id"] for v in as_json(cli("history", "sales", "--json"))]
+    assert len(set(ids)) == 2 and all(len(i) == 32 for i in ids)
     text = ok(cli("history", "sales")).stdout
     assert text.splitlines()[0].split()[:3] == ["version", "created", "size"] and "3 x 3" in text
     ok(cli("get", "sales@1", "-o", "v1.parquet"))
@@ -183,6 +185,22 @@ def test_files_gc_check_and_pull(where: str, cli: Run, tmp_path: Path) -> None:
     checked = as_json(cli("check", "--json"))
     assert checked["ok"] is True
     assert ok(cli("check")).stdout.strip() == "catalog and bucket agree"
+
+
+def test_prune_deletes_the_old_log_and_keeps_the_catalog(where: str, cli: Run,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(BucketSQLite, "checkpoint_every", 3)
+    monkeypatch.setattr(BucketSQLite, "log_retention_seconds", None)
+    with BucketSQLite(config_for(None)) as bh:
+        for i in range(10):  # checkpoints at 1, 3, 6, 9
+            bh.kv[f"k{i}"] = str(i)
+            bh.force_flush()
+    assert "nothing to prune" in ok(cli("prune")).stdout  # all of it younger than a week
+    report = as_json(cli("prune", "--older-than", "0", "--json"))
+    assert report["floor"] >= 6 and report["commits"] >= 4 and report["checkpoints"] >= 2
+    assert as_json(cli("kv", "get", "k9", "--json")) is not None
+    assert ok(cli("check")).stdout.strip() == "catalog and bucket agree"
+    failed(cli("prune", "--older-than", "-1"), 2)
 
 
 def test_restore_from_prev(where: str, cli: Run, tmp_path: Path) -> None:

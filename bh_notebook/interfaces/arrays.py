@@ -37,6 +37,8 @@ class ArrayVersion:
     created_at: float
     metadata: dict[str, str] = field(default_factory=dict)
     fortran_order: bool = False
+    #: The version's id: given when it was put, unchanged by merges that move its number.
+    version_id: str = ""
 
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.shape)) or "scalar"
@@ -104,6 +106,7 @@ class ArrayStore(VersionedStore[ArrayVersion]):
             shape=tuple(json.loads(row["shape"])), dtype=self._dtype(row), nbytes=int(row["nbytes"]),
             created_at=float(row["created_at"]), metadata=json.loads(row["metadata"]) if row["metadata"] else {},
             fortran_order=bool(row["fortran_order"]),
+            version_id=row.get("version_id") or "",
         )
 
     @staticmethod

@@ -69,6 +69,8 @@ class FrameVersion:
     metadata: dict[str, str] = field(default_factory=dict)
     index: list[str] = field(default_factory=list)
     row_groups: int = 1
+    #: The version's id: given when it was put, unchanged by merges that move its number.
+    version_id: str = ""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -136,6 +138,7 @@ class FrameStore(VersionedStore[FrameVersion]):
             columns=json.loads(row["columns"]), dtypes=json.loads(row["dtypes"]), nbytes=int(row["nbytes"]),
             created_at=float(row["created_at"]), metadata=json.loads(row["metadata"]) if row["metadata"] else {},
             index=json.loads(row["index_names"]), row_groups=int(row["row_groups"]),
+            version_id=row.get("version_id") or "",
         )
 
     # -- writes -----------------------------------------------------------------------------

@@ -31,6 +31,8 @@ class NamedFileVersion:
     metadata: dict[str, str] = field(default_factory=dict)
     filename: str | None = None
     mime: str | None = None
+    #: The version's id: given when it was put, unchanged by merges that move its number.
+    version_id: str = ""
 
     def __repr__(self) -> str:
         what = f" {self.filename!r}" if self.filename else ""
@@ -60,6 +62,7 @@ class NamedFileStore(VersionedStore[NamedFileVersion]):
             name=row["name"], version=int(row["version"]), bh_key=row["bh_key"], nbytes=int(row["nbytes"]),
             created_at=float(row["created_at"]), metadata=json.loads(row["metadata"]) if row["metadata"] else {},
             filename=row["filename"], mime=row["mime"],
+            version_id=row.get("version_id") or "",
         )
 
     def put(self, name: str, data: bytes | bytearray | memoryview | os.PathLike[str], *,

@@ -3,13 +3,16 @@ blobs in FileStore (so identical data is stored once)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
+import uuid
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ..connection import quote_ident
 from ..errors import NotFound, ValueTypeError
 from .base import RETIRED_TABLE, Entry, Interface, check_name, check_version
 from .files import FileStore
@@ -24,6 +27,38 @@ V = TypeVar("V")
 
 #: Columns every versioned table has, in this order, before the subclass's own.
 COMMON_COLUMNS = ("name", "version", "bh_key", "nbytes", "created_at", "metadata")
+#: The column that names a version for good, after the subclass's own (where ``ALTER TABLE`` puts it in a catalog
+#: made before it existed, so new and migrated tables have the same columns in the same order).
+VERSION_ID = "version_id"
+
+
+def new_version_id() -> str:
+    """A version's id, given once when it is put: 32 random hex digits. The number is a display position (a
+    merge may move it); the id never changes, on any writer or branch."""
+    return uuid.uuid4().hex
+
+
+def legacy_version_id(table: str, name: str, version: int, bh_key: str, created_at: float) -> str:
+    """The id of a version put before versions had ids: derived from what identified it then, so every writer
+    that migrates the same row independently gives it the same id ("l" and 31 hex digits)."""
+    text = json.dumps([table, name, version, bh_key, created_at])
+    return "l" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:31]
+
+
+def migrate_versioned_table(conn: sqlite3.Connection, table: str, schema: str = "main") -> None:
+    """Give a versioned table made before versions had ids its ``version_id`` column, and every row without one
+    (put since by an older writer) its legacy id. Idempotent; the caller commits."""
+    t = quote_ident(table)
+    cols = [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({t})")]
+    if not cols:
+        return
+    if VERSION_ID not in cols:
+        conn.execute(f"ALTER TABLE {schema}.{t} ADD COLUMN {VERSION_ID} TEXT")
+    rows = conn.execute(f"SELECT rowid, name, version, bh_key, created_at FROM {schema}.{t} "
+                        f"WHERE {VERSION_ID} IS NULL").fetchall()
+    if rows:
+        conn.executemany(f"UPDATE {schema}.{t} SET {VERSION_ID} = ? WHERE rowid = ?",
+                         [(legacy_version_id(table, n, v, k, c), rowid) for rowid, n, v, k, c in rows])
 
 
 
@@ -104,8 +139,9 @@ class VersionedStore(Interface, Generic[V]):
         self._conn.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             " name TEXT NOT NULL, version INTEGER NOT NULL, bh_key TEXT NOT NULL, nbytes INTEGER NOT NULL,"
-            f" created_at REAL NOT NULL, metadata TEXT{extra}, PRIMARY KEY (name, version))"
+            f" created_at REAL NOT NULL, metadata TEXT{extra}, {VERSION_ID} TEXT, PRIMARY KEY (name, version))"
         )
+        migrate_versioned_table(self._conn, self.table)
         self._conn.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_bh_key ON {self.table} (bh_key)")
         self._conn.execute(f"CREATE TABLE IF NOT EXISTS {RETIRED_TABLE} (tbl TEXT NOT NULL, name TEXT NOT NULL, "
                            "last INTEGER NOT NULL, PRIMARY KEY (tbl, name))")
@@ -120,12 +156,20 @@ class VersionedStore(Interface, Generic[V]):
 
     @property
     def _columns(self) -> list[str]:
-        return [*COMMON_COLUMNS, *(c for c, _ in self.extra_columns)]
+        return [*COMMON_COLUMNS, *(c for c, _ in self.extra_columns), VERSION_ID]
 
     def _select(self, where: str, params: Sequence[Any], order: str = "") -> list[dict[str, Any]]:
         cols = self._columns
         cur = self._conn.execute(f"SELECT {', '.join(cols)} FROM {self.table} WHERE {where} {order}", params)
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
+        return [self._with_id(dict(zip(cols, row))) for row in cur.fetchall()]
+
+    def _with_id(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A row an older writer added since this catalog was migrated has no id yet: its legacy id, as every
+        merge and the next start give it."""
+        if not row.get(VERSION_ID):
+            row[VERSION_ID] = legacy_version_id(self.table, row["name"], row["version"], row["bh_key"],
+                                                row["created_at"])
+        return row
 
     def _row(self, name: str, version: int | None) -> dict[str, Any]:
         check_name(name, f"{self.kind} name")
@@ -168,7 +212,7 @@ class VersionedStore(Interface, Generic[V]):
             version = int(row[0] or 0) + 1
             values = {"name": name, "version": version, "bh_key": bh_key, "nbytes": nbytes,
                       "created_at": time.time(), "metadata": json.dumps(metadata, sort_keys=True) if metadata else None,
-                      **extra}
+                      VERSION_ID: new_version_id(), **extra}
             self._conn.execute(
                 f"INSERT INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
                 [values[c] for c in cols],
@@ -245,7 +289,7 @@ class VersionedStore(Interface, Generic[V]):
             f"(SELECT name, max(version) AS v FROM {self.table} GROUP BY name) m "
             "ON t.name = m.name AND t.version = m.v ORDER BY t.created_at DESC"
         )
-        return [self._to_version(dict(zip(cols, r))) for r in cur.fetchall()]
+        return [self._to_version(self._with_id(dict(zip(cols, r)))) for r in cur.fetchall()]
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):

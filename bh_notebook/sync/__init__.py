@@ -7,6 +7,6 @@ commits), thread-free. ``BucketSQLite`` decides when.
 
 from .changes import Change, CorruptCommit
 from .log import CommitLog
-from .replica import Arrival, Committed, Replica, read_head
+from .replica import Arrival, Committed, PruneReport, Replica, read_head
 
-__all__ = ["Arrival", "Change", "CommitLog", "Committed", "CorruptCommit", "Replica", "read_head"]
+__all__ = ["Arrival", "Change", "CommitLog", "Committed", "CorruptCommit", "PruneReport", "Replica", "read_head"]

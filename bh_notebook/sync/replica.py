@@ -46,6 +46,32 @@ log = logging.getLogger("bh_notebook")
 
 STATE_TABLE = "bh_log_state"
 
+#: Commits and checkpoints younger than this (by the bucket's clock) are never pruned: a writer that read the log
+#: within it still finds every commit after the state it holds.
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
+#: A reader that has not heard from the log for this long HEADs ``<key>`` before it trusts a 404 (the commits
+#: after its position may have been pruned while it slept). Far below the retention, so a clock that is hours
+#: off changes nothing.
+STALE_SECONDS = 600.0
+
+
+@dataclass
+class PruneReport:
+    """What ``Replica.prune`` deleted: commits, whole-catalog states and checkpoints, their bytes, and the floor
+    (the oldest checkpoint kept; the log after it is complete)."""
+
+    commits: int = 0
+    states: int = 0
+    checkpoints: int = 0
+    nbytes: int = 0
+    floor: int = 0
+
+    def __str__(self) -> str:
+        if not (self.commits or self.states or self.checkpoints):
+            return f"nothing to prune (the log is kept whole from checkpoint {self.floor} on)"
+        return (f"pruned {self.commits} commits, {self.checkpoints} checkpoints and {self.states} whole-catalog "
+                f"states up to position {self.floor}: {self.nbytes:,} bytes")
+
 
 @dataclass
 class Arrival:
@@ -131,7 +157,8 @@ class Replica:
     """This process's replica of the catalog at ``key``: ``base.db`` in ``workdir`` at ``position``."""
 
     def __init__(self, bucket: BucketClient, key: str, workdir: Path, *, checkpoint_every: int = 100,
-                 keep_previous: bool = True, patience: float = 300.0, location: str = "") -> None:
+                 keep_previous: bool = True, patience: float = 300.0, location: str = "",
+                 retention_seconds: float | None = DEFAULT_RETENTION_SECONDS) -> None:
         self.log = CommitLog(bucket, key)
         self.bucket = bucket
         self.key = key
@@ -139,6 +166,8 @@ class Replica:
         self.checkpoint_every = max(1, int(checkpoint_every))
         self.keep_previous = keep_previous
         self.patience = patience
+        #: After each periodic checkpoint, prune what is older than this (None: never prune on our own).
+        self.retention_seconds = retention_seconds
         self.location = location
         self.writer = uuid.uuid4().hex
         self.position = 0
@@ -148,6 +177,13 @@ class Replica:
         #: Etags of ``<key>`` known to be genuine checkpoints, with their positions (ours, seen at start, or
         #: announced in others' commits): such a copy may be replaced without reading it first.
         self.known_checkpoints: dict[str, int] = {}
+        #: The newest position a genuine checkpoint is known for: every commit up to it exists, or was pruned
+        #: (``prune``). A reader that finds the log ending below it has fallen into a pruned stretch, and starts
+        #: again from that checkpoint instead of writing into the hole.
+        self.known_floor = 0
+        #: When this process last heard from the log (``time.time()``): a reader quiet for longer than
+        #: ``STALE_SECONDS`` looks at ``<key>`` before it believes a 404 means "nothing new".
+        self.last_contact = 0.0
         #: SHA-256 of every foreign ``<key>`` (one written by another program) already taken in as a commit.
         self.taken_in: set[str] = set()
         #: Etags of copies at ``<key>`` already looked at and found damaged or taken in (replaced at the next
@@ -170,6 +206,11 @@ class Replica:
     @property
     def base(self) -> Path:
         return self.workdir / "base.db"
+
+    def _know(self, etag: str, position: int) -> None:
+        """``<key>`` with ``etag`` is a genuine checkpoint of ``position``."""
+        self.known_checkpoints[etag] = position
+        self.known_floor = max(self.known_floor, position)
 
     def _race(self, what: str) -> Race:
         return Race(self.patience, lambda: SnapshotConflict(
@@ -218,7 +259,7 @@ class Replica:
                 drop_log_tables(start)
                 start.replace(self.base)
                 self.position = position
-                self.known_checkpoints[info.etag] = position
+                self._know(info.etag, position)
                 have_base = True
             elif start.exists():
                 foreign = (start, sha, info.etag)
@@ -255,9 +296,15 @@ class Replica:
                 log.warning("bh_notebook: checkpoint %r cannot be used (%s)", ckey, exc)
                 dest.unlink(missing_ok=True)  # never left behind as a state to build on
                 continue
-            if position is None or self.log_id is None:
-                self.log_id = read_log_id(dest) or self.log_id
+            theirs = read_log_id(dest)
+            if self.log_id is not None and theirs is not None and theirs != self.log_id:
+                log.warning("bh_notebook: checkpoint %r belongs to another log of this catalog (it was deleted "
+                            "and begun again); not used", ckey)
+                dest.unlink(missing_ok=True)
+                continue
+            self.log_id = self.log_id or theirs
             drop_log_tables(dest)
+            self.known_floor = max(self.known_floor, pos)
             return pos
         return None
 
@@ -319,8 +366,14 @@ class Replica:
         One GET (a 404) when nothing is new: then None. ``base.db`` and ``position`` are left alone; the caller
         merges the head into its catalog and then calls ``accept``."""
         n = self.position + 1
+        quiet_for = time.time() - self.last_contact
         data = self.log.get_commit(n)
+        self.last_contact = time.time()
         if data is None:
+            if self.position >= self.known_floor and quiet_for > STALE_SECONDS and self.position > 0:
+                self.key_position()  # asleep for a while: were the commits after ours pruned meanwhile?
+            if self.position < self.known_floor:
+                return self._from_checkpoint()
             return None
         head = self.workdir / "head.db"
         has_base = self.base.exists() if have_base is None else have_base and self.base.exists()
@@ -329,7 +382,40 @@ class Replica:
         else:
             head.unlink(missing_ok=True)
             sqlite3.connect(head).close()
-        return self._replay(Arrival(head, self.position, []), data, None)
+        arrival = self._replay(Arrival(head, self.position, []), data, None)
+        if arrival.position < self.known_floor:  # the log ends below a checkpoint: we read into a pruned stretch
+            return self._from_checkpoint() or arrival
+        return arrival
+
+    def _from_checkpoint(self) -> Arrival | None:
+        """The head built from the newest checkpoint and the commits after it, for a reader whose next commits
+        were pruned: taken in by a three-way merge against the state it holds (``changes`` is None), never by
+        writing into the hole the pruned commits left. None when no checkpoint newer than ours reads."""
+        head = self.workdir / "head.db"
+        found = self._checkpoint_file(None, head)
+        if found is None or found <= self.position:
+            head.unlink(missing_ok=True)
+            return None
+        log.warning("bh_notebook: the commits after position %d of %r in %s were pruned; taking in the state "
+                    "from checkpoint %d on", self.position, self.key, self.location, found)
+        return self._replay(Arrival(head, found, None), self.log.get_commit(found + 1), None)
+
+    def key_position(self) -> int | None:
+        """One HEAD of ``<key>``: the position of the genuine checkpoint it holds (looked at once when unknown),
+        or None when it is missing, damaged or written by another program (then waiting in
+        ``pending_foreign``)."""
+        info = self.bucket.head(self.key)
+        if info is None:
+            return None
+        if info.etag in self.known_checkpoints:
+            return self.known_checkpoints[info.etag]
+        if info.etag in self.passed_over or self.pending_foreign is not None:
+            return None
+        found = self._look_at_copy(info.etag)
+        if found == -1:
+            self.passed_over.add(info.etag)
+            return None
+        return found
 
     def _replay(self, arrival: Arrival, data: bytes | None, stop: int | None) -> Arrival:
         """Apply commits from ``arrival.position + 1`` (``data``: its bytes, already read) to ``arrival.head``,
@@ -363,7 +449,7 @@ class Replica:
                     self.taken_in.add(took)
                 for etag, pos in record.get("checkpoints", []) or []:
                     if isinstance(etag, str) and isinstance(pos, int):
-                        self.known_checkpoints[etag] = pos
+                        self._know(etag, pos)
             arrival.position = n
             arrival.commits += 1
             n += 1
@@ -382,7 +468,12 @@ class Replica:
             dest.unlink(missing_ok=True)
             sqlite3.connect(dest).close()
         if start < position:
-            self._replay(Arrival(dest, start, None), self.log.get_commit(start + 1), position)
+            reached = self._replay(Arrival(dest, start, None), self.log.get_commit(start + 1), position)
+            if reached.position < position:
+                dest.unlink(missing_ok=True)
+                raise SnapshotCorruptError(
+                    f"the state of {self.key!r} in {self.location} as of commit {position} cannot be rebuilt: "
+                    f"the commits after checkpoint {start} end at {reached.position} (pruned, or never written)")
 
     def _apply_whole(self, record: dict[str, Any], head: Path, label: str) -> None:
         whole = record.get("whole")
@@ -448,6 +539,7 @@ class Replica:
             record["whole"] = {"key": key, "sha256": sha, "size": candidate.stat().st_size}
         data = changes.encode(record, change)
         etag = self.log.put_commit(n, data)
+        self.last_contact = time.time()
         if etag is None:
             if uploaded is not None:
                 self._drop_unnamed(n, uploaded)
@@ -487,6 +579,10 @@ class Replica:
         replace: str | None = None
         done: Committed | None = None
         self.notice_rewrite()
+        if self.position < self.known_floor:  # others' checkpoints are ahead of us: catch up before creating
+            arrival = self.fetch()
+            if arrival is not None:
+                merged = self.take(arrival, merge_in)
         while True:
             pending, self.pending_foreign = self.pending_foreign, None
             if pending is not None and extra is None and pending[1] not in self.taken_in:
@@ -502,6 +598,13 @@ class Replica:
             if change is not None and not change and extra is None:
                 candidate.unlink(missing_ok=True)
                 return done, merged
+            if self.position < self.known_floor:
+                candidate.unlink(missing_ok=True)
+                raise SnapshotCorruptError(
+                    f"the commit log of {self.key!r} in {self.location} ends below its checkpoint "
+                    f"{self.known_floor} and no checkpoint after position {self.position} could be read, so "
+                    "nothing was committed (that would write into the stretch pruning left). Your changes are "
+                    "kept; `bh-notebook check` shows what the bucket holds.")
             result = self._try_commit(candidate, extra, change=change)
             if result is None:
                 race.lost()
@@ -520,6 +623,8 @@ class Replica:
                 done.nbytes += self._checkpoint_quietly(replace_etag=replace)
             elif self.position == 1 or self.position % self.checkpoint_every == 0:
                 done.nbytes += self._checkpoint_quietly()
+                if self.position > 1 and self.retention_seconds is not None:
+                    self._prune_quietly()
             if self.pending_foreign is None:
                 return done, merged
 
@@ -568,6 +673,70 @@ class Replica:
         """Merge ``arrival`` into the catalog in use, then make its head the new base."""
         report = merge_in(arrival, self.base if self.base.exists() else None)
         self.accept(arrival)
+        return report
+
+    # -- pruning -------------------------------------------------------------------------------------------------
+
+    def _prune_quietly(self) -> None:
+        assert self.retention_seconds is not None
+        try:
+            report = self.prune(retention_seconds=self.retention_seconds)
+        except BhError as exc:  # pruning only saves space; the next checkpoint tries again
+            log.warning("bh_notebook: pruning the commit log of %r failed (%s)", self.key, exc)
+            return
+        if report.nbytes:
+            log.info("bh_notebook: %s", report)
+
+    def prune(self, *, retention_seconds: float = DEFAULT_RETENTION_SECONDS, keep_checkpoints: int = 2) -> PruneReport:
+        """Delete what no reader can still need: commits, whole-catalog states and checkpoints at or below the
+        *floor*, the oldest of the ``keep_checkpoints`` newest checkpoints (never above the one ``<key>`` holds),
+        and only those older than ``retention_seconds`` by the bucket's clock.
+
+        Who could need them: a fresh reader starts from ``<key>`` or a checkpoint, at or above the floor; an undo
+        (the state before the newest commit) starts from a kept checkpoint; a writer that read the log within the
+        retention holds a position whose next commits are kept. A writer asleep for longer finds the log ending
+        below a checkpoint it knows (``<key>`` tells it), and takes in the newest state by a three-way merge
+        instead of writing into the gap (``fetch``). Commit 1 is kept: it names the log (``log_id``)."""
+        keep_checkpoints = max(2, int(keep_checkpoints))
+        report = PruneReport()
+        at_key = self.key_position()
+        if at_key is None:
+            return report  # <key> is not a checkpoint we can vouch for: prune nothing
+        checkpoints = []
+        for info in self.bucket.list_info(self.log.checkpoint_prefix):
+            name = info.key[len(self.log.checkpoint_prefix):]
+            head = name.split("-", 1)[0]
+            if head.isdigit() and name.endswith(".db"):
+                checkpoints.append((int(head), info))
+        positions = sorted({pos for pos, _ in checkpoints}, reverse=True)
+        if len(positions) < keep_checkpoints:
+            return report
+        floor = min(positions[keep_checkpoints - 1], at_key)
+        report.floor = floor
+        now = self.bucket.clock()
+
+        def old(info: Any) -> bool:
+            return now - info.last_modified >= retention_seconds
+
+        doomed: list[tuple[str, int, str]] = []  # (kind, size, key)
+        for pos, info in checkpoints:
+            if pos < floor and old(info):
+                doomed.append(("checkpoints", info.size, info.key))
+        for info in self.bucket.list_info(self.log.log_prefix):
+            name = info.key[len(self.log.log_prefix):]
+            head = name[:20]
+            if not head.isdigit() or int(head) > floor or not old(info):
+                continue
+            if name == head:
+                if int(head) > 1:  # commit 1 names the log
+                    doomed.append(("commits", info.size, info.key))
+            elif name.endswith(".db"):
+                doomed.append(("states", info.size, info.key))
+        # Newest first: a reader racing with us meets the gap at its top, below a checkpoint it can see.
+        for kind, size, key in sorted(doomed, key=lambda d: d[2], reverse=True):
+            self.bucket.delete(key)
+            setattr(report, kind, getattr(report, kind) + 1)
+            report.nbytes += size
         return report
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
@@ -627,7 +796,7 @@ class Replica:
             except PreconditionFailed:
                 continue  # replaced meanwhile: look again
             nbytes += size
-            self.known_checkpoints[etag] = self.position
+            self._know(etag, self.position)
             self._announce.append((etag, self.position))
             return nbytes
         return nbytes
@@ -648,7 +817,7 @@ class Replica:
                 theirs = read_log_id(path)
                 if self.log_id is not None and theirs is not None and theirs != self.log_id:
                     self._check_log_is_ours()  # a checkpoint of a log begun again: raises CatalogDeleted
-                self.known_checkpoints[etag] = position
+                self._know(etag, position)
                 return position
         except SnapshotCorruptError:
             return -1  # damaged: a checkpoint may replace it
@@ -671,4 +840,4 @@ def read_head(bucket: BucketClient, key: str, workdir: Path) -> list[Path]:
     return files
 
 
-__all__ = ["Arrival", "Committed", "Race", "Replica", "STATE_TABLE", "drop_log_tables", "read_head", "read_log_id", "read_state"]
+__all__ = ["DEFAULT_RETENTION_SECONDS", "Arrival", "Committed", "PruneReport", "Race", "Replica", "STATE_TABLE", "drop_log_tables", "read_head", "read_log_id", "read_state"]
