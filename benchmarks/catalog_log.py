@@ -10,6 +10,9 @@ Rows:
                     restoring the whole catalog file
   pull 100 commits  a reader takes in 100 one-key commits of another writer vs downloading the catalog 100 times
                     (a snapshot reader downloads it whole once per change it takes in)
+  log kept, pruned  what the log and its checkpoints hold in the bucket after 300 one-key commits (a checkpoint
+                    every 100), with pruning after each checkpoint (retention 0) vs without; the time column is
+                    the writer's time for the 300 commits
 "ratio" is ours / baseline; "bytes" what our side moved; "requests" ours.
 """
 
@@ -123,6 +126,36 @@ def bench(backend: str, config: BucketConfig, entries: int, runs: int) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def stored_log(config: BucketConfig) -> tuple[int, int]:
+    """(bytes, objects) under the log's and the checkpoints' prefixes of ``config.key``."""
+    bucket = open_bucket(config)
+    infos = [i for prefix in (f"{config.key}.log/", f"{config.key}.ckpt/") for i in bucket.list_info(prefix)]
+    return sum(i.size for i in infos), len(infos)
+
+
+def bench_pruning(backend: str, make: Callable[[], BucketConfig], entries: int) -> None:
+    results = {}
+    for retention in (None, 0.0):
+        config = make()
+        with BucketSQLite(config, NO_TIMER) as bh:
+            bh.log_retention_seconds = retention
+            assert bh._replica is not None
+            bh._replica.retention_seconds = retention
+            fill(bh, entries)
+            bh.force_flush()
+            t0 = time.perf_counter()
+            for i in range(300):
+                bh.kv[f"entry/{i:07d}"] = f"changed {i}"
+                bh.force_flush()
+            seconds = time.perf_counter() - t0
+        results[retention] = (seconds, *stored_log(config))
+    (t_keep, b_keep, n_keep), (t_prune, b_prune, n_prune) = results[None], results[0.0]
+    print(f"| {backend} | 300 commits, pruning after each checkpoint (vs never) | {t_prune:.2f} s | {t_keep:.2f} s"
+          f" | {t_prune / t_keep:.3f} | | |", flush=True)
+    print(f"| {backend} | log in the bucket after them, pruned (vs kept) | {b_prune:,} B in {n_prune} objects | "
+          f"{b_keep:,} B in {n_keep} objects | {b_prune / b_keep:.3f} | | |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=100_000)
@@ -136,11 +169,15 @@ def main() -> None:
             root = Path(tempfile.mkdtemp(prefix="bh-bench-store-"))
             try:
                 bench("local", BucketConfig.for_local(root), args.entries, args.runs)
+                stores = iter(range(10**6))
+                bench_pruning("local", lambda: BucketConfig.for_local(root / f"prune{next(stores)}"),
+                              args.entries // 10)
             finally:
                 shutil.rmtree(root, ignore_errors=True)
         elif backend == "seaweedfs":
             with SeaweedServer() as server:
                 bench("SeaweedFS", server.config(server.new_bucket()), args.entries, args.runs)
+                bench_pruning("SeaweedFS", lambda: server.config(server.new_bucket()), args.entries // 10)
         else:
             raise SystemExit(f"unknown backend {backend!r}")
 
