@@ -15,6 +15,8 @@ registry of kinds, ``interfaces/registry.py``), and a table no registered store 
 - ``filestore`` (``"blobs"``): the union of both sides' blobs, less rows either side deleted (a blob is in the
   bucket before its row is anywhere, so a merged row never points at a missing object), except that a row an
   entry still uses is kept.
+- ``bh_frame_parts`` (``"parts"``, the blobs of a frame version made of several): the same keyed union, on
+  ``(version_id, part)``; a version's parts are written and deleted with it, and never change.
 - ``bh_blob_chunks`` (a blob's chunk hashes): the same keyed union, on ``blob``. Its rows never change (they
   follow from the blob's bytes and the chunk size), so the two sides never conflict over one.
 - ``bh_kv`` (``"kv"``): merged by column name, so a catalog whose ``bh_kv`` has no ``created_at`` (an older
@@ -166,6 +168,8 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
                     _merge_versioned(conn, table, cols, report, ours_keep=given if branch else None)
                 elif rule == "blobs":
                     _merge_keyed(conn, table, ["bh_key"], report)
+                elif rule == "parts":  # a version's parts: rows that never change, keyed by (version id, part)
+                    _merge_keyed(conn, table, ["version_id", "part"], report)
                 elif rule == "kv":
                     _merge_kv(conn, report, theirs_win=branch)
                 else:

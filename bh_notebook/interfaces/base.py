@@ -19,7 +19,7 @@ RETIRED_TABLE = "bh_retired_versions"
 
 #: Merge rules a store can give its tables (see ``merge.py``). Tables no registered store owns are merged with
 #: the rule for user tables.
-MERGE_RULES = ("versioned", "blobs", "kv", "retired")
+MERGE_RULES = ("versioned", "blobs", "kv", "retired", "parts")
 
 
 @dataclass(frozen=True)

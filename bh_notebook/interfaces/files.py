@@ -251,6 +251,20 @@ class FileStore(Interface):
             raise IntegrityError(f"{object_key!r} is missing or has the wrong size right after it was uploaded; "
                                  "nothing points at it yet. Put the data again")
 
+    def rely(self, bh_key: str, *, entry: tuple[str, str] | None = None) -> None:
+        """About to point a new row at a blob already stored (a frame version that reuses the parts of the one
+        before it): make sure the object is in the bucket and fresh enough to outlive the commit that adds the
+        row, as a re-put of its bytes would (nothing when this process checked it lately; else one HEAD, and a
+        touch when it is old). BlobNotFound when it is gone: nothing is written then."""
+        if self._trusted(bh_key):
+            return
+        row = self._conn.execute("SELECT object_key, size, mime FROM filestore WHERE bh_key = ?",
+                                 (bh_key,)).fetchone()
+        if row is None or not self._rely_on(row[0], int(row[1]), _describe(row[2], entry)):
+            raise BlobNotFound(f"blob {bh_key[:12]} is missing from {'the catalog' if row is None else 'the bucket'}"
+                               "; nothing was stored. bh.check() says which entries it belongs to")
+        self._present[bh_key] = self._clock()
+
     def _rely_on(self, object_key: str, size: int, describe: dict[str, Any]) -> bool:
         """Whether the object is in the bucket with the right size, made fresh enough to outlive our commit.
 

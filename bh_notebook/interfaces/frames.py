@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InexactFrame, NotFound, ValueTypeError
 from ..storage.bucket import ProgressCallback, SeekableReader
 from .base import check_name
-from .versioned import ObjectURL, VersionedStore, check_metadata
+from .versioned import ObjectURL, VersionedStore, check_metadata, object_url
 
 if TYPE_CHECKING:
     import sqlite3
@@ -52,6 +52,22 @@ FOOTER_GUESS = 64 * 1024
 #: Prefetched ranges closer than this are fetched as one; a merged block stays under PREFETCH_BLOCK.
 PREFETCH_GAP = 64 * 1024
 PREFETCH_BLOCK = 64 * 1024 * 1024
+#: The parts of a frame version made of several Parquet blobs (``append``), in order, by the version's id. A
+#: version with no rows here is one blob, its ``bh_key``; a version with parts has a small JSON manifest of them as
+#: its ``bh_key`` (so its key is unique to that list of parts, and ``check`` finds it like any blob).
+PARTS_TABLE = "bh_frame_parts"
+MANIFEST_FORMAT = "bh-notebook frame parts 1"
+#: ``compact()`` joins consecutive parts until a part holds about this many bytes of Parquet.
+COMPACT_BYTES = 128 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FramePart:
+    """One Parquet blob of a frame version: its key, rows and size."""
+
+    bh_key: str
+    n_rows: int
+    nbytes: int
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,8 @@ class FrameVersion:
     row_groups: int = 1
     #: The version's id: given when it was put, unchanged by merges that move its number.
     version_id: str = ""
+    #: How many Parquet blobs hold the rows (more than one after ``append``; ``compact`` joins them).
+    parts: int = 1
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -78,8 +96,9 @@ class FrameVersion:
         return (self.n_rows, len(self.columns))
 
     def __repr__(self) -> str:
+        parts = f" in {self.parts} parts" if self.parts > 1 else ""
         return (f"<FrameVersion {self.name}@{self.version}: {self.n_rows:,} rows x {len(self.columns)} columns, "
-                f"{self.nbytes:,} bytes, {self.bh_key[:12]}>")
+                f"{self.nbytes:,} bytes{parts}, {self.bh_key[:12]}>")
 
 
 def _import_arrow() -> tuple[Any, Any, Any]:
@@ -116,9 +135,30 @@ class FrameStore(VersionedStore[FrameVersion]):
             store.compression, store.compression_level = LOCAL_COMPRESSION
         return store
 
+    @classmethod
+    def tables(cls) -> tuple[str, ...]:
+        return (cls.table, PARTS_TABLE)
+
+    @classmethod
+    def blob_columns(cls) -> dict[str, tuple[str, ...]]:
+        return {cls.table: ("bh_key",), PARTS_TABLE: ("bh_key",)}
+
+    @classmethod
+    def merge_rules(cls) -> dict[str, str]:
+        return {**super().merge_rules(), PARTS_TABLE: "parts"}
+
+    def _init_schema(self) -> None:
+        super()._init_schema()
+        self._conn.execute(f"CREATE TABLE IF NOT EXISTS {PARTS_TABLE} (version_id TEXT NOT NULL, "
+                           "part INTEGER NOT NULL, bh_key TEXT NOT NULL, n_rows INTEGER NOT NULL, "
+                           "nbytes INTEGER NOT NULL, PRIMARY KEY (version_id, part))")
+        self._conn.execute(f"CREATE INDEX IF NOT EXISTS {PARTS_TABLE}_bh_key ON {PARTS_TABLE} (bh_key)")
+        self._conn.commit()
+
     @staticmethod
     def shape_text(info: Any) -> str:
-        return f"{info.n_rows:,} x {len(info.columns)}"
+        parts = getattr(info, "parts", 1)
+        return f"{info.n_rows:,} x {len(info.columns)}" + (f" in {parts} parts" if parts > 1 else "")
 
     @staticmethod
     def accepts(value: Any) -> bool:
@@ -139,7 +179,29 @@ class FrameStore(VersionedStore[FrameVersion]):
             created_at=float(row["created_at"]), metadata=json.loads(row["metadata"]) if row["metadata"] else {},
             index=json.loads(row["index_names"]), row_groups=int(row["row_groups"]),
             version_id=row.get("version_id") or "",
+            parts=max(1, int(self._conn.execute(f"SELECT count(*) FROM {PARTS_TABLE} WHERE version_id = ?",
+                                                (row.get("version_id"),)).fetchone()[0])),
         )
+
+    def parts(self, name: str, version: int | None = None) -> list[FramePart]:
+        """The Parquet blobs that hold a version's rows, in order (one for a version put whole)."""
+        return self._parts(self.info(name, version))
+
+    def _parts(self, info: FrameVersion) -> list[FramePart]:
+        rows = self._conn.execute(f"SELECT bh_key, n_rows, nbytes FROM {PARTS_TABLE} WHERE version_id = ? "
+                                  "ORDER BY part", (info.version_id,)).fetchall()
+        if not rows:
+            return [FramePart(info.bh_key, info.n_rows, info.nbytes)]
+        return [FramePart(k, int(n), int(b)) for k, n, b in rows]
+
+    def _delete_related(self, rows: list[dict[str, Any]]) -> set[str]:
+        keys: set[str] = set()
+        for row in rows:
+            vid = row.get("version_id")
+            keys |= {r[0] for r in self._conn.execute(f"SELECT bh_key FROM {PARTS_TABLE} WHERE version_id = ?",
+                                                      (vid,))}
+            self._conn.execute(f"DELETE FROM {PARTS_TABLE} WHERE version_id = ?", (vid,))
+        return keys
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -155,7 +217,15 @@ class FrameStore(VersionedStore[FrameVersion]):
         check_name(name, "frame name")
         meta = check_metadata(metadata)
         prepared = _prepare(df)
-        table = prepared.table
+        part, row_groups = self._write_part(name, prepared.table, progress)
+        return self._add_version(name, part.bh_key, part.nbytes, meta, {
+            "n_rows": part.n_rows, "columns": json.dumps(prepared.columns),
+            "dtypes": json.dumps(dict(zip(prepared.columns, prepared.dtypes))),
+            "index_names": json.dumps(prepared.index_names), "row_groups": row_groups,
+        })
+
+    def _write_part(self, name: str, table: pa.Table, progress: ProgressCallback | None) -> tuple[FramePart, int]:
+        """Write ``table`` as one Parquet blob: the part, and its number of row groups."""
         pa, _, _ = _import_arrow()
         try:
             with self._files.writer(filename=f"{name.rsplit('/', 1)[-1]}.parquet",
@@ -168,12 +238,162 @@ class FrameStore(VersionedStore[FrameVersion]):
                                  "the column to a supported type first") from None
         bh_key = blob.bh_key
         assert bh_key is not None
-        return self._add_version(name, bh_key, blob.tell(), meta, {
-            "n_rows": table.num_rows, "columns": json.dumps(prepared.columns),
-            "dtypes": json.dumps(dict(zip(prepared.columns, prepared.dtypes))),
-            "index_names": json.dumps(prepared.index_names),
-            "row_groups": max(1, -(-table.num_rows // row_group_size)),
-        })
+        return FramePart(bh_key, table.num_rows, blob.tell()), max(1, -(-table.num_rows // row_group_size))
+
+    def append(self, name: str, df: Any, *, metadata: dict[str, str] | None = None,
+               progress: ProgressCallback | None = None) -> FrameVersion:
+        """Add ``df``'s rows after those of the latest version of ``name``, as a new version; return it.
+
+        Only the new rows are written (one new Parquet blob, a *part*); the new version is the latest version's
+        parts plus that one, and reads back as one frame, as ``pd.concat([latest, df])`` would give it, except
+        that a default ``RangeIndex`` goes on counting (0..n+m-1). ``df`` must have
+        the stored columns with the same types (and the same kind: pandas, polars or Arrow), and a RangeIndex
+        that is the default (0, 1, ...) or continues the stored labels; a mismatch raises
+        ``ValueTypeError`` saying what differs, before anything is stored. A name with no version yet is
+        ``put``; an empty ``df`` changes nothing. Without ``metadata`` the new version keeps the latest's.
+        ``compact()`` later joins many small parts into few."""
+        check_name(name, "frame name")
+        meta = check_metadata(metadata)
+        if name not in self:
+            return self.put(name, df, metadata=metadata, progress=progress)
+        latest = self.info(name)
+        prepared = _prepare(df)
+        if prepared.table.num_rows == 0:
+            return latest  # (its columns may not even have types yet: an empty object column)
+        parts = self._parts(latest)
+        stored = self._part_schema(parts[0])
+        _check_appendable(latest, stored, _read_back_schema(prepared.table))
+        for part in parts:  # the new version relies on them: present, and fresh enough to outlive our commit
+            self._files.rely(part.bh_key, entry=("frame", name))
+        new, row_groups = self._write_part(name, prepared.table, progress)
+        return self._add_parts(name, [*parts, new], meta if metadata is not None else latest.metadata, {
+            "columns": json.dumps(latest.columns), "dtypes": json.dumps(latest.dtypes),
+            "index_names": json.dumps(latest.index), "row_groups": latest.row_groups + row_groups})
+
+    def compact(self, name: str, *, part_bytes: int = COMPACT_BYTES,
+                progress: ProgressCallback | None = None) -> FrameVersion:
+        """Join the latest version's consecutive small parts into parts of about ``part_bytes`` of Parquet each
+        (one part, when they all fit), as a new version with the same rows, columns and index; return it. The
+        latest version is returned unchanged when there is nothing to join. One group of parts is in memory at a
+        time."""
+        check_name(name, "frame name")
+        if not isinstance(part_bytes, int) or isinstance(part_bytes, bool) or part_bytes < 1:
+            raise ValueTypeError("part_bytes must be a positive int (bytes of Parquet per part)")
+        latest = self.info(name)
+        parts = self._parts(latest)
+        groups: list[list[FramePart]] = []
+        for part in parts:
+            if groups and sum(p.nbytes for p in groups[-1]) + part.nbytes <= part_bytes:
+                groups[-1].append(part)
+            else:
+                groups.append([part])
+        if len(groups) == len(parts):
+            return latest  # no two neighbours fit together
+        pa, _, _ = _import_arrow()
+        joined: list[FramePart] = []
+        row_groups = 0
+        for group in groups:
+            if len(group) == 1:
+                self._files.rely(group[0].bh_key, entry=("frame", name))
+                joined.append(group[0])
+                row_groups += self._part_row_groups(group[0])
+                continue
+            tables = self._read_parts_whole(group, None)
+            table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
+            table = table.replace_schema_metadata(_part_metadata(tables[0].schema.metadata, table.num_rows))
+            del tables
+            part, groups_written = self._write_part(name, table, progress)
+            joined.append(part)
+            row_groups += groups_written
+        return self._add_parts(name, joined, latest.metadata, {
+            "columns": json.dumps(latest.columns), "dtypes": json.dumps(latest.dtypes),
+            "index_names": json.dumps(latest.index), "row_groups": row_groups})
+
+    def _add_parts(self, name: str, parts: list[FramePart], meta: dict[str, str],
+                   extra: dict[str, Any]) -> FrameVersion:
+        """A new version of ``name`` made of ``parts`` (one part: a plain version of that blob)."""
+        extra = {**extra, "n_rows": sum(p.n_rows for p in parts)}
+        if len(parts) == 1:
+            return self._add_version(name, parts[0].bh_key, parts[0].nbytes, meta, extra)
+        manifest = json.dumps({"format": MANIFEST_FORMAT, "parts": [
+            {"bh_key": p.bh_key, "rows": p.n_rows, "bytes": p.nbytes} for p in parts]}, sort_keys=True).encode()
+        manifest_key = self._files.put(manifest, filename=f"{name.rsplit('/', 1)[-1]}.parts.json",
+                                       mime="application/json", entry=("frame", name))
+
+        def add_parts(version_id: str) -> None:
+            self._conn.executemany(
+                f"INSERT INTO {PARTS_TABLE} (version_id, part, bh_key, n_rows, nbytes) VALUES (?, ?, ?, ?, ?)",
+                [(version_id, i, p.bh_key, p.n_rows, p.nbytes) for i, p in enumerate(parts)])
+
+        latest = self._latest(name)
+        if latest is not None and latest["bh_key"] == manifest_key:
+            return self._to_version(latest)
+        version = self._insert(name, manifest_key, sum(p.nbytes for p in parts), meta, extra, also=add_parts)
+        return self.info(name, version)
+
+    # -- lazy reads and other engines --------------------------------------------------------
+
+    def urls(self, name: str, version: int | None = None) -> list[ObjectURL]:
+        """Where the Parquet blobs of a version are (one per part, in order), for engines that read the bucket
+        themselves: ``s3://bucket/key`` with ``.endpoint_url``, or ``file://`` URLs for the local store. Those
+        engines do not check the bytes against their hashes; ``dataset()`` does."""
+        return [object_url(self._files, p.bh_key) for p in self.parts(name, version)]
+
+    def url(self, name: str, version: int | None = None) -> ObjectURL:
+        """Where the Parquet blob of a version is (see ``VersionedStore.url``); a version of several parts has
+        several: ``urls()``."""
+        info = self.info(name, version)
+        if info.parts > 1:
+            raise ValueTypeError(f"frame {name!r}@{info.version} is held in {info.parts} Parquet parts: "
+                                 f"bh.frames.urls({name!r}) lists them (or compact() it into one)")
+        return object_url(self._files, info.bh_key)
+
+    def dataset(self, name: str, version: int | None = None) -> Any:
+        """A ``pyarrow.dataset.Dataset`` over a version's parts, read lazily through this store: a scan fetches
+        only the footers and the column chunks of the row groups its columns and filter need, each range checked
+        against the blob's chunk hashes (IntegrityError on altered bytes). polars
+        (``pl.scan_pyarrow_dataset(ds)``) and DuckDB (``duckdb.from_arrow(ds)``) query it as it is. The rows
+        come without the frame's pandas row labels; ``get`` gives the exact frame."""
+        pa, _, ds = _import_arrow()
+        import pyarrow.fs as pafs
+
+        info = self.info(name, version)
+        parts = self._parts(info)
+        schema = self._part_schema(parts[0])
+        handler = _BlobFileSystem(self, {f"{p.bh_key}.parquet": p for p in parts})
+        return ds.FileSystemDataset.from_paths(
+            [f"{p.bh_key}.parquet" for p in parts], schema=schema.remove_metadata(), format=ds.ParquetFileFormat(),
+            filesystem=pafs.PyFileSystem(handler))
+
+    def _part_schema(self, part: FramePart) -> pa.Schema:
+        """A part's Arrow schema, with its metadata, from its Parquet footer (one ranged read)."""
+        pa, pq, _ = _import_arrow()
+        with self._open_blob(part.bh_key, part.nbytes, None) as f:
+            return pq.ParquetFile(pa.PythonFile(f, mode="r")).schema_arrow
+
+    def _part_row_groups(self, part: FramePart) -> int:
+        pa, pq, _ = _import_arrow()
+        with self._open_blob(part.bh_key, part.nbytes, None) as f:
+            return int(pq.ParquetFile(pa.PythonFile(f, mode="r")).metadata.num_row_groups)
+
+    def _read_part_whole(self, part: FramePart, progress: ProgressCallback | None,
+                         dictionary: list[str] | None = None) -> pa.Table:
+        """A whole part, downloaded once and checked against its SHA-256. ``dictionary``: the string columns to
+        read through a dictionary (None: the part's own choice; the parts of a version follow the first's)."""
+        pa, pq, _ = _import_arrow()
+        import numpy as np
+
+        buf = np.empty(part.nbytes, dtype=np.uint8)  # not bytearray: that zero-fills 0.5 ms/MiB for nothing
+        self._files.get_verified(part.bh_key, buf.data, progress=progress)
+        if dictionary is None:
+            dictionary = _object_string_columns(pq.ParquetFile(pa.BufferReader(buf)).schema_arrow)
+        return pq.read_table(pa.BufferReader(buf), use_threads=True, read_dictionary=dictionary or None)
+
+    def _read_parts_whole(self, parts: list[FramePart], progress: ProgressCallback | None) -> list[pa.Table]:
+        """Whole parts, every one with the first's dictionary columns, so they concatenate."""
+        first = self._read_part_whole(parts[0], progress)
+        dictionary = _object_string_columns(first.schema)
+        return [first, *(self._read_part_whole(p, progress, dictionary) for p in parts[1:])]
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -194,15 +414,16 @@ class FrameStore(VersionedStore[FrameVersion]):
         if rows is not None and not isinstance(rows, slice):
             raise ValueTypeError(f"rows= takes a slice, like rows=slice(0, 100), not {type(rows).__name__}")
         if columns is None and filters is None and rows is None:
-            pa, pq, _ = _import_arrow()
-            import numpy as np
-
-            buf = np.empty(info.nbytes, dtype=np.uint8)  # not bytearray: that zero-fills 0.5 ms/MiB for nothing
-            self._files.get_verified(info.bh_key, buf.data, progress=progress)
-            pf = pq.ParquetFile(pa.BufferReader(buf))
-            table = pq.read_table(pa.BufferReader(buf), use_threads=True,
-                                  read_dictionary=_object_string_columns(pf.schema_arrow) or None)
-            return _convert(table, to, _Rows(table.num_rows))
+            parts = self._parts(info)
+            if len(parts) == 1:
+                table = self._read_part_whole(parts[0], progress)
+                return _convert(table, to, _Rows(table.num_rows))
+            pa, _, _ = _import_arrow()
+            tables = self._read_parts_whole(parts, progress)
+            meta = _version_metadata(tables[0].schema.metadata, info.n_rows)
+            table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
+            del tables
+            return _convert(table.replace_schema_metadata(meta), to, _Rows(table.num_rows))
         return self._read(info, columns=columns, filters=filters, rows=rows, head=None, to=to, progress=progress)
 
     def head(self, name: str, n: int = 5, version: int | None = None, *, to: str | None = None) -> Any:
@@ -214,53 +435,100 @@ class FrameStore(VersionedStore[FrameVersion]):
                           progress=None)
 
     def schema(self, name: str, version: int | None = None) -> pa.Schema:
-        """The Arrow schema of a stored frame, read from the Parquet footer only."""
-        pa, pq, _ = _import_arrow()
-        info = self.info(name, version)
-        with self._open(info, None) as f:
-            return pq.ParquetFile(pa.PythonFile(f, mode="r")).schema_arrow
+        """The Arrow schema of a stored frame, read from the Parquet footer only (the first part's)."""
+        return self._part_schema(self._parts(self.info(name, version))[0])
 
     def __getitem__(self, name: str) -> Any:
         return self.get(name)
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _open(self, info: FrameVersion, progress: ProgressCallback | None) -> RangeFile:
-        """A ranged-read file over the blob, with its footer already fetched (one request)."""
-        f = RangeFile(self._files, info.bh_key, info.nbytes, progress)
-        f.prefetch([(max(0, info.nbytes - FOOTER_GUESS), info.nbytes)])
+    def _open_blob(self, bh_key: str, nbytes: int, progress: ProgressCallback | None) -> RangeFile:
+        """A ranged-read file over a Parquet blob, with its footer already fetched (one request)."""
+        f = RangeFile(self._files, bh_key, nbytes, progress)
+        f.prefetch([(max(0, nbytes - FOOTER_GUESS), nbytes)])
         return f
 
     def _read(self, info: FrameVersion, *, columns: Any, filters: Any, rows: slice | None, head: int | None,
               to: str | None, progress: ProgressCallback | None) -> Any:
-        """A partial read: only the footer, and the column chunks of the row groups needed."""
+        """A partial read: of each part, only the footer and the column chunks of the row groups needed (a part
+        holding none of the rows asked for is not read at all)."""
         import numpy as np
 
         pa, pq, ds = _import_arrow()
         expr = _filter_expression(filters, pq, ds)
-        with self._open(info, progress) as f:
+        parts = self._parts(info)
+        total = sum(p.n_rows for p in parts)
+        wanted_rows: np.ndarray[Any, Any] | None = None
+        if head is not None:
+            wanted_rows = np.arange(min(head, total), dtype=np.int64)
+        elif rows is not None:
+            wanted_rows = np.arange(*rows.indices(total), dtype=np.int64)
+        tables: list[Any] = []
+        positions: list[np.ndarray[Any, Any]] = []
+        metadata = None
+        dictionary: list[str] | None = None
+        start = 0
+        for i, part in enumerate(parts):
+            stop = start + part.n_rows
+            local = None
+            if wanted_rows is not None:
+                local = np.sort(wanted_rows[(wanted_rows >= start) & (wanted_rows < stop)]) - start
+                if i > 0 and not len(local):
+                    start = stop
+                    continue
+            table, found, schema = self._read_part(info, part, columns=columns, filters=filters, expr=expr,
+                                                   local=local, progress=progress, dictionary=dictionary)
+            if dictionary is None:
+                dictionary = _object_string_columns(schema)
+            if metadata is None:
+                metadata = schema.metadata if len(parts) == 1 else _version_metadata(schema.metadata, total)
+            tables.append(table.replace_schema_metadata(None))
+            positions.append(found + start)
+            start = stop
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        found = positions[0] if len(positions) == 1 else np.concatenate(positions)
+        if wanted_rows is not None and len(wanted_rows) > 1 and wanted_rows[1] < wanted_rows[0]:
+            table = table.take(pa.array(np.searchsorted(found, wanted_rows)))  # a slice that steps backwards
+            found = wanted_rows
+        table = table.replace_schema_metadata(metadata)
+        if expr is not None:
+            selection = _Rows(total, mask=found)
+        elif head is not None:
+            selection = _Rows(total, slice(0, head))
+        elif rows is not None:
+            selection = _Rows(total, rows)
+        else:
+            selection = _Rows(total)
+        return _convert(table, to, selection)
+
+    def _read_part(self, info: FrameVersion, part: FramePart, *, columns: Any, filters: Any, expr: Any,
+                   local: Any, progress: ProgressCallback | None,
+                   dictionary: list[str] | None = None) -> tuple[pa.Table, Any, pa.Schema]:
+        """The rows of one part that ``local`` (sorted positions in the part; None: all) and ``expr`` keep, with
+        the columns asked for: (table, their positions in the part, the part's schema)."""
+        import numpy as np
+
+        pa, pq, ds = _import_arrow()
+        with self._open_blob(part.bh_key, part.nbytes, progress) as f:
             schema = pq.ParquetFile(pa.PythonFile(f, mode="r")).schema_arrow
-            pf = pq.ParquetFile(pa.PythonFile(f, mode="r"), read_dictionary=_object_string_columns(schema) or None)
+            if dictionary is None:
+                dictionary = _object_string_columns(schema)
+            pf = pq.ParquetFile(pa.PythonFile(f, mode="r"), read_dictionary=dictionary or None)
             md = pf.metadata
-            total = md.num_rows
             cols = self._check_columns(info, schema, columns)
             wanted = None if cols is None else _with_index_columns(schema, cols)
             sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
             offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]) if sizes else np.zeros(1, np.int64)
-            wanted_rows: np.ndarray[Any, Any] | None = None
-            if head is not None:
-                wanted_rows = np.arange(min(head, total), dtype=np.int64)
-            elif rows is not None:
-                wanted_rows = np.arange(*rows.indices(total), dtype=np.int64)
             groups = list(range(md.num_row_groups))
-            if wanted_rows is not None:
-                groups = (np.unique(np.searchsorted(offsets, wanted_rows, side="right")) - 1).tolist()
+            if local is not None:
+                groups = (np.unique(np.searchsorted(offsets, local, side="right")) - 1).tolist()
             needed = None if wanted is None else set(wanted)
             if expr is not None:
                 try:
                     fragment = ds.ParquetFileFormat().make_fragment(pa.PythonFile(f, mode="r"))
-                    kept = {rg.id for part in fragment.split_by_row_group(expr, schema=fragment.physical_schema)
-                            for rg in part.row_groups}
+                    kept = {rg.id for piece in fragment.split_by_row_group(expr, schema=fragment.physical_schema)
+                            for rg in piece.row_groups}
                 except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
                     raise ValueTypeError(f"cannot apply filters={filters!r} to frame {info.name!r}: {exc}") from None
                 groups = [g for g in groups if g in kept]
@@ -275,32 +543,25 @@ class FrameStore(VersionedStore[FrameVersion]):
             else:
                 table = _empty_table(pf, read_fields)
         table = table.replace_schema_metadata(schema.metadata)
-        positions = np.concatenate([np.arange(offsets[g], offsets[g + 1], dtype=np.int64) for g in groups]) \
+        found = np.concatenate([np.arange(offsets[g], offsets[g + 1], dtype=np.int64) for g in groups]) \
             if groups else np.zeros(0, np.int64)
-        if wanted_rows is not None and len(groups):
-            local = wanted_rows - offsets[groups[0]]
-            if len(local) and (rows is None or rows.step in (None, 1)):
-                table = table.slice(int(local[0]), len(local))
+        if local is not None and len(groups):
+            start = local - offsets[groups[0]]
+            if len(start) and start[-1] - start[0] == len(start) - 1:
+                table = table.slice(int(start[0]), len(start))
             else:
-                table = table.take(pa.array(local))
-            positions = wanted_rows
+                table = table.take(pa.array(start))
+            found = local
         if expr is not None:
-            table = table.append_column(_POSITION, pa.array(positions))
+            table = table.append_column(_POSITION, pa.array(found))
             try:
                 table = table.filter(expr)
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as exc:
                 raise ValueTypeError(f"cannot apply filters={filters!r} to frame {info.name!r}: {exc}") from None
-            positions = table.column(_POSITION).to_numpy()
+            found = table.column(_POSITION).to_numpy()
             keep = [n for n in table.column_names if n != _POSITION and (wanted is None or n in wanted)]
             table = table.select(keep)
-            selection = _Rows(total, mask=positions)
-        elif head is not None:
-            selection = _Rows(total, slice(0, head))
-        elif rows is not None:
-            selection = _Rows(total, rows)
-        else:
-            selection = _Rows(total)
-        return _convert(table, to, selection)
+        return table, found, schema
 
     def _check_columns(self, info: FrameVersion, schema: pa.Schema, columns: Any) -> list[str] | None:
         """The Parquet field names of the columns asked for (labels of any type, as the frame had them)."""
@@ -321,6 +582,65 @@ class FrameStore(VersionedStore[FrameVersion]):
             shown = info.columns if len(info.columns) <= 50 else [*info.columns[:50], "..."]
             raise NotFound(f"frame {info.name!r}@{info.version} has no column {said}; it has {shown}")
         return fields
+
+
+def _blob_filesystem_base() -> type:
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystemHandler
+
+
+class _BlobFileSystem(_blob_filesystem_base()):  # type: ignore[misc]
+    """A read-only pyarrow filesystem whose files are the Parquet parts of one frame version, each opened as a
+    verified ``RangeFile`` (what ``FrameStore.dataset`` scans)."""
+
+    def __init__(self, store: FrameStore, parts: dict[str, FramePart]) -> None:
+        super().__init__()
+        self._store = store
+        self._parts = parts
+
+    def _part(self, path: str) -> FramePart:
+        part = self._parts.get(path.lstrip("/"))
+        if part is None:
+            raise FileNotFoundError(path)
+        return part
+
+    def get_type_name(self) -> str:
+        return "bh-notebook-frame"
+
+    def equals(self, other: Any) -> bool:
+        return other is self
+
+    def get_file_info(self, paths: list[str]) -> list[Any]:
+        import pyarrow.fs as pafs
+
+        infos = []
+        for path in paths:
+            part = self._parts.get(path.lstrip("/"))
+            infos.append(pafs.FileInfo(path, pafs.FileType.NotFound) if part is None else
+                         pafs.FileInfo(path, pafs.FileType.File, size=part.nbytes))
+        return infos
+
+    def get_file_info_selector(self, selector: Any) -> list[Any]:
+        return self.get_file_info(list(self._parts))
+
+    def normalize_path(self, path: str) -> str:
+        return path
+
+    def open_input_file(self, path: str) -> Any:
+        import pyarrow as pa
+
+        part = self._part(path)
+        return pa.PythonFile(self._store._open_blob(part.bh_key, part.nbytes, None), mode="r")
+
+    def open_input_stream(self, path: str) -> Any:
+        return self.open_input_file(path)
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise OSError("a frame's dataset is read-only")
+
+    create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = delete_file = _read_only
+    move = copy_file = open_output_stream = open_append_stream = _read_only
 
 
 class RangeFile(SeekableReader):
@@ -558,6 +878,100 @@ def _prepare(obj: Any) -> _Prepared:
     raise ValueTypeError(f"bh.frames stores pandas DataFrames and Series, polars DataFrames and pyarrow Tables, "
                          f"not {type(obj).__name__}" + ("; use bh.arrays for NumPy arrays"
                                                         if type(obj).__name__ == "ndarray" else ""))
+
+
+def _pandas_range(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The RangeIndex spec of pandas metadata, when the index is one."""
+    index = meta.get("index_columns", [])
+    if len(index) == 1 and isinstance(index[0], dict) and index[0].get("kind") == "range":
+        return index[0]
+    return None
+
+
+def _part_metadata(metadata: dict[bytes, bytes] | None, n_rows: int) -> dict[bytes, bytes] | None:
+    """A part's schema metadata made to describe ``n_rows`` rows: a RangeIndex counts on from its start."""
+    if not metadata or b"pandas" not in metadata:
+        return metadata
+    pandas_meta = json.loads(metadata[b"pandas"])
+    spec = _pandas_range(pandas_meta)
+    if spec is None:
+        return metadata
+    spec["stop"] = int(spec["start"]) + n_rows * int(spec["step"])
+    return {**metadata, b"pandas": json.dumps(pandas_meta).encode()}
+
+
+def _version_metadata(metadata: dict[bytes, bytes] | None, n_rows: int) -> dict[bytes, bytes] | None:
+    """The metadata that describes a version of several parts: the first part's, with its RangeIndex counting
+    on over all ``n_rows`` rows (a ``freq`` is kept where the labels still fit it, as ``pd.concat`` keeps it)."""
+    return _part_metadata(metadata, n_rows)
+
+
+def _read_back_schema(table: pa.Table) -> pa.Schema:
+    """The schema a part written from ``table`` reads back with (Parquet keeps some types as others)."""
+    import io
+
+    _, pq, _ = _import_arrow()
+    sink = io.BytesIO()
+    _write_parquet(table.slice(0, 0), sink, "none", None)
+    sink.seek(0)
+    return pq.read_schema(sink)
+
+
+def _check_appendable(latest: FrameVersion, stored: pa.Schema, new: pa.Schema) -> None:
+    """ValueTypeError saying what differs when rows of schema ``new`` cannot follow a version of ``stored``."""
+    where = f"frame {latest.name!r}@{latest.version}"
+    old_ours, new_ours = _ours(stored), _ours(new)
+    old_kind, new_kind = old_ours.get("kind", "pandas"), new_ours.get("kind", "pandas")
+    if old_kind != new_kind:
+        raise ValueTypeError(f"cannot append a {new_kind} frame to {where}, which holds a {old_kind} frame: "
+                             f"convert it first, or put it under another name")
+    problems = []
+    old_pandas = json.loads((stored.metadata or {}).get(b"pandas", b"{}"))
+    new_pandas = json.loads((new.metadata or {}).get(b"pandas", b"{}"))
+    old_range, new_range = _pandas_range(old_pandas), _pandas_range(new_pandas)
+    if (old_range is None) != (new_range is None):
+        problems.append("one index is a RangeIndex and the other is not (use df.reset_index(drop=True), or give "
+                        "both the same index columns)")
+    elif old_range is not None and new_range is not None:
+        step = int(old_range["step"])
+        follows = int(old_range["start"]) + latest.n_rows * step
+        default = {"start": 0, "step": 1, "name": None}
+        fresh = all(old_range.get(k) == v and new_range.get(k) == v for k, v in default.items())
+        continues = (new_range.get("name") == old_range.get("name") and int(new_range["step"]) == step
+                     and int(new_range["start"]) == follows)
+        if not (fresh or continues):
+            problems.append(f"the row labels {new_range['start']}, {int(new_range['start']) + int(new_range['step'])},"
+                            f" ... (index name {new_range.get('name')!r}) do not follow the stored ones, which end "
+                            f"before {follows} (index name {old_range.get('name')!r}): give the new rows labels "
+                            f"from {follows} on, or a default index (df.reset_index(drop=True)) to count on")
+    elif old_pandas.get("index_columns") != new_pandas.get("index_columns"):
+        problems.append(f"the index is {new_pandas.get('index_columns')} here but {old_pandas.get('index_columns')} "
+                        "in the stored frame")
+    old_names, new_names = list(stored.names), list(new.names)
+    if problems:
+        pass
+    elif old_names != new_names:
+        missing = [n for n in old_names if n not in new_names]
+        extra = [n for n in new_names if n not in old_names]
+        if missing:
+            problems.append(f"missing columns {missing}")
+        if extra:
+            problems.append(f"extra columns {extra}")
+        if not missing and not extra:
+            problems.append(f"the columns are in another order ({new_names} instead of {old_names}); reorder them "
+                            f"with df[{old_names!r}]")
+    else:
+        for old_f, new_f in zip(stored, new):
+            if not old_f.type.equals(new_f.type):
+                problems.append(f"column {old_f.name!r} is {new_f.type} here but {old_f.type} in the stored frame")
+    for key in sorted(set(old_ours) | set(new_ours)):
+        if key in ("attrs", "freq", "schema", "repetitive_strings") or problems:
+            continue
+        if old_ours.get(key) != new_ours.get(key):
+            problems.append(f"the column types differ in detail ({key}: {new_ours.get(key)!r} here, "
+                            f"{old_ours.get(key)!r} stored); e.g. categories must be the same")
+    if problems:
+        raise ValueTypeError(f"cannot append to {where}: " + "; ".join(problems) + ". Nothing was stored.")
 
 
 def _schema_text(schema: pa.Schema) -> str:
@@ -920,7 +1334,10 @@ def _restore_rows(df: pd.DataFrame, ours: dict[str, Any], pandas_meta: dict[str,
 
         wanted = rows.freq(to_offset(freq), df.index)
         if wanted is not None:
-            df.index = type(df.index)(df.index, freq=wanted)
+            try:
+                df.index = type(df.index)(df.index, freq=wanted)
+            except ValueError:  # parts appended with a gap: no freq fits, as pd.concat would find
+                pass
     if "attrs" in ours:
         df.attrs = ours["attrs"]
     if ours.get("allows_duplicate_labels") is False:

@@ -9,7 +9,7 @@ import sqlite3
 import time
 import uuid
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..connection import quote_ident
@@ -201,8 +201,10 @@ class VersionedStore(Interface, Generic[V]):
         rows = self._select("name = ?", (name,), "ORDER BY version DESC LIMIT 1")
         return rows[0] if rows else None
 
-    def _insert(self, name: str, bh_key: str, nbytes: int, metadata: dict[str, str], extra: dict[str, Any]) -> int:
-        """Add the next version of ``name``; return its number."""
+    def _insert(self, name: str, bh_key: str, nbytes: int, metadata: dict[str, str], extra: dict[str, Any],
+                also: Callable[[str], None] | None = None) -> int:
+        """Add the next version of ``name``; return its number. ``also(version_id)`` runs in the same
+        transaction (rows of the store's other tables that belong to the version)."""
         cols = self._columns
         with self._conn:
             row = self._conn.execute(
@@ -217,6 +219,8 @@ class VersionedStore(Interface, Generic[V]):
                 f"INSERT INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
                 [values[c] for c in cols],
             )
+            if also is not None:
+                also(values[VERSION_ID])
         return version
 
     def _add_version(self, name: str, bh_key: str, nbytes: int, metadata: dict[str, str],
@@ -308,6 +312,11 @@ class VersionedStore(Interface, Generic[V]):
 
     # -- deletes ----------------------------------------------------------------------------
 
+    def _delete_related(self, rows: list[dict[str, Any]]) -> set[str]:
+        """Delete the rows of the store's other tables that belong to the versions ``rows`` (inside the delete's
+        transaction); return the blob keys they used."""
+        return set()
+
     def delete(self, name: str, version: int | None = None) -> list[V]:
         """Remove one version, or every version of ``name`` when ``version`` is None; return what was removed.
 
@@ -333,7 +342,8 @@ class VersionedStore(Interface, Generic[V]):
                 self._conn.execute(f"DELETE FROM {self.table} WHERE name = ?", (name,))
             else:
                 self._conn.execute(f"DELETE FROM {self.table} WHERE name = ? AND version = ?", (name, version))
-        keys = {r[c] for r in rows for c in self.blob_columns().get(self.table, ()) if r.get(c)}
+            keys = self._delete_related(rows)
+        keys |= {r[c] for r in rows for c in self.blob_columns().get(self.table, ()) if r.get(c)}
         for key in keys:
             if not self._files.references(key):  # no entry of any kind uses it (an array and a file may share it)
                 self._files.release(key)  # the row goes; the object waits for gc (see FileStore.release)

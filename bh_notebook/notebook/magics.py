@@ -507,6 +507,8 @@ class BHMagics(Magics):
     @argument("--as", dest="as_name", metavar="NAME", help="the name to store under (needed for an expression)")
     @argument("--note", help="a note kept with this version")
     @argument("--tag", action="append", default=[], metavar="K=V", help="a tag kept with this version (repeatable)")
+    @argument("--append", action="store_true",
+              help="frames: add the rows after the latest version's, uploading only them")
     @line_magic
     @_friendly
     def bh_put(self, line: str) -> None:
@@ -517,6 +519,7 @@ class BHMagics(Magics):
             %bh_put df
             %bh_put df arr settings_text
             %bh_put df.head(100) --as sample --note "first rows" --tag stage=raw
+            %bh_put today --as events --append
         """
         args = _parse(self.bh_put, line, raw=("items",))
         metadata: dict[str, str] = {}
@@ -531,7 +534,7 @@ class BHMagics(Magics):
         if args.as_name:
             expr = " ".join(items)
             value = self._evaluate(expr)
-            self._put_one(args.as_name, value, metadata)
+            self._put_one(args.as_name, value, metadata, append=args.append)
             return
         for item in items:
             if not item.isidentifier() or keyword.iskeyword(item):
@@ -539,7 +542,7 @@ class BHMagics(Magics):
                                  f"%bh_put {item} --as NAME")
         values = [(item, self._lookup(item)) for item in items]
         for item, value in values:
-            self._put_one(item, value, metadata)
+            self._put_one(item, value, metadata, append=args.append)
 
     def _lookup(self, name: str) -> Any:
         assert self.shell is not None
@@ -559,7 +562,7 @@ class BHMagics(Magics):
         except Exception as exc:  # noqa: BLE001 - the user's expression; report it in one line
             raise UsageError(f"could not evaluate {expr!r}: {type(exc).__name__}: {exc}") from None
 
-    def _put_one(self, name: str, value: Any, metadata: dict[str, str]) -> None:
+    def _put_one(self, name: str, value: Any, metadata: dict[str, str], *, append: bool = False) -> None:
         import numpy as np
 
         full = self._name(name)
@@ -573,6 +576,9 @@ class BHMagics(Magics):
             raise UsageError(f"cannot store {name!r}, a {type(value).__name__}: %bh_put takes a DataFrame or "
                              "Series (pandas, polars) or a pyarrow Table, an ndarray, bytes, a pathlib.Path or a str")
         kind = store.kind
+        if append and not hasattr(store, "append"):
+            raise UsageError(f"--append adds rows to a frame; {name!r} is a {type(value).__name__}, stored as a "
+                             f"{kind}. Drop --append to store it as a new version")
         if isinstance(value, os.PathLike) and not Path(value).is_file():
             raise UsageError(f"{os.fspath(value)!r} is not a file; give the path of an existing file")
         if not store.versioned:  # kv: the value is kept inline in the catalog
@@ -585,7 +591,10 @@ class BHMagics(Magics):
             return
         before = store.info(full).version if full in store else None
         with _counting_transfers(bh) as moved:  # the store's own progress bars show, and we learn the bytes sent
-            v = store.put(full, value, metadata=metadata)
+            if append:
+                v = store.append(full, value, metadata=metadata or None)
+            else:
+                v = store.put(full, value, metadata=metadata)
         shape, caption = store.shape_text(v), store.caption(v)
         if shape:
             size = f"{shape} ({human_bytes(v.nbytes)})"
