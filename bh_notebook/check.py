@@ -67,6 +67,23 @@ class CheckReport:
         return text + (f"; fixed: {'; '.join(self.fixed)}" if self.fixed else "")
 
 
+def _part_problems(conn: sqlite3.Connection) -> list[str]:
+    """Frame parts that belong to no version, and versions whose parts do not add up to their rows."""
+    from .interfaces.frames import PARTS_TABLE
+
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if PARTS_TABLE not in tables or "bh_frames" not in tables:
+        return []
+    found = [f"frame parts of version id {vid[:12]}, which no frame version has" for (vid,) in conn.execute(
+        f"SELECT DISTINCT version_id FROM {PARTS_TABLE} p WHERE NOT EXISTS "
+        "(SELECT 1 FROM bh_frames f WHERE f.version_id = p.version_id)")]
+    found += [f"frame {name!r}@{version} holds {rows} rows but its parts add up to {total}" for name, version, rows,
+              total in conn.execute(
+                  f"SELECT f.name, f.version, f.n_rows, sum(p.n_rows) FROM bh_frames f JOIN {PARTS_TABLE} p "
+                  "ON p.version_id = f.version_id GROUP BY f.rowid HAVING sum(p.n_rows) != f.n_rows")]
+    return found
+
+
 def check(bh: Catalog, fix: bool = False, *, verify: bool = True, grace_seconds: float = 300.0,
           used_elsewhere: set[str] | frozenset[str] = frozenset()) -> CheckReport:
     """Compare the catalog's rows with the bucket's objects. See ``BucketSQLite.check``.
@@ -87,6 +104,7 @@ def check(bh: Catalog, fix: bool = False, *, verify: bool = True, grace_seconds:
     for key in sorted(k for k in used if not (isinstance(k, str) and _HEX64.match(k))):
         report.inconsistent_rows.append(f"an entry points at {str(key)[:40]!r}, which is no blob key")
     used = {k for k in used if isinstance(k, str) and _HEX64.match(k)}
+    report.inconsistent_rows.extend(_part_problems(conn))
 
     report.dangling_rows = sorted(k for k in rows if k not in objects)
     report.unregistered_blobs = sorted(k for k in used if k not in rows and k in objects)

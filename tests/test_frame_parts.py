@@ -273,3 +273,17 @@ def test_row_groups_of_a_part_are_read_only_when_needed(make_config: Callable[..
         pd.testing.assert_frame_equal(bh.frames.head("t", 5), _batch(0, 5))
         first = bh.frames.parts("t")[0]
         assert counting.bytes_in <= first.nbytes + 4096
+
+
+def test_check_reports_parts_that_do_not_add_up(make_config: Callable[..., BucketConfig]) -> None:
+    with BucketSQLite(make_config("local"), NO_TIMER) as bh:
+        bh.frames.put("log", _batch(0, 10))
+        v = bh.frames.append("log", _batch(10, 5))
+        assert bh.check().ok
+        with bh.connection as conn:
+            conn.execute(f"UPDATE {PARTS_TABLE} SET n_rows = 4 WHERE version_id = ? AND part = 1", (v.version_id,))
+            conn.execute(f"INSERT INTO {PARTS_TABLE} SELECT 'gone', part, bh_key, n_rows, nbytes FROM {PARTS_TABLE} "
+                         "WHERE version_id = ?", (v.version_id,))
+        problems = bh.check().inconsistent_rows
+        assert any("holds 15 rows but its parts add up to 14" in p for p in problems)
+        assert any("which no frame version has" in p for p in problems)

@@ -103,6 +103,24 @@ def test_partial_gets(ip: InteractiveShell) -> None:
     assert "part" in ip.user_ns
 
 
+def test_put_append_adds_rows_to_a_frame(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.user_ns["events"] = pd.DataFrame({"a": range(5), "b": list("abcde")})
+    ip.run_line_magic("bh_put", "events --append")  # a new name: stored as it is
+    ip.user_ns["today"] = pd.DataFrame({"a": [5, 6], "b": ["f", "g"]})
+    capsys.readouterr()
+    ip.run_line_magic("bh_put", "today --as events --append")
+    out = capsys.readouterr().out
+    assert out.startswith("events  frame  v2  7 x 2 in 2 parts") and "uploaded" in out
+    got = ip.run_line_magic("bh_get", "events")
+    pd.testing.assert_frame_equal(got, pd.DataFrame({"a": range(7), "b": list("abcdefg")}))
+    ip.user_ns["wrong"] = pd.DataFrame({"a": [1.5]})
+    with pytest.raises(UsageError, match="cannot append to frame 'events'@2: missing columns"):
+        ip.run_line_magic("bh_put", "wrong --as events --append")
+    ip.user_ns["arr"] = np.arange(3)
+    with pytest.raises(UsageError, match="--append adds rows to a frame"):
+        ip.run_line_magic("bh_put", "arr --append")
+
+
 def test_ls_kinds_and_rm(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     ip.user_ns.update(df=pd.DataFrame({"a": [1]}), arr=np.zeros(3), s="v")
     ip.run_line_magic("bh_put", "df arr s")
