@@ -74,13 +74,19 @@ def _part_problems(conn: sqlite3.Connection) -> list[str]:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if PARTS_TABLE not in tables or "bh_frames" not in tables:
         return []
-    found = [f"frame parts of version id {vid[:12]}, which no frame version has" for (vid,) in conn.execute(
-        f"SELECT DISTINCT version_id FROM {PARTS_TABLE} p WHERE NOT EXISTS "
-        "(SELECT 1 FROM bh_frames f WHERE f.version_id = p.version_id)")]
-    found += [f"frame {name!r}@{version} holds {rows} rows but its parts add up to {total}" for name, version, rows,
-              total in conn.execute(
-                  f"SELECT f.name, f.version, f.n_rows, sum(p.n_rows) FROM bh_frames f JOIN {PARTS_TABLE} p "
-                  "ON p.version_id = f.version_id GROUP BY f.rowid HAVING sum(p.n_rows) != f.n_rows")]
+    from .interfaces.versioned import version_id_of
+
+    parts = {vid: int(total) for vid, total in conn.execute(
+        f"SELECT version_id, sum(n_rows) FROM {PARTS_TABLE} GROUP BY version_id")}
+    if not parts:
+        return []
+    versions = {version_id_of("bh_frames", name, version, key, at, meta): (name, version, int(rows))
+                for name, version, key, at, meta, rows in conn.execute(
+                    "SELECT name, version, bh_key, created_at, metadata, n_rows FROM bh_frames")}
+    found = [f"frame parts of version id {vid[:12]}, which no frame version has"
+             for vid in sorted(parts) if vid not in versions]
+    found += [f"frame {versions[vid][0]!r}@{versions[vid][1]} holds {versions[vid][2]} rows but its parts add up "
+              f"to {total}" for vid, total in sorted(parts.items()) if vid in versions and total != versions[vid][2]]
     return found
 
 

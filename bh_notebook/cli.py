@@ -697,6 +697,11 @@ def pull(ctx: click.Context, as_json: bool) -> None:
             click.echo("nothing new in the bucket" if report is None else f"pulled: {report}")
 
 
+#: ``prune --older-than`` at least this: a writer between reading the log and committing, or a reader that only
+#: pulls (it looks at the checkpoint every 10 minutes), must find the commits after its state.
+MIN_PRUNE_AGE = 3600.0
+
+
 @main.command()
 @click.option("--older-than", "older_than", type=click.FloatRange(min=0), default=7 * 24 * 3600.0,
               show_default=True, metavar="S", help="Keep whatever was written less than S seconds ago (by the "
@@ -714,6 +719,9 @@ def prune(ctx: click.Context, older_than: float, as_json: bool) -> None:
     Example:
       bh-notebook prune --older-than 86400
     """
+    if older_than < MIN_PRUNE_AGE:
+        raise click.BadParameter(f"must be at least {MIN_PRUNE_AGE:g} seconds: younger commits may still be "
+                                 "needed by a notebook that is about to commit", param_hint="--older-than")
     with _store(ctx) as bh:
         r = bh.prune_log(retention_seconds=older_than)
         if as_json:

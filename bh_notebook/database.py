@@ -356,6 +356,7 @@ class BucketSQLite:
             if claimed.base is not None and position.isdigit():
                 shutil.copyfile(claimed.base, self._workdir / "base.db")
                 self._replica.position = int(position)
+                self._replica.learn_floor()  # the log may have been pruned past it meanwhile
             # else: saved by the snapshot layout; its first flush merges it with the log from the start
             self._resumed = claimed
             self.restored_from = f"unsaved work saved at {found.path}"

@@ -8,9 +8,9 @@ The rules, one per kind of table; each store declares its tables' rules (``merge
 registry of kinds, ``interfaces/registry.py``), and a table no registered store owns gets the rule for user tables:
 
 - Versioned tables (``"versioned"``: ``bh_arrays``, ``bh_frames``, ``bh_named_files``, ...): versions are
-  immutable and matched by their ``version_id`` (given at put; a version from before ids has a legacy id derived
-  from its name, number, blob and time, the same on every writer), never by number, so both sides' new versions
-  survive. Theirs were committed first and keep their numbers; ours that collide are renumbered to follow the
+  immutable and matched by their id (given at put and kept in the row's metadata; a version from before ids, or
+  put by an older writer, has a legacy id derived from its name, number, blob and time, the same on every
+  writer), never by number, so both sides' new versions survive. Theirs were committed first and keep their numbers; ours that collide are renumbered to follow the
   highest (their ids stay). A version either side deleted is deleted.
 - ``filestore`` (``"blobs"``): the union of both sides' blobs, less rows either side deleted (a blob is in the
   bucket before its row is anywhere, so a merged row never points at a missing object), except that a row an
@@ -42,7 +42,7 @@ from .interfaces.base import RETIRED_TABLE
 from .interfaces.files import CHUNKS_TABLE, referenced_keys
 from .interfaces.kv import migrate_kv_table
 from .interfaces.registry import merge_rules
-from .interfaces.versioned import VERSION_ID, legacy_version_id, migrate_versioned_table
+from .interfaces.versioned import version_id_of
 
 #: The rule of a table no registered store owns (a user's table): the side that changed it wins.
 OTHER_RULE = "other"
@@ -130,8 +130,6 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
                     conn.execute(f"INSERT INTO main.{_q(table)} SELECT * FROM theirs.{_q(table)}")
                     if table == "bh_kv":
                         migrate_kv_table(conn)
-                    if rules.get(table) == "versioned":  # an older writer's table: its versions get their ids
-                        migrate_versioned_table(conn, table)
                     report.taken += 1
                     continue
                 if table == "bh_kv":  # merged by column name: the other writer may be older, or buckethead
@@ -146,12 +144,7 @@ def merge_catalog(conn: sqlite3.Connection, base: Path | None, theirs: Path, *,
                     continue
                 cols = _columns(conn, "main", table)
                 rule = rules.get(table, OTHER_RULE)
-                theirs_cols = _columns(conn, "theirs", table)
-                if rule == "versioned":  # a side from before versions had ids lacks only that column
-                    cols_match = [c for c in cols if c != VERSION_ID] == [c for c in theirs_cols if c != VERSION_ID]
-                else:
-                    cols_match = cols == theirs_cols
-                if not cols_match:
+                if cols != _columns(conn, "theirs", table):
                     report.conflicts.append(f"table {table} has different columns on the two sides; kept ours")
                     continue
                 if table not in base_tables:
@@ -195,58 +188,63 @@ def _numbers_given(conn: sqlite3.Connection, tables: set[str], rules: dict[str, 
     return given
 
 
-def _version_id_sql(conn: sqlite3.Connection, schema: str, table: str, alias: str) -> str:
-    """SQL for the id of a version row ``alias`` of ``schema.table``: its ``version_id``, or for a row put before
-    versions had ids (a side without the column, or a row an older writer added) the legacy id every writer
-    derives alike (``versioned.legacy_version_id``, registered on the merge's connection)."""
-    legacy = (f"bh_legacy_version_id({_sql_text(table)}, {alias}.name, {alias}.version, {alias}.bh_key, "
-              f"{alias}.created_at)")
-    if VERSION_ID in _columns(conn, schema, table):
-        return f"coalesce({alias}.{VERSION_ID}, {legacy})"
-    return legacy
+class _Ids:
+    """The versions of one schema's versioned table, by name: {id: (rowid, number)}, read a name at a time."""
 
+    def __init__(self, conn: sqlite3.Connection, schema: str, table: str) -> None:
+        self._conn, self._schema, self._table = conn, schema, table
+        self._names: dict[str, dict[str, tuple[int, int]]] = {}
 
-def _sql_text(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    def of(self, name: str) -> dict[str, tuple[int, int]]:
+        found = self._names.get(name)
+        if found is None:
+            found = {version_id_of(self._table, name, version, bh_key, created_at, metadata): (rowid, version)
+                     for rowid, version, bh_key, created_at, metadata in self._conn.execute(
+                         f"SELECT rowid, version, bh_key, created_at, metadata FROM {self._schema}.{_q(self._table)} "
+                         "WHERE name = ?", (name,))}
+            self._names[name] = found
+        return found
+
+    def forget(self, name: str) -> None:
+        self._names.pop(name, None)
 
 
 def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], report: MergeReport, *,
                      ours_keep: dict[tuple[str, str], int] | None = None) -> None:
-    """Versions are matched by id, never by number: a version the other side deleted is deleted here, one it
-    added is added (moving ours when both used a number).
+    """Versions are matched by id (kept in their metadata; see ``versioned.split_metadata``), never by number: a
+    version the other side deleted is deleted here, one it added is added (moving ours when both used a number).
+
+    Only rows that differ between two sides are looked at by id (a row equal in name, number, blob, time and
+    metadata is the same version on both), so a merge costs what changed, not the size of the table.
 
     ``ours_keep`` (merging a branch): ours keeps every number it gave out, given as {(table, name): highest};
     a branch version at or below it moves past both sides' last."""
     t = _q(table)
-    conn.create_function("bh_legacy_version_id", 5, legacy_version_id, deterministic=True)
-    ids = {schema: _version_id_sql(conn, schema, table, alias)
-           for schema, alias in (("main", f"main.{t}"), ("base", "b"), ("theirs", "x"))}
-    their_ids = {"theirs": _version_id_sql(conn, "theirs", table, "y"), "base": _version_id_sql(conn, "base", table,
-                                                                                                 "y")}
-    # Theirs' deletions of versions in base: the version with that id goes, wherever its number is now.
-    deleted = conn.execute(
-        f"SELECT b.name, {ids['base']} FROM base.{t} b WHERE NOT EXISTS "
-        f"(SELECT 1 FROM theirs.{t} y WHERE y.name = b.name AND {their_ids['theirs']} = {ids['base']})").fetchall()
-    for name, vid in deleted:
-        cur = conn.execute(f"DELETE FROM main.{t} WHERE name = ? AND {ids['main']} = ?", (name, vid))
-        report.taken += cur.rowcount
-    # Our columns, as theirs has them; a side from before ids has none, and its rows get their legacy ids.
-    their_cols = set(_columns(conn, "theirs", table))
-    names = [c for c in cols if c in their_cols or c == VERSION_ID]
-    select = ", ".join(ids["theirs"] if c == VERSION_ID else f"x.{_q(c)}" for c in names)
-    col_list = ", ".join(_q(c) for c in names)
-    added = conn.execute(
-        f"SELECT {ids['theirs']}, {select} FROM theirs.{t} x WHERE NOT EXISTS "
-        f"(SELECT 1 FROM base.{t} y WHERE y.name = x.name AND {their_ids['base']} = {ids['theirs']})").fetchall()
-    for vid, *rest in added:
-        row = tuple(rest)
-        values = dict(zip(names, row))
-        if conn.execute(f"SELECT 1 FROM main.{t} WHERE name = ? AND {ids['main']} = ?",
-                        (values["name"], vid)).fetchone():
-            continue  # the same version on both sides
-        mine = conn.execute(f"SELECT 1 FROM main.{t} WHERE name = ? AND version = ?",
-                            (values["name"], values["version"])).fetchone()
-        taken_here = ours_keep is not None and values["version"] <= ours_keep.get((table, values["name"]), 0)
+    same = ("y.name = x.name AND y.version = x.version AND y.bh_key = x.bh_key AND y.created_at IS x.created_at "
+            "AND y.metadata IS x.metadata")
+    base, theirs, main = _Ids(conn, "base", table), _Ids(conn, "theirs", table), _Ids(conn, "main", table)
+    # Theirs' deletions of versions in base: the version with that id goes, wherever its number is here.
+    gone = conn.execute(f"SELECT x.name, x.version, x.bh_key, x.created_at, x.metadata FROM base.{t} x "
+                        f"WHERE NOT EXISTS (SELECT 1 FROM theirs.{t} y WHERE {same})").fetchall()
+    for name, version, bh_key, created_at, metadata in gone:
+        vid = version_id_of(table, name, version, bh_key, created_at, metadata)
+        if vid in theirs.of(name):
+            continue  # still there (its row changed, not its identity)
+        mine = main.of(name).get(vid)
+        if mine is not None:
+            conn.execute(f"DELETE FROM main.{t} WHERE rowid = ?", (mine[0],))
+            main.forget(name)
+            report.taken += 1
+    col_list = ", ".join(_q(c) for c in cols)
+    added = conn.execute(f"SELECT x.rowid, x.name, x.version, x.bh_key, x.created_at, x.metadata FROM theirs.{t} x "
+                         f"WHERE NOT EXISTS (SELECT 1 FROM base.{t} y WHERE {same}) ORDER BY x.rowid").fetchall()
+    for rowid, name, version, bh_key, created_at, metadata in added:
+        vid = version_id_of(table, name, version, bh_key, created_at, metadata)
+        if vid in base.of(name) or vid in main.of(name):
+            continue  # known to base already (its row changed), or the same version on both sides
+        row = conn.execute(f"SELECT {col_list} FROM theirs.{t} WHERE rowid = ?", (rowid,)).fetchone()
+        mine = conn.execute(f"SELECT 1 FROM main.{t} WHERE name = ? AND version = ?", (name, version)).fetchone()
+        taken_here = ours_keep is not None and version <= ours_keep.get((table, name), 0)
         if mine is not None or taken_here:
             # Both sides made version N: theirs committed first and keeps it; ours moves past both sides' last.
             # (Merging a branch, ours is the shared catalog and keeps it; the branch's version moves instead.)
@@ -254,15 +252,16 @@ def _merge_versioned(conn: sqlite3.Connection, table: str, cols: list[str], repo
                 f"SELECT max(v) FROM (SELECT max(version) AS v FROM main.{t} WHERE name = ? "
                 f"UNION ALL SELECT max(version) FROM theirs.{t} WHERE name = ? "
                 f"UNION ALL SELECT last FROM main.{RETIRED_TABLE} WHERE tbl = ? AND name = ?)",
-                (values["name"], values["name"], table, values["name"])).fetchone()[0]
+                (name, name, table, name)).fetchone()[0]
             if ours_keep is not None:
-                row = tuple(int(top) + 1 if c == "version" else v for c, v in zip(names, row))
-                report.renumbered.append(f"{values['name']}@{values['version']}->{int(top) + 1} (from the branch)")
+                row = tuple(int(top) + 1 if c == "version" else v for c, v in zip(cols, row))
+                report.renumbered.append(f"{name}@{version}->{int(top) + 1} (from the branch)")
             else:
                 conn.execute(f"UPDATE main.{t} SET version = ? WHERE name = ? AND version = ?",
-                             (int(top) + 1, values["name"], values["version"]))
-                report.renumbered.append(f"{values['name']}@{values['version']}->{int(top) + 1}")
-        conn.execute(f"INSERT INTO main.{t} ({col_list}) VALUES ({', '.join('?' for _ in names)})", row)
+                             (int(top) + 1, name, version))
+                report.renumbered.append(f"{name}@{version}->{int(top) + 1}")
+        conn.execute(f"INSERT INTO main.{t} ({col_list}) VALUES ({', '.join('?' for _ in cols)})", row)
+        main.forget(name)
         report.taken += 1
 
 

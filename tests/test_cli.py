@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from bh_notebook import BucketConfig, BucketSQLite
+from bh_notebook import cli as cli_module
 from bh_notebook.cli import main
 from bh_notebook.config import config_for
 from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY, S3Server
@@ -196,6 +197,8 @@ def test_prune_deletes_the_old_log_and_keeps_the_catalog(where: str, cli: Run,
             bh.kv[f"k{i}"] = str(i)
             bh.force_flush()
     assert "nothing to prune" in ok(cli("prune")).stdout  # all of it younger than a week
+    assert "at least 3600" in failed(cli("prune", "--older-than", "60"), 2)
+    monkeypatch.setattr(cli_module, "MIN_PRUNE_AGE", 0.0)  # (so the test need not wait an hour)
     report = as_json(cli("prune", "--older-than", "0", "--json"))
     assert report["floor"] >= 6 and report["commits"] >= 4 and report["checkpoints"] >= 2
     assert as_json(cli("kv", "get", "k9", "--json")) is not None

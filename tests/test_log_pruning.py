@@ -3,7 +3,10 @@ that slept through a pruning takes in the newest state instead of writing into t
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -83,7 +86,7 @@ def test_a_writer_that_slept_through_a_pruning_loses_nothing(config: BucketConfi
         commits, _ = _log_objects(config)
         assert asleep_at + 1 not in commits  # the sleeper's next position is gone
         assert sleeper._replica is not None
-        sleeper._replica.last_contact = 0.0  # it last heard from the log long ago
+        sleeper._replica.floor_checked = 0.0  # it last looked at the checkpoint long ago
         if how == "pull":
             report = sleeper.pull()
             assert report is not None
@@ -103,7 +106,7 @@ def test_a_writer_that_slept_through_a_pruning_loses_nothing(config: BucketConfi
 
 
 @pytest.mark.usefixtures("small_checkpoints")
-def test_a_quiet_reader_pulls_with_one_get_and_a_sleeper_looks_at_the_key(make_config: Callable[..., BucketConfig]
+def test_a_reader_pulls_with_one_get_and_looks_at_the_key_every_ten_minutes(make_config: Callable[..., BucketConfig]
                                                                           ) -> None:
     config = make_config("local")
     counting = CountingBucket(open_bucket(config))
@@ -114,10 +117,13 @@ def test_a_quiet_reader_pulls_with_one_get_and_a_sleeper_looks_at_the_key(make_c
         assert reader.pull() is None
         assert counting.calls == {"open_read": 1}  # just heard from the log: one GET
         assert reader._replica is not None
-        reader._replica.last_contact = 0.0
+        reader._replica.floor_checked = 0.0
         counting.reset()
         assert reader.pull() is None
-        assert counting.calls == {"open_read": 1, "head": 1}  # asleep: one HEAD of the key as well
+        assert counting.calls == {"open_read": 1, "head": 1}  # now and then: one HEAD of the key as well
+        counting.reset()
+        assert reader.pull() is None
+        assert counting.calls == {"open_read": 1}
 
 
 @pytest.mark.usefixtures("small_checkpoints")
@@ -144,3 +150,111 @@ def test_an_undo_past_the_kept_log_says_so(make_config: Callable[..., BucketConf
         w._replica.state_at(6, w._workdir / "six.db")  # after the floor: rebuilt
         with pytest.raises(SnapshotCorruptError, match="cannot be rebuilt"):
             w._replica.state_at(3, w._workdir / "three.db")
+
+
+def _damage(config: BucketConfig, key: str) -> None:
+    bucket = open_bucket(config)
+    bucket.put_bytes(b"not a checkpoint", key)
+
+
+@pytest.mark.usefixtures("small_checkpoints")
+def test_a_copy_written_back_from_before_the_pruning_is_taken_in_after_the_newest_state(
+        make_config: Callable[..., BucketConfig], tmp_path: Path) -> None:
+    """Another program read the key at checkpoint 5 and writes its copy back after pruning removed commits up to
+    15: the next start must take it in on top of the newest state, not rebuild from commit 1 and write commit 2
+    into the gap."""
+    config = make_config("local")
+    bucket = open_bucket(config)
+    with BucketSQLite(config, NO_TIMER) as busy:
+        _commit_kv(busy, range(5))  # checkpoint 5 at the key
+        copy = tmp_path / "copy.db"
+        bucket.download(config.key, copy)
+        _commit_kv(busy, range(5, 23))
+        busy.prune_log(retention_seconds=0)
+    conn = sqlite3.connect(copy)
+    conn.execute("INSERT INTO bh_kv (key, value, created_at, updated_at) VALUES ('theirs', 'x', 0, 0)")
+    conn.commit()
+    conn.close()
+    bucket.upload(copy, config.key)  # foreign: its bytes are no checkpoint's
+    with BucketSQLite(config, NO_TIMER) as next_one:
+        assert next_one.log_position > 23
+    commits, _ = _log_objects(config)
+    assert 2 not in commits  # nothing written into the gap
+    with BucketSQLite(config, NO_TIMER) as fresh:
+        keys = set(fresh.kv.keys())
+        assert {f"k{i}" for i in range(23)} | {"theirs"} <= keys
+
+
+@pytest.mark.usefixtures("small_checkpoints")
+def test_a_resumed_unsaved_catalog_from_before_the_pruning_loses_nothing(
+        make_config: Callable[..., BucketConfig], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bh_notebook.config import ENV_HOME
+
+    config = make_config("local")
+    first = BucketSQLite(config, NO_TIMER).start()
+    _commit_kv(first, range(2))
+    first.kv["unsaved"] = "kept on disk"
+    first._spool_unsaved(RuntimeError("endpoint down"))  # what stop() does when the final flush fails
+    first._flushed_fingerprint = first._fingerprint()
+    first._started = False
+    here = os.environ[ENV_HOME]
+    monkeypatch.setenv(ENV_HOME, str(tmp_path / "teammate"))  # a teammate commits and prunes meanwhile
+    with BucketSQLite(config, NO_TIMER) as busy:
+        _commit_kv(busy, range(2, 25))
+        busy.prune_log(retention_seconds=0)
+    _damage(config, config.key)  # and the copy at the key cannot tell the resumed writer where the log is
+    monkeypatch.setenv(ENV_HOME, here)
+    with BucketSQLite(config, NO_TIMER) as resumed:
+        assert "unsaved work" in (resumed.restored_from or "")
+        resumed.force_flush()
+    assert 3 not in _log_objects(config)[0]
+    with BucketSQLite(config, NO_TIMER) as fresh:
+        assert fresh.kv["unsaved"] == "kept on disk" and fresh.kv["k24"] == "24"
+
+
+@pytest.mark.usefixtures("small_checkpoints")
+def test_a_reader_whose_rebuild_fails_keeps_a_sound_state_and_refuses_to_commit(
+        make_config: Callable[..., BucketConfig]) -> None:
+    """The log ends below the checkpoint at the key (a commit deleted under a racing reader) and no checkpoint
+    after the reader's position reads: the reader keeps the commits it could read, and its next commit is refused
+    rather than written into the gap; its changes stay in memory."""
+    config = make_config("local")
+    reader = BucketSQLite(config, NO_TIMER).start()
+    with BucketSQLite(config, NO_TIMER) as busy:
+        _commit_kv(busy, range(6))
+        reader.pull()  # at 6
+        _commit_kv(busy, range(6, 22))  # checkpoints 1, 5, 10, 15, 20
+        log = CommitLog(open_bucket(config), config.key)
+        open_bucket(config).delete(log.commit_key(10))
+        for pos, key in log.checkpoints():
+            if pos >= 10:
+                _damage(config, key)
+        assert reader._replica is not None
+        reader._replica.floor_checked = 0.0
+        reader.pull()
+        assert reader.log_position == 9
+        base = reader._workdir / "base.db"  # type: ignore[operator]
+        conn = sqlite3.connect(base)
+        assert conn.execute("SELECT count(*) FROM bh_kv").fetchone()[0] == 9
+        conn.close()
+        reader.kv["mine"] = "waiting"
+        with pytest.raises(SnapshotCorruptError, match="no checkpoint after position 9 could be read"):
+            reader.force_flush()
+        assert reader.kv["mine"] == "waiting"
+        assert 10 not in _log_objects(config)[0]
+    with pytest.raises(SnapshotCorruptError):  # its last flush fails the same way; the work is kept on disk
+        reader.stop()
+    assert reader.unsaved_at is not None and reader.unsaved_at.exists()
+
+
+@pytest.mark.usefixtures("small_checkpoints")
+def test_pruning_keeps_the_catalog_commit_1_stands_for(make_config: Callable[..., BucketConfig]) -> None:
+    config = make_config("local")
+    with BucketSQLite(config, NO_TIMER) as w:
+        _commit_kv(w, range(12))
+        log = CommitLog(open_bucket(config), config.key)
+        firsts = [k for k in log.bucket.list_keys(log.log_prefix) if k[len(log.log_prefix):].startswith(f"{1:020d}")]
+        w.prune_log(retention_seconds=0)
+        assert [k for k in firsts if log.bucket.exists(k)] == firsts
+        assert w._replica is not None and w._workdir is not None
+        w._replica.state_at(1, w._workdir / "one.db")

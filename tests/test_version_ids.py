@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig
+from bh_notebook.errors import ValueTypeError
 from bh_notebook.interfaces.versioned import legacy_version_id
 from bh_notebook.storage import open_bucket
 from bh_notebook.storage.snapshot import backup_to_file
@@ -64,7 +65,7 @@ def test_a_deleted_version_is_matched_by_id_not_by_number(config: BucketConfig) 
 
 
 def _legacy_catalog(tmp_path: Path) -> Path:
-    """A catalog made before versions had ids: no version_id column (the snapshot layout, one file)."""
+    """A catalog made before versions had ids: none in the rows' metadata (the snapshot layout, one file)."""
     scratch = BucketConfig.for_local(tmp_path / "scratch")
     with BucketSQLite(scratch, NO_TIMER) as bh:
         bh.arrays.put("old", np.arange(4))
@@ -73,8 +74,8 @@ def _legacy_catalog(tmp_path: Path) -> Path:
         path = tmp_path / "legacy.db"
         backup_to_file(bh.connection, path)
     conn = sqlite3.connect(path)
-    for table in ("bh_arrays", "bh_frames", "bh_named_files"):
-        conn.execute(f"ALTER TABLE {table} DROP COLUMN version_id")
+    for table in ("bh_arrays", "bh_frames", "bh_named_files"):  # no id in the metadata, as before ids
+        conn.execute(f"UPDATE {table} SET metadata = NULL")
     conn.commit()
     conn.close()
     return path
@@ -124,9 +125,9 @@ def test_versions_from_before_ids_get_the_same_id_on_every_writer(config: Bucket
 
 def test_an_older_writer_that_rewrote_the_key_is_merged_by_id(make_config: Callable[..., BucketConfig],
                                                              tmp_path: Path) -> None:
-    """A program from before ids rewrites the key with a version of its own: it keeps the column it does not
-    know, and leaves it empty for its own row. That version is taken in with its legacy id, the others keep
-    theirs, nothing is doubled."""
+    """A program from before ids rewrites the key with a version of its own: it copies the others' metadata
+    (ids included) as it is, and its own row has none. That version is taken in with its legacy id, the others
+    keep theirs, nothing is doubled."""
     config = make_config("local")
     with BucketSQLite(config, NO_TIMER) as bh:
         first = bh.arrays.put("m", np.arange(2))
@@ -134,7 +135,7 @@ def test_an_older_writer_that_rewrote_the_key_is_merged_by_id(make_config: Calla
     open_bucket(config).download(config.key, rewritten)
     conn = sqlite3.connect(rewritten)
     conn.execute("INSERT INTO bh_arrays (name, version, bh_key, nbytes, created_at, metadata, shape, dtype, descr, "
-                 "fortran_order, header) SELECT name, 2, bh_key, nbytes, 12345.0, metadata, shape, dtype, descr, "
+                 "fortran_order, header) SELECT name, 2, bh_key, nbytes, 12345.0, NULL, shape, dtype, descr, "
                  "fortran_order, header FROM bh_arrays WHERE version = 1")
     conn.commit()
     conn.close()
@@ -146,3 +147,17 @@ def test_an_older_writer_that_rewrote_the_key_is_merged_by_id(make_config: Calla
         assert bh.last_merge is not None and not bh.last_merge.conflicts and not bh.last_merge.renumbered
     with BucketSQLite(config, NO_TIMER) as fresh:
         assert _ids(fresh, "m") == ids
+
+
+def test_ids_live_in_the_metadata_and_stay_out_of_the_users(config: BucketConfig) -> None:
+    """No column is added to any table (an older writer merging the catalog keeps every version), and the
+    metadata a user sees and sets is theirs alone."""
+    with BucketSQLite(config, NO_TIMER) as bh:
+        v = bh.arrays.put("a", np.arange(2), metadata={"note": "n"})
+        assert v.metadata == {"note": "n"} and bh.arrays.info("a").metadata == {"note": "n"}
+        cols = [r[1] for r in bh.connection.execute("PRAGMA table_info(bh_arrays)")]
+        assert cols == ["name", "version", "bh_key", "nbytes", "created_at", "metadata", "shape", "dtype", "descr",
+                        "fortran_order", "header"]
+        with pytest.raises(ValueTypeError, match="'bh:' are bh_notebook's own"):
+            bh.arrays.put("a", np.arange(3), metadata={"bh:id": "mine"})
+        assert [x.version for x in bh.arrays.history("a")] == [1]

@@ -12,7 +12,6 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ..connection import quote_ident
 from ..errors import NotFound, ValueTypeError
 from .base import RETIRED_TABLE, Entry, Interface, check_name, check_version
 from .files import FileStore
@@ -27,9 +26,10 @@ V = TypeVar("V")
 
 #: Columns every versioned table has, in this order, before the subclass's own.
 COMMON_COLUMNS = ("name", "version", "bh_key", "nbytes", "created_at", "metadata")
-#: The column that names a version for good, after the subclass's own (where ``ALTER TABLE`` puts it in a catalog
-#: made before it existed, so new and migrated tables have the same columns in the same order).
-VERSION_ID = "version_id"
+#: The key of a version's id inside its ``metadata`` JSON (hidden from ``info().metadata``). Kept there rather than
+#: in a column of its own so that the tables' schema does not change: an older writer carries the id along with
+#: the metadata it copies, merges and renumbers, never knowing it is there.
+ID_KEY = "bh:id"
 
 
 def new_version_id() -> str:
@@ -39,27 +39,33 @@ def new_version_id() -> str:
 
 
 def legacy_version_id(table: str, name: str, version: int, bh_key: str, created_at: float) -> str:
-    """The id of a version put before versions had ids: derived from what identified it then, so every writer
-    that migrates the same row independently gives it the same id ("l" and 31 hex digits)."""
+    """The id of a version put before versions had ids (or by an older writer): derived from what identified it
+    then, so every writer gives the same row the same id ("l" and 31 hex digits)."""
     text = json.dumps([table, name, version, bh_key, created_at])
     return "l" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:31]
 
 
-def migrate_versioned_table(conn: sqlite3.Connection, table: str, schema: str = "main") -> None:
-    """Give a versioned table made before versions had ids its ``version_id`` column, and every row without one
-    (put since by an older writer) its legacy id. Idempotent; the caller commits."""
-    t = quote_ident(table)
-    cols = [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({t})")]
-    if not cols:
-        return
-    if VERSION_ID not in cols:
-        conn.execute(f"ALTER TABLE {schema}.{t} ADD COLUMN {VERSION_ID} TEXT")
-    rows = conn.execute(f"SELECT rowid, name, version, bh_key, created_at FROM {schema}.{t} "
-                        f"WHERE {VERSION_ID} IS NULL").fetchall()
-    if rows:
-        conn.executemany(f"UPDATE {schema}.{t} SET {VERSION_ID} = ? WHERE rowid = ?",
-                         [(legacy_version_id(table, n, v, k, c), rowid) for rowid, n, v, k, c in rows])
+def split_metadata(table: str, name: str, version: int, bh_key: str, created_at: float,
+                   metadata: str | None) -> tuple[str, dict[str, str]]:
+    """(the version's id, the user's metadata) from a row's ``metadata`` column."""
+    found: dict[str, Any] = {}
+    if metadata:
+        try:
+            loaded = json.loads(metadata)
+        except ValueError:
+            loaded = None
+        if isinstance(loaded, dict):
+            found = loaded
+    vid = found.pop(ID_KEY, None)
+    if not isinstance(vid, str) or not vid:
+        vid = legacy_version_id(table, name, version, bh_key, created_at)
+    return vid, found
 
+
+def version_id_of(table: str, name: str, version: int, bh_key: str, created_at: float,
+                  metadata: str | None) -> str:
+    """The id of a version row (see ``split_metadata``)."""
+    return split_metadata(table, name, version, bh_key, created_at, metadata)[0]
 
 
 def check_metadata(metadata: object) -> dict[str, str]:
@@ -69,6 +75,10 @@ def check_metadata(metadata: object) -> dict[str, str]:
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                   for k, v in metadata.items()):
         raise ValueTypeError("metadata must be a dict of str to str, e.g. {'note': 'cleaned', 'source': 'crm'}")
+    reserved = sorted(k for k in metadata if k.startswith("bh:"))
+    if reserved:
+        raise ValueTypeError(f"metadata keys starting with 'bh:' are bh_notebook's own ({', '.join(reserved)}); "
+                             "use another name")
     return dict(metadata)
 
 
@@ -139,9 +149,8 @@ class VersionedStore(Interface, Generic[V]):
         self._conn.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             " name TEXT NOT NULL, version INTEGER NOT NULL, bh_key TEXT NOT NULL, nbytes INTEGER NOT NULL,"
-            f" created_at REAL NOT NULL, metadata TEXT{extra}, {VERSION_ID} TEXT, PRIMARY KEY (name, version))"
+            f" created_at REAL NOT NULL, metadata TEXT{extra}, PRIMARY KEY (name, version))"
         )
-        migrate_versioned_table(self._conn, self.table)
         self._conn.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_bh_key ON {self.table} (bh_key)")
         self._conn.execute(f"CREATE TABLE IF NOT EXISTS {RETIRED_TABLE} (tbl TEXT NOT NULL, name TEXT NOT NULL, "
                            "last INTEGER NOT NULL, PRIMARY KEY (tbl, name))")
@@ -156,7 +165,7 @@ class VersionedStore(Interface, Generic[V]):
 
     @property
     def _columns(self) -> list[str]:
-        return [*COMMON_COLUMNS, *(c for c, _ in self.extra_columns), VERSION_ID]
+        return [*COMMON_COLUMNS, *(c for c, _ in self.extra_columns)]
 
     def _select(self, where: str, params: Sequence[Any], order: str = "") -> list[dict[str, Any]]:
         cols = self._columns
@@ -164,11 +173,12 @@ class VersionedStore(Interface, Generic[V]):
         return [self._with_id(dict(zip(cols, row))) for row in cur.fetchall()]
 
     def _with_id(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A row an older writer added since this catalog was migrated has no id yet: its legacy id, as every
-        merge and the next start give it."""
-        if not row.get(VERSION_ID):
-            row[VERSION_ID] = legacy_version_id(self.table, row["name"], row["version"], row["bh_key"],
-                                                row["created_at"])
+        """The row with its ``version_id`` taken out of its metadata, which keeps the user's part only (a row
+        put before ids, or by an older writer, gets its legacy id, as every merge gives it)."""
+        vid, user = split_metadata(self.table, row["name"], row["version"], row["bh_key"], row["created_at"],
+                                   row["metadata"])
+        row["version_id"] = vid
+        row["metadata"] = json.dumps(user, sort_keys=True) if user else None
         return row
 
     def _row(self, name: str, version: int | None) -> dict[str, Any]:
@@ -212,15 +222,16 @@ class VersionedStore(Interface, Generic[V]):
                 f"UNION ALL SELECT last FROM {RETIRED_TABLE} WHERE tbl = ? AND name = ?)",
                 (name, self.table, name)).fetchone()
             version = int(row[0] or 0) + 1
+            vid = new_version_id()
             values = {"name": name, "version": version, "bh_key": bh_key, "nbytes": nbytes,
-                      "created_at": time.time(), "metadata": json.dumps(metadata, sort_keys=True) if metadata else None,
-                      VERSION_ID: new_version_id(), **extra}
+                      "created_at": time.time(), "metadata": json.dumps({**metadata, ID_KEY: vid}, sort_keys=True),
+                      **extra}
             self._conn.execute(
                 f"INSERT INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
                 [values[c] for c in cols],
             )
             if also is not None:
-                also(values[VERSION_ID])
+                also(vid)
         return version
 
     def _add_version(self, name: str, bh_key: str, nbytes: int, metadata: dict[str, str],

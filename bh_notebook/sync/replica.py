@@ -53,6 +53,8 @@ DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
 #: after its position may have been pruned while it slept). Far below the retention, so a clock that is hours
 #: off changes nothing.
 STALE_SECONDS = 600.0
+#: At most this many objects are deleted by the pruning after one checkpoint (a flush waits for it).
+PRUNE_LIMIT = 1000
 
 
 @dataclass
@@ -184,6 +186,8 @@ class Replica:
         #: When this process last heard from the log (``time.time()``): a reader quiet for longer than
         #: ``STALE_SECONDS`` looks at ``<key>`` before it believes a 404 means "nothing new".
         self.last_contact = 0.0
+        #: When ``known_floor`` was last brought up to date from the bucket (``learn_floor``).
+        self.floor_checked = 0.0
         #: SHA-256 of every foreign ``<key>`` (one written by another program) already taken in as a commit.
         self.taken_in: set[str] = set()
         #: Etags of copies at ``<key>`` already looked at and found damaged or taken in (replaced at the next
@@ -260,12 +264,17 @@ class Replica:
                 start.replace(self.base)
                 self.position = position
                 self._know(info.etag, position)
+                self.floor_checked = time.time()
                 have_base = True
             elif start.exists():
                 foreign = (start, sha, info.etag)
                 have_base = self._start_from_checkpoint(position)
             else:
                 have_base = self._start_from_checkpoint(None)
+        if not have_base or self.floor_checked == 0.0:
+            self._floor_from_listing()
+            if have_base and self.position < self.known_floor:
+                have_base = self._start_from_checkpoint(None)  # the one it recorded is older than the pruning
         arrival = self.fetch(have_base)
         replayed = 0
         if arrival is not None:
@@ -307,6 +316,13 @@ class Replica:
             self.known_floor = max(self.known_floor, pos)
             return pos
         return None
+
+    def _floor_from_listing(self) -> None:
+        """``known_floor`` from the checkpoints listed (one LIST), when ``<key>`` cannot tell it."""
+        listed = self.log.checkpoints()
+        if listed:
+            self.known_floor = max(self.known_floor, listed[0][0])
+        self.floor_checked = time.time()
 
     def _start_from_checkpoint(self, position: int | None) -> bool:
         """Start from the checkpoint at ``position`` (None: the newest one that reads); False when none does."""
@@ -366,12 +382,10 @@ class Replica:
         One GET (a 404) when nothing is new: then None. ``base.db`` and ``position`` are left alone; the caller
         merges the head into its catalog and then calls ``accept``."""
         n = self.position + 1
-        quiet_for = time.time() - self.last_contact
         data = self.log.get_commit(n)
         self.last_contact = time.time()
         if data is None:
-            if self.position >= self.known_floor and quiet_for > STALE_SECONDS and self.position > 0:
-                self.key_position()  # asleep for a while: were the commits after ours pruned meanwhile?
+            self._check_floor_now_and_then()
             if self.position < self.known_floor:
                 return self._from_checkpoint()
             return None
@@ -383,15 +397,31 @@ class Replica:
             head.unlink(missing_ok=True)
             sqlite3.connect(head).close()
         arrival = self._replay(Arrival(head, self.position, []), data, None)
+        self._check_floor_now_and_then()
         if arrival.position < self.known_floor:  # the log ends below a checkpoint: we read into a pruned stretch
             return self._from_checkpoint() or arrival
         return arrival
+
+    def _check_floor_now_and_then(self) -> None:
+        """A log that ended with a 404: every ``STALE_SECONDS``, make sure it did not end in a stretch pruned
+        meanwhile (one HEAD of ``<key>``), so a reader that only pulls is never stuck below the others."""
+        if time.time() - self.floor_checked > STALE_SECONDS:
+            self.learn_floor()
+
+    def learn_floor(self) -> int:
+        """Bring ``known_floor`` up to date: the position of the genuine checkpoint at ``<key>`` (one HEAD), or,
+        when ``<key>`` is missing, damaged or written by another program, the newest checkpoint listed (one LIST;
+        one that does not read counts too: pruning never goes above it). Returns the floor."""
+        if self.key_position() is None:
+            self._floor_from_listing()
+        self.floor_checked = time.time()
+        return self.known_floor
 
     def _from_checkpoint(self) -> Arrival | None:
         """The head built from the newest checkpoint and the commits after it, for a reader whose next commits
         were pruned: taken in by a three-way merge against the state it holds (``changes`` is None), never by
         writing into the hole the pruned commits left. None when no checkpoint newer than ours reads."""
-        head = self.workdir / "head.db"
+        head = self.workdir / "rebuilt.db"  # not head.db: a failed rebuild leaves what the caller holds alone
         found = self._checkpoint_file(None, head)
         if found is None or found <= self.position:
             head.unlink(missing_ok=True)
@@ -680,14 +710,15 @@ class Replica:
     def _prune_quietly(self) -> None:
         assert self.retention_seconds is not None
         try:
-            report = self.prune(retention_seconds=self.retention_seconds)
+            report = self.prune(retention_seconds=self.retention_seconds, limit=PRUNE_LIMIT)
         except BhError as exc:  # pruning only saves space; the next checkpoint tries again
             log.warning("bh_notebook: pruning the commit log of %r failed (%s)", self.key, exc)
             return
         if report.nbytes:
             log.info("bh_notebook: %s", report)
 
-    def prune(self, *, retention_seconds: float = DEFAULT_RETENTION_SECONDS, keep_checkpoints: int = 2) -> PruneReport:
+    def prune(self, *, retention_seconds: float = DEFAULT_RETENTION_SECONDS, keep_checkpoints: int = 2,
+              limit: int | None = None) -> PruneReport:
         """Delete what no reader can still need: commits, whole-catalog states and checkpoints at or below the
         *floor*, the oldest of the ``keep_checkpoints`` newest checkpoints (never above the one ``<key>`` holds),
         and only those older than ``retention_seconds`` by the bucket's clock.
@@ -727,13 +758,16 @@ class Replica:
             head = name[:20]
             if not head.isdigit() or int(head) > floor or not old(info):
                 continue
+            if int(head) == 1:
+                continue  # commit 1 names the log (and the catalog it stands for, when it stands for one)
             if name == head:
-                if int(head) > 1:  # commit 1 names the log
-                    doomed.append(("commits", info.size, info.key))
+                doomed.append(("commits", info.size, info.key))
             elif name.endswith(".db"):
                 doomed.append(("states", info.size, info.key))
-        # Newest first: a reader racing with us meets the gap at its top, below a checkpoint it can see.
-        for kind, size, key in sorted(doomed, key=lambda d: d[2], reverse=True):
+        # Oldest first, at most ``limit``: a long log is pruned over several checkpoints, a little at a time. A
+        # reader racing with us may stop early in the stretch; it finds the floor above it and starts again
+        # from the newest checkpoint (``fetch``).
+        for kind, size, key in sorted(doomed, key=lambda d: d[2])[:limit]:
             self.bucket.delete(key)
             setattr(report, kind, getattr(report, kind) + 1)
             report.nbytes += size
