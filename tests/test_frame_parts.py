@@ -119,7 +119,7 @@ def test_a_mismatched_append_says_what_differs_and_stores_nothing(config: Bucket
                 kind=pd.Categorical(["a"] * 5, categories=["a", "b", "c", "d"])),
             "in another order": _batch(10, 5)[["value", "id", "label", "kind", "at", "count", "flag"]],
             "RangeIndex and the other is not": _batch(10, 5).set_index("label"),
-            "do not follow the stored ones": _batch(10, 5).set_axis(range(100, 105)),
+            "is named 'n' here but None": _batch(10, 5).set_axis(pd.RangeIndex(100, 105, name="n")),
             "a arrow frame": pa.Table.from_pandas(_batch(10, 5), preserve_index=False),
         }
         for says, df in wrong.items():
@@ -137,6 +137,15 @@ def test_index_labels_follow_pandas(config: BucketConfig) -> None:
         bh.frames.append("numbered", pd.DataFrame({"v": [3.0]}, index=pd.RangeIndex(12, 13, name="n")))
         pd.testing.assert_frame_equal(bh.frames.get("numbered"), pd.DataFrame(
             {"v": [1.0, 2.0, 3.0]}, index=pd.RangeIndex(10, 13, name="n")))
+        jump = pd.DataFrame({"v": [4.0, 5.0]}, index=pd.RangeIndex(100, 104, 2, name="n"))
+        bh.frames.append("numbered", jump)  # labels that do not go on: kept, as pd.concat keeps them
+        expected = pd.concat([bh.frames.get("numbered", 2), jump])
+        assert list(expected.index) == [10, 11, 12, 100, 102]
+        pd.testing.assert_frame_equal(bh.frames.get("numbered"), expected)
+        pd.testing.assert_frame_equal(bh.frames.get("numbered", rows=slice(2, 4)), expected.iloc[2:4])
+        pd.testing.assert_frame_equal(bh.frames.head("numbered", 2), expected.head(2))
+        assert bh.frames.compact("numbered").parts == 2  # only neighbours whose labels go on are joined
+        pd.testing.assert_frame_equal(bh.frames.get("numbered"), expected)
         by_time = pd.DataFrame({"v": [1.0, 2.0]}, index=pd.date_range("2024-01-01", periods=2, freq="D", name="t"))
         more = pd.DataFrame({"v": [3.0]}, index=pd.date_range("2024-01-03", periods=1, freq="D", name="t"))
         bh.frames.put("ts", by_time)
@@ -282,7 +291,8 @@ def test_check_reports_parts_that_do_not_add_up(make_config: Callable[..., Bucke
         assert bh.check().ok
         with bh.connection as conn:
             conn.execute(f"UPDATE {PARTS_TABLE} SET n_rows = 4 WHERE version_id = ? AND part = 1", (v.version_id,))
-            conn.execute(f"INSERT INTO {PARTS_TABLE} SELECT 'gone', part, bh_key, n_rows, nbytes FROM {PARTS_TABLE} "
+            conn.execute(f"INSERT INTO {PARTS_TABLE} SELECT 'gone', part, bh_key, n_rows, nbytes, range_start, "
+                         f"range_step FROM {PARTS_TABLE} "
                          "WHERE version_id = ?", (v.version_id,))
         problems = bh.check().inconsistent_rows
         assert any("holds 15 rows but its parts add up to 14" in p for p in problems)

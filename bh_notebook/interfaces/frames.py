@@ -11,6 +11,7 @@ GETs; a whole ``get`` downloads once and checks the SHA-256. Every step is linea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from dataclasses import dataclass, field
@@ -68,6 +69,15 @@ class FramePart:
     bh_key: str
     n_rows: int
     nbytes: int
+    #: The part's row labels when they are a RangeIndex: its first label and step (None: stored as columns).
+    range_start: int | None = None
+    range_step: int | None = None
+
+    def continues(self, before: FramePart) -> bool:
+        """Whether this part's RangeIndex labels go on exactly where ``before``'s end."""
+        return (self.range_start is not None and before.range_start is not None and
+                self.range_step == before.range_step and
+                self.range_start == before.range_start + before.n_rows * int(before.range_step or 1))
 
 
 @dataclass(frozen=True)
@@ -151,7 +161,8 @@ class FrameStore(VersionedStore[FrameVersion]):
         super()._init_schema()
         self._conn.execute(f"CREATE TABLE IF NOT EXISTS {PARTS_TABLE} (version_id TEXT NOT NULL, "
                            "part INTEGER NOT NULL, bh_key TEXT NOT NULL, n_rows INTEGER NOT NULL, "
-                           "nbytes INTEGER NOT NULL, PRIMARY KEY (version_id, part))")
+                           "nbytes INTEGER NOT NULL, range_start INTEGER, range_step INTEGER, "
+                           "PRIMARY KEY (version_id, part))")
         self._conn.execute(f"CREATE INDEX IF NOT EXISTS {PARTS_TABLE}_bh_key ON {PARTS_TABLE} (bh_key)")
         self._conn.commit()
 
@@ -188,11 +199,11 @@ class FrameStore(VersionedStore[FrameVersion]):
         return self._parts(self.info(name, version))
 
     def _parts(self, info: FrameVersion) -> list[FramePart]:
-        rows = self._conn.execute(f"SELECT bh_key, n_rows, nbytes FROM {PARTS_TABLE} WHERE version_id = ? "
-                                  "ORDER BY part", (info.version_id,)).fetchall()
+        rows = self._conn.execute(f"SELECT bh_key, n_rows, nbytes, range_start, range_step FROM {PARTS_TABLE} "
+                                  "WHERE version_id = ? ORDER BY part", (info.version_id,)).fetchall()
         if not rows:
             return [FramePart(info.bh_key, info.n_rows, info.nbytes)]
-        return [FramePart(k, int(n), int(b)) for k, n, b in rows]
+        return [FramePart(k, int(n), int(b), a, st) for k, n, b, a, st in rows]
 
     def _delete_related(self, rows: list[dict[str, Any]]) -> set[str]:
         keys: set[str] = set()
@@ -238,7 +249,10 @@ class FrameStore(VersionedStore[FrameVersion]):
                                  "the column to a supported type first") from None
         bh_key = blob.bh_key
         assert bh_key is not None
-        return FramePart(bh_key, table.num_rows, blob.tell()), max(1, -(-table.num_rows // row_group_size))
+        spec = _range_spec(table.schema.metadata)
+        return (FramePart(bh_key, table.num_rows, blob.tell(), None if spec is None else int(spec["start"]),
+                          None if spec is None else int(spec["step"])),
+                max(1, -(-table.num_rows // row_group_size)))
 
     def append(self, name: str, df: Any, *, metadata: dict[str, str] | None = None,
                progress: ProgressCallback | None = None) -> FrameVersion:
@@ -263,9 +277,13 @@ class FrameStore(VersionedStore[FrameVersion]):
         parts = self._parts(latest)
         stored = self._part_schema(parts[0])
         _check_appendable(latest, stored, _read_back_schema(prepared.table))
+        spec = _range_spec(stored.metadata)
+        if len(parts) == 1 and spec is not None:  # a version put whole: its labels, from its footer
+            parts = [dataclasses.replace(parts[0], range_start=int(spec["start"]), range_step=int(spec["step"]))]
+        table = _continue_labels(stored.metadata, prepared.table, latest.n_rows)
         for part in parts:  # the new version relies on them: present, and fresh enough to outlive our commit
             self._files.rely(part.bh_key, entry=("frame", name))
-        new, row_groups = self._write_part(name, prepared.table, progress)
+        new, row_groups = self._write_part(name, table, progress)
         return self._add_parts(name, [*parts, new], meta if metadata is not None else latest.metadata, {
             "columns": json.dumps(latest.columns), "dtypes": json.dumps(latest.dtypes),
             "index_names": json.dumps(latest.index), "row_groups": latest.row_groups + row_groups})
@@ -283,7 +301,8 @@ class FrameStore(VersionedStore[FrameVersion]):
         parts = self._parts(latest)
         groups: list[list[FramePart]] = []
         for part in parts:
-            if groups and sum(p.nbytes for p in groups[-1]) + part.nbytes <= part_bytes:
+            joins = part.range_start is None or part.continues(groups[-1][-1]) if groups else False
+            if groups and joins and sum(p.nbytes for p in groups[-1]) + part.nbytes <= part_bytes:
                 groups[-1].append(part)
             else:
                 groups.append([part])
@@ -322,8 +341,10 @@ class FrameStore(VersionedStore[FrameVersion]):
 
         def add_parts(version_id: str) -> None:
             self._conn.executemany(
-                f"INSERT INTO {PARTS_TABLE} (version_id, part, bh_key, n_rows, nbytes) VALUES (?, ?, ?, ?, ?)",
-                [(version_id, i, p.bh_key, p.n_rows, p.nbytes) for i, p in enumerate(parts)])
+                f"INSERT INTO {PARTS_TABLE} (version_id, part, bh_key, n_rows, nbytes, range_start, range_step) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(version_id, i, p.bh_key, p.n_rows, p.nbytes, p.range_start, p.range_step)
+                 for i, p in enumerate(parts)])
 
         latest = self._latest(name)
         if latest is not None and latest["bh_key"] == manifest_key:
@@ -420,7 +441,7 @@ class FrameStore(VersionedStore[FrameVersion]):
                 return _convert(table, to, _Rows(table.num_rows))
             pa, _, _ = _import_arrow()
             tables = self._read_parts_whole(parts, progress)
-            meta = _version_metadata(tables[0].schema.metadata, info.n_rows)
+            meta = _version_metadata(tables[0].schema.metadata, parts)
             table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
             del tables
             return _convert(table.replace_schema_metadata(meta), to, _Rows(table.num_rows))
@@ -482,7 +503,7 @@ class FrameStore(VersionedStore[FrameVersion]):
             if dictionary is None:
                 dictionary = _object_string_columns(schema)
             if metadata is None:
-                metadata = schema.metadata if len(parts) == 1 else _version_metadata(schema.metadata, total)
+                metadata = schema.metadata if len(parts) == 1 else _version_metadata(schema.metadata, parts)
             tables.append(table.replace_schema_metadata(None))
             positions.append(found + start)
             start = stop
@@ -900,10 +921,40 @@ def _part_metadata(metadata: dict[bytes, bytes] | None, n_rows: int) -> dict[byt
     return {**metadata, b"pandas": json.dumps(pandas_meta).encode()}
 
 
-def _version_metadata(metadata: dict[bytes, bytes] | None, n_rows: int) -> dict[bytes, bytes] | None:
-    """The metadata that describes a version of several parts: the first part's, with its RangeIndex counting
-    on over all ``n_rows`` rows (a ``freq`` is kept where the labels still fit it, as ``pd.concat`` keeps it)."""
-    return _part_metadata(metadata, n_rows)
+def _range_spec(metadata: dict[bytes, bytes] | None) -> dict[str, Any] | None:
+    if not metadata or b"pandas" not in metadata:
+        return None
+    return _pandas_range(json.loads(metadata[b"pandas"]))
+
+
+def _version_metadata(metadata: dict[bytes, bytes] | None, parts: list[FramePart]) -> dict[bytes, bytes] | None:
+    """The metadata that describes a version of several parts: the first part's, with the row labels of them all
+    (as ``pd.concat`` of the parts gives them: one RangeIndex when each part's goes on where the last ended,
+    else the parts' labels one after the other, in ``part_ranges``; a ``freq`` is kept where the labels still
+    fit it)."""
+    n_rows = sum(p.n_rows for p in parts)
+    if all(b.continues(a) for a, b in zip(parts, parts[1:])) or parts[0].range_start is None:
+        return _part_metadata(metadata, n_rows)
+    assert metadata is not None
+    ours = json.loads(metadata.get(_META_KEY, b"{}"))
+    ours["part_ranges"] = [[p.range_start, p.n_rows, p.range_step] for p in parts]
+    return {**(_part_metadata(metadata, n_rows) or {}), _META_KEY: json.dumps(ours).encode()}
+
+
+def _continue_labels(stored: dict[bytes, bytes] | None, table: pa.Table, n_rows: int) -> pa.Table:
+    """New rows with a default RangeIndex (0, 1, ... unnamed) appended after ``n_rows`` rows whose labels are a
+    RangeIndex: their labels go on from the stored ones (the part's metadata says so; no data changes)."""
+    old, new = _range_spec(stored), _range_spec(table.schema.metadata)
+    if old is None or new is None or (new["start"], new["step"], new.get("name")) != (0, 1, None):
+        return table
+    follows = int(old["start"]) + n_rows * int(old["step"])
+    pandas_meta = json.loads(table.schema.metadata[b"pandas"])
+    spec = _pandas_range(pandas_meta)
+    assert spec is not None
+    spec["start"], spec["step"] = follows, int(old["step"])
+    spec["stop"] = follows + table.num_rows * int(old["step"])
+    spec["name"] = old.get("name")
+    return table.replace_schema_metadata({**table.schema.metadata, b"pandas": json.dumps(pandas_meta).encode()})
 
 
 def _read_back_schema(table: pa.Table) -> pa.Schema:
@@ -933,17 +984,10 @@ def _check_appendable(latest: FrameVersion, stored: pa.Schema, new: pa.Schema) -
         problems.append("one index is a RangeIndex and the other is not (use df.reset_index(drop=True), or give "
                         "both the same index columns)")
     elif old_range is not None and new_range is not None:
-        step = int(old_range["step"])
-        follows = int(old_range["start"]) + latest.n_rows * step
-        default = {"start": 0, "step": 1, "name": None}
-        fresh = all(old_range.get(k) == v and new_range.get(k) == v for k, v in default.items())
-        continues = (new_range.get("name") == old_range.get("name") and int(new_range["step"]) == step
-                     and int(new_range["start"]) == follows)
-        if not (fresh or continues):
-            problems.append(f"the row labels {new_range['start']}, {int(new_range['start']) + int(new_range['step'])},"
-                            f" ... (index name {new_range.get('name')!r}) do not follow the stored ones, which end "
-                            f"before {follows} (index name {old_range.get('name')!r}): give the new rows labels "
-                            f"from {follows} on, or a default index (df.reset_index(drop=True)) to count on")
+        default = (new_range["start"], new_range["step"], new_range.get("name")) == (0, 1, None)
+        if not default and new_range.get("name") != old_range.get("name"):
+            problems.append(f"the index is named {new_range.get('name')!r} here but {old_range.get('name')!r} in "
+                            "the stored frame (rename it, or give the new rows a default index to count on)")
     elif old_pandas.get("index_columns") != new_pandas.get("index_columns"):
         problems.append(f"the index is {new_pandas.get('index_columns')} here but {old_pandas.get('index_columns')} "
                         "in the stored frame")
@@ -1307,6 +1351,11 @@ def _restore_rows(df: pd.DataFrame, ours: dict[str, Any], pandas_meta: dict[str,
     if len(index_columns) == 1 and isinstance(index_columns[0], dict) and index_columns[0].get("kind") == "range":
         spec = index_columns[0]
         full = pd.RangeIndex(int(spec["start"]), int(spec["stop"]), int(spec["step"]), name=spec.get("name"))
+        if ours.get("part_ranges"):  # parts whose labels do not go on from each other: what pd.concat gives
+            import numpy as np
+
+            full = pd.Index(np.concatenate([np.arange(a, a + n * st, st, dtype=np.int64)
+                                            for a, n, st in ours["part_ranges"]]), name=spec.get("name"))
         index = rows.index(full)
         if len(df) != len(index):  # no columns: Parquet kept no rows
             df = df.reindex(index)
