@@ -251,6 +251,17 @@ class FileStore(Interface):
             raise IntegrityError(f"{object_key!r} is missing or has the wrong size right after it was uploaded; "
                                  "nothing points at it yet. Put the data again")
 
+    def adopt(self, bh_key: str, size: int, *, chunks: tuple[int, bytes], filename: str | None,
+              mime: str | None) -> None:
+        """Register a blob another process (a Dask worker) just uploaded or found fresh in the bucket, with its
+        chunk hashes; trusted like one this process uploaded."""
+        check_bh_key(bh_key)
+        if self._has_row(bh_key):
+            self._add_chunks(bh_key, chunks)
+        else:
+            self._insert(bh_key, self._prefix + bh_key, size, mime, filename, None, chunks)
+        self._present[bh_key] = self._clock()
+
     def rely(self, bh_key: str, *, entry: tuple[str, str] | None = None) -> None:
         """About to point a new row at a blob already stored (a frame version that reuses the parts of the one
         before it): make sure the object is in the bucket and fresh enough to outlive the commit that adds the

@@ -128,6 +128,8 @@ class FrameStore(VersionedStore[FrameVersion]):
     #: Parquet codec and level; ``for_catalog`` picks lz4 for the local store, zstd 1 stays for buckets.
     compression: str = S3_COMPRESSION[0]
     compression_level: int | None = S3_COMPRESSION[1]
+    #: The bucket's configuration, for Dask workers (set by ``for_catalog``; None for a store made by hand).
+    bucket_config: BucketConfig | None = None
     extra_columns = (
         ("n_rows", "INTEGER NOT NULL"),
         ("columns", "TEXT NOT NULL"),
@@ -143,6 +145,7 @@ class FrameStore(VersionedStore[FrameVersion]):
         assert isinstance(store, FrameStore)
         if bucket.backend == "local":  # see LOCAL_COMPRESSION
             store.compression, store.compression_level = LOCAL_COMPRESSION
+        store.bucket_config = config  # what Dask workers open the bucket with
         return store
 
     @classmethod
@@ -227,6 +230,12 @@ class FrameStore(VersionedStore[FrameVersion]):
         """
         check_name(name, "frame name")
         meta = check_metadata(metadata)
+        from .frames_dask import is_dask_frame
+
+        if is_dask_frame(df):
+            from . import frames_dask
+
+            return frames_dask.put(self, name, df, meta)
         prepared = _prepare(df)
         part, row_groups = self._write_part(name, prepared.table, progress)
         return self._add_version(name, part.bh_key, part.nbytes, meta, {
@@ -430,10 +439,17 @@ class FrameStore(VersionedStore[FrameVersion]):
         rows. These read only the footer and the needed column chunks. Row labels are kept as ``df[mask]`` and
         ``df.iloc[a:b]`` keep them.
         """
-        _check_to(to)
+        _check_to(to, dask=True)
         info = self.info(name, version)
         if rows is not None and not isinstance(rows, slice):
             raise ValueTypeError(f"rows= takes a slice, like rows=slice(0, 100), not {type(rows).__name__}")
+        if to == "dask":
+            if rows is not None:
+                raise ValueTypeError("rows= is not for to='dask' (its partitions are the parts); filter the frame "
+                                     "instead, or use .partitions[...]")
+            from . import frames_dask
+
+            return frames_dask.get(self, info, columns, filters)
         if columns is None and filters is None and rows is None:
             parts = self._parts(info)
             if len(parts) == 1:
@@ -813,9 +829,10 @@ _EXACT_OBJECTS = {"string", "empty", "bytes", "date", "boolean"}
 TO = ("pandas", "polars", "arrow")
 
 
-def _check_to(to: object) -> None:
-    if to is not None and to not in TO:
-        raise ValueTypeError(f"to={to!r}: use to='pandas', to='polars' or to='arrow' (or None: the type put)")
+def _check_to(to: object, *, dask: bool = False) -> None:
+    if to is not None and to not in TO and not (dask and to == "dask"):
+        raise ValueTypeError(f"to={to!r}: use to='pandas', to='polars' or to='arrow'"
+                             f"{', to=' + repr('dask') if dask else ''} (or None: the type put)")
 
 
 def _import_polars() -> Any:

@@ -1,0 +1,275 @@
+"""Dask frames: each partition is written and read by the workers, straight to and from the bucket.
+
+``FrameStore.put(name, ddf)`` has every worker turn its partitions into Parquet parts, hash them (the blob key and
+the chunk hashes) and upload them; the client only registers the parts and commits one version listing them, so
+no row passes through it. ``FrameStore.get(name, to="dask")`` returns a dask DataFrame whose partitions are the
+version's parts, each read on a worker through ranged GETs checked against the part's chunk hashes, with
+``columns=`` and ``filters=`` pushed down to the row groups.
+
+The workers reach the bucket with the configuration a ``distributed`` worker plugin hands them (registered once
+per store, under a random token): the tasks carry only the token, so credentials appear in no task, repr,
+dashboard or log. Without a ``distributed`` client (dask's threaded scheduler) the token is looked up in this
+process. Dask stays optional: ``pip install "bh_notebook[dask]"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import IntegrityError, ObjectNotFound, ValueTypeError
+from ..storage import BucketClient, open_bucket
+from ..storage.bucket import ChainReader
+from .files import ChunkHashes, _ChunkHasher, _describe
+
+if TYPE_CHECKING:
+    from ..config import BucketConfig
+    from .frames import FramePart, FrameStore, FrameVersion
+
+PARQUET = "application/vnd.apache.parquet"
+
+
+def import_dask() -> tuple[Any, Any]:
+    """(dask, dask.dataframe), or an install hint."""
+    try:
+        import dask
+        import dask.dataframe as dd
+    except ImportError:
+        raise ImportError('Dask frames need dask: pip install "bh_notebook[dask]"') from None
+    return dask, dd
+
+
+def is_dask_frame(obj: object) -> bool:
+    """Whether ``obj`` is a dask DataFrame or Series (dask is never imported for this)."""
+    module = type(obj).__module__
+    return module.split(".")[0] == "dask" and type(obj).__name__ in ("DataFrame", "Series")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What a worker needs to reach the store's blobs: the bucket, where blobs live, how they are hashed and
+    written."""
+
+    config: BucketConfig
+    prefix: str
+    chunk_size: int
+    compression: str
+    compression_level: int | None
+
+    def __repr__(self) -> str:  # never the credentials, wherever a spec is shown
+        return f"<bh_notebook bucket spec {self.config.location}>"
+
+
+_SPECS: dict[str, _Spec] = {}
+_BUCKETS: dict[str, BucketClient] = {}
+_LOCK = threading.Lock()
+
+
+def _bucket(token: str) -> tuple[_Spec, BucketClient]:
+    spec = _SPECS.get(token)
+    if spec is None:
+        raise RuntimeError("this worker was not given the bucket (bh_notebook's worker plugin is missing): run the "
+                           "computation on the distributed client the frame was opened with")
+    with _LOCK:
+        bucket = _BUCKETS.get(token)
+        if bucket is None:
+            bucket = _BUCKETS[token] = open_bucket(spec.config)
+    return spec, bucket
+
+
+def _plugin_base() -> type:
+    try:  # the plugin that hands the spec to every worker, present and future
+        from distributed import WorkerPlugin
+    except ImportError:  # pragma: no cover - dask without distributed: the threaded scheduler only
+        return object
+    return WorkerPlugin
+
+
+class BucketPlugin(_plugin_base()):  # type: ignore[misc]
+    """Gives each worker the bucket spec under its token (pickled to the workers; shown nowhere)."""
+
+    def __init__(self, token: str, spec: _Spec) -> None:
+        self.token = token
+        self.spec = spec
+
+    def setup(self, worker: Any) -> None:
+        _SPECS[self.token] = self.spec
+
+    def __repr__(self) -> str:
+        return f"<BucketPlugin {self.token[:8]}>"
+
+
+def register(store: FrameStore) -> str:
+    """A token under which this process and every worker of the current ``distributed`` client (if any) find
+    the store's bucket; one per store."""
+    token: str | None = getattr(store, "_dask_token", None)
+    if token is None:
+        files = store.files
+        config = getattr(store, "bucket_config", None)
+        if config is None:
+            raise ValueTypeError("Dask frames need the store of a BucketSQLite (bh.frames): the workers open the "
+                                 "bucket from its BucketConfig")
+        spec = _Spec(config, files.prefix, files.chunk_size, store.compression, store.compression_level)
+        token = uuid.uuid4().hex
+        _SPECS[token] = spec
+        store._dask_token = token  # type: ignore[attr-defined]
+        store._dask_clients = set()  # type: ignore[attr-defined]
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        return token
+    if id(client) not in store._dask_clients:  # type: ignore[attr-defined]
+        client.register_plugin(BucketPlugin(token, _SPECS[token]), name=f"bh-notebook-{token}")
+        store._dask_clients.add(id(client))  # type: ignore[attr-defined]
+    return token
+
+
+# -- writing: on the workers ---------------------------------------------------------------------------------
+
+
+def _write_partition(pdf: Any, token: str, name: str) -> dict[str, Any]:
+    """One partition as one Parquet part: written to memory, hashed, uploaded (unless the bucket holds those bytes
+    already, fresh); what the client needs to register it."""
+    from .frames import _prepare, _range_spec, _read_back_schema, _write_parquet
+
+    spec, bucket = _bucket(token)
+    prepared = _prepare(pdf)
+    table = prepared.table
+    sink = io.BytesIO()
+    row_group_size = _write_parquet(table, sink, spec.compression, spec.compression_level)
+    data = sink.getbuffer()
+    bh_key = hashlib.sha256(data).hexdigest()
+    chunker = _ChunkHasher(spec.chunk_size)
+    chunker.update(data)
+    object_key = spec.prefix + bh_key
+    describe = _describe(PARQUET, ("frame", name))
+    info = bucket.head(object_key)
+    if info is None or info.size != len(data):
+        bucket.put_stream(ChainReader(data), object_key, size=len(data), **describe)
+    elif (info.age if info.age is not None else 0.0) > 60.0:  # old: renewed so gc's grace runs from now
+        bucket.touch(object_key, **describe)
+    range_spec = _range_spec(table.schema.metadata)
+    return {
+        "bh_key": bh_key, "nbytes": len(data), "n_rows": table.num_rows,
+        "row_groups": max(1, -(-table.num_rows // row_group_size)),
+        "range_start": None if range_spec is None else int(range_spec["start"]),
+        "range_step": None if range_spec is None else int(range_spec["step"]),
+        "chunk_size": spec.chunk_size, "digests": chunker.digests(),
+        "schema": _read_back_schema(table).serialize().to_pybytes(),
+        "columns": prepared.columns, "dtypes": prepared.dtypes, "index_names": prepared.index_names,
+    }
+
+
+def put(store: FrameStore, name: str, ddf: Any, metadata: dict[str, str]) -> FrameVersion:
+    """``FrameStore.put`` of a dask DataFrame: the workers write the parts; one version lists them."""
+    import pyarrow as pa
+
+    from .frames import FramePart, _check_appendable
+
+    dask, _ = import_dask()
+    if type(ddf).__name__ == "Series":
+        ddf = ddf.to_frame()
+    token = register(store)
+    tasks = [dask.delayed(_write_partition)(part, token, name) for part in ddf.to_delayed()]
+    written = [w for w in dask.compute(*tasks) if w["n_rows"]] or list(dask.compute(*tasks[:1]))
+    if not written:
+        raise ValueTypeError(f"the dask frame for {name!r} has no partitions")
+    schemas = [pa.ipc.read_schema(pa.py_buffer(w["schema"])) for w in written]
+    for i, schema in enumerate(schemas[1:], start=1):
+        try:
+            _check_appendable(_Described(name, written[i - 1]["n_rows"]), schemas[0], schema)  # type: ignore[arg-type]
+        except ValueTypeError as exc:
+            raise ValueTypeError(f"partition {i} of the dask frame for {name!r} does not match partition 0 ("
+                                 f"{str(exc).split(': ', 1)[-1]}) Give the columns explicit dtypes (ddf.astype) "
+                                 "and put it again; the parts uploaded are collected by gc.") from None
+    for w in written:
+        store.files.adopt(w["bh_key"], w["nbytes"], chunks=(w["chunk_size"], w["digests"]),
+                          filename=f"{name.rsplit('/', 1)[-1]}.parquet", mime=PARQUET)
+    parts = [FramePart(w["bh_key"], w["n_rows"], w["nbytes"], w["range_start"], w["range_step"]) for w in written]
+    first = written[0]
+    import json
+
+    return store._add_parts(name, parts, metadata, {
+        "columns": json.dumps(first["columns"]), "dtypes": json.dumps(dict(zip(first["columns"], first["dtypes"]))),
+        "index_names": json.dumps(first["index_names"]), "row_groups": sum(w["row_groups"] for w in written)})
+
+
+@dataclass(frozen=True)
+class _Described:
+    """What ``_check_appendable`` reads of a version, for comparing two partitions."""
+
+    name: str
+    n_rows: int
+    version: int = 0
+
+
+# -- reading: on the workers ---------------------------------------------------------------------------------
+
+
+class _WorkerBlobs:
+    """What a ``RangeFile`` needs of a FileStore, on a worker: verified ranged reads of blobs whose chunk hashes
+    the task carries."""
+
+    def __init__(self, token: str, chunks: dict[str, ChunkHashes | None]) -> None:
+        self._spec, self._bucket = _bucket(token)
+        self._chunks = chunks
+
+    def chunk_hashes(self, bh_key: str) -> ChunkHashes | None:
+        return self._chunks.get(bh_key)
+
+    def get_range_verified(self, bh_key: str, start: int, end: int | None = None) -> bytes:
+        chunks = self._chunks.get(bh_key)
+        key = self._spec.prefix + bh_key
+        if chunks is None:  # a part put before chunk hashes: read unverified, as the store does
+            return self._bucket.get_range(key, start, end)
+        start, end, _ = slice(start, end).indices(chunks.size)
+        if end <= start:
+            return b""
+        lo, hi = chunks.span(start, end)
+        try:
+            data = self._bucket.get_range(key, lo, hi)
+        except ObjectNotFound:
+            raise IntegrityError(f"part {bh_key[:12]} is missing from the bucket; bh.check() says more") from None
+        if len(data) != hi - lo:
+            raise IntegrityError(f"part {bh_key[:12]} in the bucket is not the size the catalog says")
+        hasher = _ChunkHasher(chunks.chunk_size)
+        hasher.update(data)
+        chunks.check(lo, hasher.digests())
+        return bytes(data[start - lo:end - lo])
+
+
+def _read_partition(task: tuple[str, FrameVersion, FramePart, ChunkHashes | None, Any, Any, list[str]]) -> Any:
+    """One part as a pandas DataFrame (its own row labels), reading only what ``columns`` and ``filters`` need."""
+    from .frames import FrameStore, _convert, _filter_expression, _import_arrow, _Rows
+
+    token, info, part, chunks, columns, filters, dictionary = task
+    _, pq, ds = _import_arrow()
+    reader = FrameStore.__new__(FrameStore)  # only its read path is used: no catalog on a worker
+    reader._files = _WorkerBlobs(token, {part.bh_key: chunks})  # type: ignore[assignment]
+    expr = _filter_expression(filters, pq, ds)
+    table, found, schema = reader._read_part(info, part, columns=columns, filters=filters, expr=expr, local=None,
+                                             progress=None, dictionary=dictionary)
+    rows = _Rows(part.n_rows, mask=found) if expr is not None else _Rows(part.n_rows)
+    return _convert(table.replace_schema_metadata(schema.metadata), "pandas", rows)
+
+
+def get(store: FrameStore, info: FrameVersion, columns: Any, filters: Any) -> Any:
+    """``FrameStore.get(..., to="dask")``: one partition per part, read on the workers."""
+    from .frames import _object_string_columns
+
+    _, dd = import_dask()
+    token = register(store)
+    parts = store._parts(info)
+    meta = store._read(info, columns=columns, filters=filters, rows=None, head=0, to="pandas", progress=None)
+    dictionary = _object_string_columns(store._part_schema(parts[0]))
+    tasks = [(token, info, p, store.files.chunk_hashes(p.bh_key), columns, filters, dictionary) for p in parts]
+    return dd.from_map(_read_partition, tasks, meta=meta, label=f"bh-frame-{info.name}", enforce_metadata=False)
+
+
+__all__ = ["BucketPlugin", "get", "import_dask", "is_dask_frame", "put", "register"]
