@@ -177,13 +177,15 @@ class FrameStore(VersionedStore[FrameVersion]):
     @staticmethod
     def accepts(value: Any) -> bool:
         """What ``%bh_put`` stores as a frame: a pandas DataFrame or Series, a polars DataFrame, LazyFrame or
-        Series, a pyarrow Table or RecordBatch (polars is never imported for this)."""
+        Series, a pyarrow Table or RecordBatch, a dask DataFrame (polars and dask are never imported for this)."""
         import pandas as pd
         import pyarrow as pa
 
         if isinstance(value, (pd.DataFrame, pd.Series, pa.Table, pa.RecordBatch)):
             return True
-        return type(value).__module__.split(".")[0] == "polars" and type(value).__name__ in (
+        from .frames_dask import is_dask_frame
+
+        return is_dask_frame(value) or type(value).__module__.split(".")[0] == "polars" and type(value).__name__ in (
             "DataFrame", "LazyFrame", "Series")
 
     def _to_version(self, row: dict[str, Any]) -> FrameVersion:
