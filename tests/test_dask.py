@@ -120,3 +120,86 @@ def test_without_dask_the_error_says_what_to_install(make_config: Callable[..., 
         monkeypatch.setitem(sys.modules, "dask.dataframe", None)
         with pytest.raises(ImportError, match=r'pip install "bh_notebook\[dask\]"'):
             bh.frames.get("plain", to="dask")
+
+
+da = pytest.importorskip("dask.array")
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.parametrize("backend", ["local", "moto"], indirect=True)
+def test_a_dask_array_streams_into_one_npy_and_reads_back_in_blocks(client: Any, config: BucketConfig) -> None:
+    x = da.random.default_rng(3).normal(size=(120_000, 12), chunks=(25_000, 5))  # rechunked to whole rows
+    with BucketSQLite(config, NO_TIMER) as bh:
+        v = bh.arrays.put("emb", x, metadata={"note": "dask"})
+        assert v.shape == (120_000, 12) and v.dtype == np.float64 and v.metadata == {"note": "dask"}
+        want = x.compute()
+        np.testing.assert_array_equal(bh.arrays.get("emb"), want)
+        np.testing.assert_array_equal(bh.arrays.get("emb", rows=slice(50_000, 50_010)), want[50_000:50_010])
+        blob = bh.bucket.get_bytes(bh.files.object_key(v.bh_key))  # a plain .npy, as numpy.save writes it
+        import io
+
+        np.testing.assert_array_equal(np.load(io.BytesIO(blob)), want)
+        lazy = bh.arrays.get("emb", to="dask", chunks=40_000)
+        assert lazy.chunks[0] == (40_000, 40_000, 40_000)
+        np.testing.assert_array_equal(lazy.compute(), want)
+        assert float(lazy[:, 3].sum().compute()) == pytest.approx(float(want[:, 3].sum()))
+        again = bh.arrays.put("emb", x)  # the same bytes: the same version, nothing new
+        assert again.version == 1
+        assert [k for k in bh.bucket.list_keys(bh.files.prefix) if "incoming" in k] == []
+        assert bh.check().ok
+
+
+def test_a_memmap_is_stored_from_its_file(make_config: Callable[..., BucketConfig], tmp_path: Any) -> None:
+    mm = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype="f4", shape=(50_000, 16))
+    mm[:] = np.arange(16, dtype="f4")
+    with BucketSQLite(make_config("local"), NO_TIMER) as bh:
+        bh.arrays.put("mm", mm)
+        np.testing.assert_array_equal(bh.arrays.get("mm"), np.asarray(mm))
+
+
+def test_a_tampered_array_block_is_refused_on_the_worker(client: Any, make_config: Callable[..., BucketConfig]
+                                                         ) -> None:
+    with BucketSQLite(make_config("moto"), NO_TIMER) as bh:
+        v = bh.arrays.put("a", np.arange(3_000_000, dtype="i8"))
+        key = bh.files.object_key(v.bh_key)
+        data = bytearray(bh.bucket.get_bytes(key))
+        data[len(data) - 1000] ^= 0xFF
+        bh.bucket.put_bytes(bytes(data), key)
+        lazy = bh.arrays.get("a", to="dask", chunks=1_000_000)
+        np.testing.assert_array_equal(lazy[:1_000_000].compute(), np.arange(1_000_000))  # its chunks are sound
+        with pytest.raises(IntegrityError):
+            lazy.compute()
+
+
+@pytest.mark.slow
+def test_the_client_holds_one_block_while_a_large_array_goes_through_seaweedfs(
+        client: Any, make_config: Callable[..., BucketConfig]) -> None:
+    """512 MiB generated on the workers, put and summed back through SeaweedFS: the client's memory rises by far
+    less than the array."""
+    x = da.random.default_rng(1).random(size=(64 * 1024 * 1024,), chunks=4 * 1024 * 1024)  # 512 MiB, 32 MiB blocks
+    with BucketSQLite(make_config("seaweedfs"), NO_TIMER) as bh:
+        start = _rss()
+        peak = [start]
+        import threading
+
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(0.05):
+                peak[0] = max(peak[0], _rss())
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            v = bh.arrays.put("big", x)
+            total = float(bh.arrays.get("big", to="dask").sum().compute())
+        finally:
+            stop.set()
+            watcher.join()
+        assert v.nbytes == 512 * 1024 * 1024
+        assert total == pytest.approx(float(x.sum().compute()))
+        assert peak[0] - start < 200 * 1024 * 1024, (peak[0] - start) / 2**20

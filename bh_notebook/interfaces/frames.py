@@ -128,8 +128,6 @@ class FrameStore(VersionedStore[FrameVersion]):
     #: Parquet codec and level; ``for_catalog`` picks lz4 for the local store, zstd 1 stays for buckets.
     compression: str = S3_COMPRESSION[0]
     compression_level: int | None = S3_COMPRESSION[1]
-    #: The bucket's configuration, for Dask workers (set by ``for_catalog``; None for a store made by hand).
-    bucket_config: BucketConfig | None = None
     extra_columns = (
         ("n_rows", "INTEGER NOT NULL"),
         ("columns", "TEXT NOT NULL"),
@@ -145,7 +143,6 @@ class FrameStore(VersionedStore[FrameVersion]):
         assert isinstance(store, FrameStore)
         if bucket.backend == "local":  # see LOCAL_COMPRESSION
             store.compression, store.compression_level = LOCAL_COMPRESSION
-        store.bucket_config = config  # what Dask workers open the bucket with
         return store
 
     @classmethod

@@ -29,6 +29,7 @@ from .files import ChunkHashes, _ChunkHasher, _describe
 if TYPE_CHECKING:
     from ..config import BucketConfig
     from .frames import FramePart, FrameStore, FrameVersion
+    from .versioned import VersionedStore
 
 PARQUET = "application/vnd.apache.parquet"
 
@@ -103,7 +104,7 @@ class BucketPlugin(_plugin_base()):  # type: ignore[misc]
         return f"<BucketPlugin {self.token[:8]}>"
 
 
-def register(store: FrameStore) -> str:
+def register(store: VersionedStore[Any]) -> str:
     """A token under which this process and every worker of the current ``distributed`` client (if any) find
     the store's bucket; one per store."""
     token: str | None = getattr(store, "_dask_token", None)
@@ -111,9 +112,10 @@ def register(store: FrameStore) -> str:
         files = store.files
         config = getattr(store, "bucket_config", None)
         if config is None:
-            raise ValueTypeError("Dask frames need the store of a BucketSQLite (bh.frames): the workers open the "
-                                 "bucket from its BucketConfig")
-        spec = _Spec(config, files.prefix, files.chunk_size, store.compression, store.compression_level)
+            raise ValueTypeError("Dask needs the stores of a BucketSQLite (bh.frames, bh.arrays): the workers open "
+                                 "the bucket from its BucketConfig")
+        spec = _Spec(config, files.prefix, files.chunk_size, getattr(store, "compression", "none"),
+                     getattr(store, "compression_level", None))
         token = uuid.uuid4().hex
         _SPECS[token] = spec
         store._dask_token = token  # type: ignore[attr-defined]

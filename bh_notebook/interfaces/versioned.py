@@ -112,6 +112,8 @@ class VersionedStore(Interface, Generic[V]):
 
     #: The table this store owns.
     table: str
+    #: The bucket's configuration, for Dask workers (set by ``for_catalog``; None for a store made by hand).
+    bucket_config: BucketConfig | None = None
     #: The subclass's own columns: (name, SQL type) pairs.
     extra_columns: Sequence[tuple[str, str]] = ()
     versioned = True
@@ -121,7 +123,9 @@ class VersionedStore(Interface, Generic[V]):
              stores: Mapping[str, Interface]) -> Interface:
         files = stores.get("blob")
         assert isinstance(files, FileStore), "the blob store is built before the versioned stores"
-        return cls(conn, bucket, files=files)
+        store = cls(conn, bucket, files=files)
+        store.bucket_config = config  # what Dask workers open the bucket with
+        return store
 
     @classmethod
     def merge_rules(cls) -> dict[str, str]:
