@@ -668,6 +668,9 @@ def share(ctx: click.Context, spec: str, expires: int, kind: str | None, as_json
             raise Failed(f"{name!r} is a kv value, kept in the catalog: there is no object to share; "
                          "'bh-notebook kv get' prints it")
         info = versioned_stores(bh)[_KIND_OF[kind]].info(name, version)
+        if getattr(info, "parts", 1) > 1:
+            raise Failed(f"frame {name!r}@{info.version} is held in {info.parts} Parquet parts, so no one URL "
+                         f"downloads it: 'bh-notebook get {spec} -o PATH' writes it as one file to pass on")
         url = bh.bucket.presigned_url(bh.files.object_key(info.bh_key), expires_in=expires)
         if url is None:
             raise Failed(f"the {bh.config.backend} store at {bh.config.location} has no shareable URLs; "

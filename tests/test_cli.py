@@ -206,6 +206,17 @@ def test_prune_deletes_the_old_log_and_keeps_the_catalog(where: str, cli: Run,
     failed(cli("prune", "--older-than", "-1"), 2)
 
 
+def test_a_frame_of_several_parts_is_got_whole_not_shared(where: str, cli: Run, tmp_path: Path) -> None:
+    with BucketSQLite(config_for(None)) as bh:
+        bh.frames.put("log", pd.DataFrame({"a": [1, 2]}))
+        bh.frames.append("log", pd.DataFrame({"a": [3]}))
+    assert "2 Parquet parts" in failed(cli("share", "log"))
+    ok(cli("get", "log", "-o", "log.parquet"))
+    assert pd.read_parquet(tmp_path / "log.parquet")["a"].tolist() == [1, 2, 3]
+    history = as_json(cli("history", "log", "--json"))
+    assert [h["shape"] for h in history] == ["3 x 1 in 2 parts", "2 x 1"]
+
+
 def test_restore_from_prev(where: str, cli: Run, tmp_path: Path) -> None:
     _inputs(tmp_path)
     ok(cli("put", "sales.parquet"))

@@ -360,11 +360,18 @@ class Browser(widgets.VBox):
             text = f"{store.kind} key: {sel['name']}"
         else:
             info = store.info(sel["name"], self._version)
-            key = self.bh.files.object_key(info.bh_key)
-            text = key
-            url = self.bh.bucket.presigned_url(key, expires_in=3600)
-            if url:
-                text += f"\n{url}\n(the URL works for one hour)"
+            blobs = [p.bh_key for p in store.parts(sel["name"], info.version)] if getattr(info, "parts", 1) > 1 \
+                else [info.bh_key]
+            lines = []
+            for bh_key in blobs:  # a frame of several parts: each part's key
+                key = self.bh.files.object_key(bh_key)
+                lines.append(key)
+                url = self.bh.bucket.presigned_url(key, expires_in=3600)
+                if url:
+                    lines.append(url)
+            text = "\n".join(lines)
+            if len(lines) > len(blobs):
+                text += "\n(the URLs work for one hour)"
         self.key_box.value = text
         self.key_box.layout.display = None
         return text
