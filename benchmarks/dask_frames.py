@@ -16,12 +16,9 @@ Rows (medians of --runs; "ratio" is ours / baseline, below 1 means we are faster
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,8 @@ from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig  # noqa: E402
 from bh_notebook.storage import open_bucket  # noqa: E402
 from bh_notebook.testing.counting import CountingBucket  # noqa: E402
 from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY, SeaweedServer  # noqa: E402
+from catalog_log import timed  # noqa: E402
+from run import PeakRSS  # noqa: E402
 
 NO_TIMER = SnapshotConfig(interval_seconds=0)
 ROWS_PER_PARTITION = 1_000_000
@@ -44,47 +43,6 @@ def make_partition(i: int) -> pd.DataFrame:
     n = ROWS_PER_PARTITION
     return pd.DataFrame({"id": np.arange(i * n, (i + 1) * n), "g": rng.integers(0, 100, n),
                          "x": rng.normal(size=n), "y": rng.normal(size=n), "z": rng.integers(0, 10**9, n)})
-
-
-def rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-class Peak:
-    """The highest RSS of this process while the block runs, above what it was at the start."""
-
-    def __enter__(self) -> Peak:
-        self.start = rss()
-        self.peak = self.start
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, rss())
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def rise(self) -> int:
-        return self.peak - self.start
-
-
-def timed(fn: Callable[[], Any], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def row(backend: str, op: str, ours: float, base: float, note: str = "") -> None:
@@ -111,9 +69,9 @@ def bench_dask(rows: int, runs: int) -> None:
             peaks: list[int] = []
 
             def ours_put() -> None:
-                with Peak() as p:
+                with PeakRSS() as p:
                     bh.frames.put(f"bench{next(counter)}", ddf)
-                peaks.append(p.rise)
+                peaks.append(p.added)
 
             def dask_put() -> None:
                 ddf.to_parquet(f"s3://{bucket}/dask-bench-{time.monotonic_ns()}/", storage_options=storage,
@@ -126,9 +84,9 @@ def bench_dask(rows: int, runs: int) -> None:
             ddf.to_parquet(path, storage_options=storage, write_index=False)
 
             def ours_sum() -> None:
-                with Peak() as p:
+                with PeakRSS() as p:
                     bh.frames.get("bench0", to="dask", columns=["x"]).x.sum().compute()
-                peaks.append(p.rise)
+                peaks.append(p.added)
 
             def dask_sum() -> None:
                 dd.read_parquet(path, columns=["x"], storage_options=storage).x.sum().compute()
