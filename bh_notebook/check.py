@@ -67,6 +67,20 @@ class CheckReport:
         return text + (f"; fixed: {'; '.join(self.fixed)}" if self.fixed else "")
 
 
+def _orphan_parts(conn: sqlite3.Connection) -> list[str]:
+    """Version ids in ``bh_frame_parts`` that no frame version has."""
+    from .interfaces.frames import PARTS_TABLE
+    from .interfaces.versioned import version_id_of
+
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if PARTS_TABLE not in tables or "bh_frames" not in tables:
+        return []
+    have = {version_id_of("bh_frames", n, v, k, c, m) for n, v, k, c, m in conn.execute(
+        "SELECT name, version, bh_key, created_at, metadata FROM bh_frames")}
+    return [vid for (vid,) in conn.execute(f"SELECT DISTINCT version_id FROM {PARTS_TABLE} ORDER BY 1")
+            if vid not in have]
+
+
 def _part_problems(conn: sqlite3.Connection) -> list[str]:
     """Frame parts that belong to no version, and versions whose parts do not add up to their rows."""
     from .interfaces.frames import PARTS_TABLE
@@ -138,6 +152,10 @@ def check(bh: Catalog, fix: bool = False, *, verify: bool = True, grace_seconds:
                 with conn:
                     conn.execute("UPDATE filestore SET object_key = ? WHERE bh_key = ?", (prefix + key, key))
                 report.fixed.append(f"file row {key[:12]} points at its own object again")
+        for vid in _orphan_parts(conn):  # parts of a version an older writer deleted without knowing of them
+            with conn:
+                conn.execute("DELETE FROM bh_frame_parts WHERE version_id = ?", (vid,))
+            report.fixed.append(f"frame parts of the deleted version {vid[:12]} dropped (gc collects their blobs)")
         for key in report.unregistered_blobs:  # the bytes are there and entries use them: put the row back
             info = objects[key]
             files._insert(key, info.key, info.size, None, None, None)

@@ -71,6 +71,23 @@ def test_partitions_that_each_count_from_zero_read_back_as_dask_gives_them(clien
         pd.testing.assert_frame_equal(bh.frames.get("restarts", to="dask").compute(), want)
 
 
+def test_a_filtered_series_and_an_appended_dask_frame(client: Any, make_config: Callable[..., BucketConfig]) -> None:
+    """Filtering leaves some partitions with a RangeIndex and others with plain labels; a dask Series comes back
+    as a Series; a dask frame appends to a stored frame."""
+    df = pd.DataFrame({"a": np.arange(40), "b": np.arange(40) * 0.5})
+    ddf = dd.from_pandas(df, npartitions=4)
+    kept = ddf[ddf.a.isin([0, 1, 2, 3, 11, 13, 17, 20, 21, 22, 35])]
+    with BucketSQLite(make_config("local"), NO_TIMER) as bh:
+        bh.frames.put("kept", kept)
+        pd.testing.assert_frame_equal(bh.frames.get("kept"), kept.compute())
+        bh.frames.put("b", ddf.b)
+        pd.testing.assert_series_equal(bh.frames.get("b"), ddf.b.compute())
+        bh.frames.put("log", df.iloc[:10])
+        v = bh.frames.append("log", dd.from_pandas(df.iloc[10:], npartitions=3))
+        assert v.parts == 4
+        pd.testing.assert_frame_equal(bh.frames.get("log"), df)
+
+
 def test_credentials_never_appear_in_tasks_or_worker_logs(client: Any, make_config: Callable[..., BucketConfig]
                                                           ) -> None:
     config = make_config("moto")
@@ -149,7 +166,7 @@ def test_a_dask_array_streams_into_one_npy_and_reads_back_in_blocks(client: Any,
         assert float(lazy[:, 3].sum().compute()) == pytest.approx(float(want[:, 3].sum()))
         again = bh.arrays.put("emb", x)  # the same bytes: the same version, nothing new
         assert again.version == 1
-        assert [k for k in bh.bucket.list_keys(bh.files.prefix) if "incoming" in k] == []
+        assert bh.bucket.list_keys(bh.files.incoming_prefix) == []
         assert bh.check().ok
 
 

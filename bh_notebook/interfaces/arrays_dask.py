@@ -3,8 +3,9 @@ blocks are ranged, verified reads on the workers.
 
 ``ArrayStore.put(name, x)`` for a dask array computes one block of rows at a time (the array is rechunked to whole
 rows first) and streams the ``.npy`` header and the blocks' bytes into one upload, hashing them on the way; the
-content key is known only at the end, so the bytes go to a key of their own under the blob prefix and are copied
-to ``<prefix><sha256>`` on the server (an interrupted put leaves an orphan that gc removes). The client holds one
+content key is known only at the end, so the bytes go to a key of their own beside the blobs
+(``FileStore.incoming_prefix``, which gc and check do not count as blobs) and are copied to ``<prefix><sha256>``
+on the server (an interrupted put leaves a stream there that gc removes after a day). The client holds one
 block at a time. An ``np.memmap`` needs none of this: its pages are read from the file as they are streamed.
 
 ``ArrayStore.get(name, to="dask", chunks=...)`` returns a dask array of row blocks; each block is one ranged GET
@@ -98,7 +99,7 @@ def put(store: ArrayStore, name: str, x: Any, metadata: dict[str, str]) -> Array
     reader = _BlockReader(header, x, files.chunk_size)
     bucket = files.bucket
     assert bucket is not None
-    incoming = f"{files.prefix}incoming-{uuid.uuid4().hex}"
+    incoming = f"{files.incoming_prefix}{uuid.uuid4().hex}"
     leaf = f"{name.rsplit('/', 1)[-1]}.npy"
     try:
         bucket.put_stream(reader, incoming, size=reader.size, **_describe(NPY, ("array", name)))
@@ -107,11 +108,10 @@ def put(store: ArrayStore, name: str, x: Any, metadata: dict[str, str]) -> Array
         found = bucket.head(final)
         if found is None or found.size != reader.size:
             bucket.copy(incoming, final)
-        elif (found.age if found.age is not None else 0.0) > 60.0:
-            bucket.touch(final, **_describe(NPY, ("array", name)))
     finally:
         bucket.delete(incoming)
     files.adopt(bh_key, reader.size, chunks=(files.chunk_size, reader.chunks.digests()), filename=leaf, mime=NPY)
+    files.rely(bh_key, entry=("array", name))  # (touched when those bytes were there already, and old)
     descr = np.lib.format.dtype_to_descr(dtype)
     return store._add_version(name, bh_key, int(x.nbytes), metadata, {
         "shape": json.dumps([int(s) for s in x.shape]), "dtype": str(dtype), "descr": repr(descr),

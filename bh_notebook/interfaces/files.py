@@ -253,14 +253,13 @@ class FileStore(Interface):
 
     def adopt(self, bh_key: str, size: int, *, chunks: tuple[int, bytes], filename: str | None,
               mime: str | None) -> None:
-        """Register a blob another process (a Dask worker) just uploaded or found fresh in the bucket, with its
-        chunk hashes; trusted like one this process uploaded."""
+        """Register a blob another process (a Dask worker) uploaded, with its chunk hashes. Not trusted: call
+        ``rely`` right before a row points at it (the upload may be older than gc's grace)."""
         check_bh_key(bh_key)
         if self._has_row(bh_key):
             self._add_chunks(bh_key, chunks)
         else:
             self._insert(bh_key, self._prefix + bh_key, size, mime, filename, None, chunks)
-        self._present[bh_key] = self._clock()
 
     def rely(self, bh_key: str, *, entry: tuple[str, str] | None = None) -> None:
         """About to point a new row at a blob already stored (a frame version that reuses the parts of the one
@@ -855,7 +854,22 @@ class FileStore(Interface):
         report.dangling_rows_found = len(rows - seen)
         if not dry_run:
             report.incomplete_removed = self._store.cleanup_incomplete(grace_seconds)
+            # Streams a killed writer left where bytes wait for their hash (a dask array's put): after a day.
+            for info in self._store.list_info(self.incoming_prefix):
+                if now - info.last_modified > max(grace_seconds, INCOMING_SECONDS):
+                    self._store.delete(info.key)
+                    report.incomplete_removed += 1
         return report
+
+    @property
+    def incoming_prefix(self) -> str:
+        """Where bytes whose hash is not known yet are streamed (beside the blobs, not among them: gc and check
+        do not take them for orphans while they are on their way)."""
+        return self._prefix.rstrip("/") + "-incoming/"
+
+
+#: An object under ``FileStore.incoming_prefix`` older than this is a killed writer's, deleted by gc.
+INCOMING_SECONDS = 24 * 3600.0
 
 
 class BlobWriter(io.RawIOBase):

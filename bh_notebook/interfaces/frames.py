@@ -279,19 +279,26 @@ class FrameStore(VersionedStore[FrameVersion]):
         if name not in self:
             return self.put(name, df, metadata=metadata, progress=progress)
         latest = self.info(name)
+        from .frames_dask import is_dask_frame
+
+        if is_dask_frame(df):
+            from . import frames_dask
+
+            return frames_dask.put(self, name, df, meta if metadata is not None else latest.metadata, after=latest)
         prepared = _prepare(df)
         if prepared.table.num_rows == 0:
             return latest  # (its columns may not even have types yet: an empty object column)
         parts = self._parts(latest)
         stored = self._part_schema(parts[0])
         _check_appendable(latest, stored, _read_back_schema(prepared.table))
+        _check_dtypes(latest, dict(zip(prepared.columns, prepared.dtypes)))
         spec = _range_spec(stored.metadata)
         if len(parts) == 1 and spec is not None:  # a version put whole: its labels, from its footer
             parts = [dataclasses.replace(parts[0], range_start=int(spec["start"]), range_step=int(spec["step"]))]
         table = _continue_labels(stored.metadata, prepared.table, latest.n_rows)
+        new, row_groups = self._write_part(name, table, progress)
         for part in parts:  # the new version relies on them: present, and fresh enough to outlive our commit
             self._files.rely(part.bh_key, entry=("frame", name))
-        new, row_groups = self._write_part(name, table, progress)
         return self._add_parts(name, [*parts, new], meta if metadata is not None else latest.metadata, {
             "columns": json.dumps(latest.columns), "dtypes": json.dumps(latest.dtypes),
             "index_names": json.dumps(latest.index), "row_groups": latest.row_groups + row_groups})
@@ -321,7 +328,6 @@ class FrameStore(VersionedStore[FrameVersion]):
         row_groups = 0
         for group in groups:
             if len(group) == 1:
-                self._files.rely(group[0].bh_key, entry=("frame", name))
                 joined.append(group[0])
                 row_groups += self._part_row_groups(group[0])
                 continue
@@ -332,6 +338,8 @@ class FrameStore(VersionedStore[FrameVersion]):
             part, groups_written = self._write_part(name, table, progress)
             joined.append(part)
             row_groups += groups_written
+        for part in joined:  # the parts kept as they are (checked after the slow writes, just before the commit)
+            self._files.rely(part.bh_key, entry=("frame", name))
         return self._add_parts(name, joined, latest.metadata, {
             "columns": json.dumps(latest.columns), "dtypes": json.dumps(latest.dtypes),
             "index_names": json.dumps(latest.index), "row_groups": row_groups})
@@ -504,12 +512,14 @@ class FrameStore(VersionedStore[FrameVersion]):
         positions: list[np.ndarray[Any, Any]] = []
         metadata = None
         dictionary: list[str] | None = None
+        ordered = None if wanted_rows is None else np.sort(wanted_rows)
         start = 0
         for i, part in enumerate(parts):
             stop = start + part.n_rows
             local = None
-            if wanted_rows is not None:
-                local = np.sort(wanted_rows[(wanted_rows >= start) & (wanted_rows < stop)]) - start
+            if ordered is not None:
+                lo, hi = np.searchsorted(ordered, [start, stop])
+                local = ordered[lo:hi] - start
                 if i > 0 and not len(local):
                     start = stop
                     continue
@@ -525,8 +535,9 @@ class FrameStore(VersionedStore[FrameVersion]):
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         found = positions[0] if len(positions) == 1 else np.concatenate(positions)
         if wanted_rows is not None and len(wanted_rows) > 1 and wanted_rows[1] < wanted_rows[0]:
-            table = table.take(pa.array(np.searchsorted(found, wanted_rows)))  # a slice that steps backwards
-            found = wanted_rows
+            # A slice that steps backwards: the rows were read (and filtered) in ascending order.
+            table = table.take(pa.array(np.arange(table.num_rows - 1, -1, -1, dtype=np.int64)))
+            found = found[::-1]
         table = table.replace_schema_metadata(metadata)
         if expr is not None:
             selection = _Rows(total, mask=found)
@@ -982,6 +993,16 @@ def _read_back_schema(table: pa.Table) -> pa.Schema:
     _write_parquet(table.slice(0, 0), sink, "none", None)
     sink.seek(0)
     return pq.read_schema(sink)
+
+
+def _check_dtypes(latest: FrameVersion, dtypes: dict[str, str]) -> None:
+    """ValueTypeError when a column's dtype (as pandas, polars or Arrow names it: categories of an Enum, a
+    timestamp's unit) differs from the stored one."""
+    differ = [f"column {c!r} is {t} here but {latest.dtypes.get(c)} in the stored frame"
+              for c, t in dtypes.items() if c in latest.dtypes and latest.dtypes[c] != t]
+    if differ:
+        raise ValueTypeError(f"cannot append to frame {latest.name!r}@{latest.version}: {'; '.join(differ)}. Convert "
+                             "the columns first (df.astype(...), df.cast(...)). Nothing was stored.")
 
 
 def _check_appendable(latest: FrameVersion, stored: pa.Schema, new: pa.Schema) -> None:

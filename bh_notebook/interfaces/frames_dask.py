@@ -60,6 +60,8 @@ class _Spec:
     chunk_size: int
     compression: str
     compression_level: int | None
+    #: An object older than this (by the bucket's clock) is touched before it is relied on (FileStore's rule).
+    fresh_seconds: float = 60.0
 
     def __repr__(self) -> str:  # never the credentials, wherever a spec is shown
         return f"<bh_notebook bucket spec {self.config.location}>"
@@ -115,32 +117,42 @@ def register(store: VersionedStore[Any]) -> str:
             raise ValueTypeError("Dask needs the stores of a BucketSQLite (bh.frames, bh.arrays): the workers open "
                                  "the bucket from its BucketConfig")
         spec = _Spec(config, files.prefix, files.chunk_size, getattr(store, "compression", "none"),
-                     getattr(store, "compression_level", None))
+                     getattr(store, "compression_level", None), float(files.fresh_seconds))
         token = uuid.uuid4().hex
         _SPECS[token] = spec
         store._dask_token = token  # type: ignore[attr-defined]
-        store._dask_clients = set()  # type: ignore[attr-defined]
     try:
         from distributed import get_client
 
         client = get_client()
     except (ImportError, ValueError):
         return token
-    if id(client) not in store._dask_clients:  # type: ignore[attr-defined]
-        client.register_plugin(BucketPlugin(token, _SPECS[token]), name=f"bh-notebook-{token}")
-        store._dask_clients.add(id(client))  # type: ignore[attr-defined]
+    # Every time (by name, so a worker that has it keeps it): a new client, or new workers, get it too.
+    client.register_plugin(BucketPlugin(token, _SPECS[token]), name=f"bh-notebook-{token}")
     return token
+
+
+def age_of(info: Any) -> float:
+    """An object's age by the bucket's clock (this machine's when the bucket did not say)."""
+    import time
+
+    return info.age if info.age is not None else max(0.0, time.time() - info.last_modified)
 
 
 # -- writing: on the workers ---------------------------------------------------------------------------------
 
 
-def _write_partition(pdf: Any, token: str, name: str) -> dict[str, Any]:
+def _write_partition(pdf: Any, token: str, name: str, plain_index: bool = False) -> dict[str, Any]:
     """One partition as one Parquet part: written to memory, hashed, uploaded (unless the bucket holds those bytes
-    already, fresh); what the client needs to register it."""
+    already, fresh); what the client needs to register it. ``plain_index``: a RangeIndex is stored as a column
+    of labels (when other partitions' labels are not a RangeIndex)."""
+    import pandas as pd
+
     from .frames import _prepare, _range_spec, _read_back_schema, _write_parquet
 
     spec, bucket = _bucket(token)
+    if plain_index and isinstance(pdf.index, pd.RangeIndex):
+        pdf = pdf.set_axis(pd.Index(pdf.index.to_numpy(), dtype="int64", name=pdf.index.name), axis=0)
     prepared = _prepare(pdf)
     table = prepared.table
     sink = io.BytesIO()
@@ -154,7 +166,7 @@ def _write_partition(pdf: Any, token: str, name: str) -> dict[str, Any]:
     info = bucket.head(object_key)
     if info is None or info.size != len(data):
         bucket.put_stream(ChainReader(data), object_key, size=len(data), **describe)
-    elif (info.age if info.age is not None else 0.0) > 60.0:  # old: renewed so gc's grace runs from now
+    elif age_of(info) > spec.fresh_seconds:  # old: renewed so gc's grace runs from now
         bucket.touch(object_key, **describe)
     range_spec = _range_spec(table.schema.metadata)
     return {
@@ -168,35 +180,69 @@ def _write_partition(pdf: Any, token: str, name: str) -> dict[str, Any]:
     }
 
 
-def put(store: FrameStore, name: str, ddf: Any, metadata: dict[str, str]) -> FrameVersion:
-    """``FrameStore.put`` of a dask DataFrame: the workers write the parts; one version lists them."""
+def put(store: FrameStore, name: str, ddf: Any, metadata: dict[str, str], *,
+        after: FrameVersion | None = None) -> FrameVersion:
+    """``FrameStore.put`` of a dask DataFrame or Series: the workers write the parts; one version lists them
+    (``after``: a version whose parts come first, for ``append``)."""
+    import json
+
     import pyarrow as pa
 
     from .frames import FramePart, _check_appendable
 
     dask, _ = import_dask()
-    if type(ddf).__name__ == "Series":
-        ddf = ddf.to_frame()
     token = register(store)
-    tasks = [dask.delayed(_write_partition)(part, token, name) for part in ddf.to_delayed()]
-    written = [w for w in dask.compute(*tasks) if w["n_rows"]] or list(dask.compute(*tasks[:1]))
+
+    def write(plain_index: bool) -> list[dict[str, Any]]:
+        tasks = [dask.delayed(_write_partition)(part, token, name, plain_index) for part in ddf.to_delayed()]
+        done = list(dask.compute(*tasks))
+        return [w for w in done if w["n_rows"]] or done[:1]
+
+    def mismatch(written: list[dict[str, Any]]) -> str | None:
+        schemas = [pa.ipc.read_schema(pa.py_buffer(w["schema"])) for w in written]
+        reference = [(_Described(name, after.n_rows, after.version), store._part_schema(store._parts(after)[0]))] \
+            if after is not None else []
+        for i, schema in enumerate(schemas):
+            against = reference or ([(_Described(name, written[0]["n_rows"]), schemas[0])] if i else [])
+            for described, first in against:
+                try:
+                    _check_appendable(described, first, schema)  # type: ignore[arg-type]
+                except ValueTypeError as exc:
+                    said = str(exc).split(": ", 1)[-1].replace(" Nothing was stored.", "")
+                    return f"partition {i} of the dask frame for {name!r} does not match {said}"
+        return None
+
+    written = write(False)
     if not written:
         raise ValueTypeError(f"the dask frame for {name!r} has no partitions")
-    schemas = [pa.ipc.read_schema(pa.py_buffer(w["schema"])) for w in written]
-    for i, schema in enumerate(schemas[1:], start=1):
-        try:
-            _check_appendable(_Described(name, written[i - 1]["n_rows"]), schemas[0], schema)  # type: ignore[arg-type]
-        except ValueTypeError as exc:
-            raise ValueTypeError(f"partition {i} of the dask frame for {name!r} does not match partition 0 ("
-                                 f"{str(exc).split(': ', 1)[-1]}) Give the columns explicit dtypes (ddf.astype) "
-                                 "and put it again; the parts uploaded are collected by gc.") from None
+    problem = mismatch(written)
+    if problem is not None and "RangeIndex" in problem:
+        written = write(True)  # some partitions' labels are a RangeIndex, others not: store them all as labels
+        problem = mismatch(written)
+    if problem is not None:
+        raise ValueTypeError(f"{problem}. Give the columns explicit dtypes (ddf.astype) and put it again; the "
+                             "parts already uploaded are collected by gc.")
     for w in written:
         store.files.adopt(w["bh_key"], w["nbytes"], chunks=(w["chunk_size"], w["digests"]),
                           filename=f"{name.rsplit('/', 1)[-1]}.parquet", mime=PARQUET)
     parts = [FramePart(w["bh_key"], w["n_rows"], w["nbytes"], w["range_start"], w["range_step"]) for w in written]
-    first = written[0]
-    import json
+    if after is not None:
+        from .frames import _range_spec
 
+        before = store._parts(after)
+        spec = _range_spec(store._part_schema(before[0]).metadata) if len(before) == 1 else None
+        if spec is not None:  # a version put whole: its labels, from its footer
+            before = [FramePart(before[0].bh_key, before[0].n_rows, before[0].nbytes, int(spec["start"]),
+                                int(spec["step"]))]
+        parts = [*before, *parts]
+    for part in parts:  # the workers may have uploaded some long ago: present, and fresh enough to outlive our commit
+        store.files.rely(part.bh_key, entry=("frame", name))
+    first = written[0]
+    if after is not None:
+        return store._add_parts(name, parts, metadata, {
+            "columns": json.dumps(after.columns), "dtypes": json.dumps(after.dtypes),
+            "index_names": json.dumps(after.index), "row_groups": after.row_groups + sum(w["row_groups"]
+                                                                                        for w in written)})
     return store._add_parts(name, parts, metadata, {
         "columns": json.dumps(first["columns"]), "dtypes": json.dumps(dict(zip(first["columns"], first["dtypes"]))),
         "index_names": json.dumps(first["index_names"]), "row_groups": sum(w["row_groups"] for w in written)})
