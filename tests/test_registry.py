@@ -79,9 +79,10 @@ def test_the_registered_kinds() -> None:
     assert [c.plural for c in registry.listed_classes()] == ["frames", "arrays", "files", "kv"]
     assert versioned_tables() == {"bh_frames", "bh_arrays", "bh_named_files"}
     assert table_rules() == {"bh_retired_versions": "retired", "filestore": "blobs", "bh_frames": "versioned",
-                             "bh_arrays": "versioned", "bh_named_files": "versioned", "bh_kv": "kv"}
-    assert registry.blob_columns() == {"bh_frames": ("bh_key",), "bh_arrays": ("bh_key",),
-                                       "bh_named_files": ("bh_key",)}
+                             "bh_frame_parts": "parts", "bh_arrays": "versioned", "bh_named_files": "versioned",
+                             "bh_kv": "kv"}
+    assert registry.blob_columns() == {"bh_frames": ("bh_key",), "bh_frame_parts": ("bh_key",),
+                                       "bh_arrays": ("bh_key",), "bh_named_files": ("bh_key",)}
 
 
 def test_stores_before_start_and_after_stop(tmp_path: Path) -> None:
