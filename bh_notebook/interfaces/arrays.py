@@ -133,12 +133,6 @@ class ArrayStore(VersionedStore[ArrayVersion]):
         """
         check_name(name, "array name")
         meta = check_metadata(metadata)
-        from .arrays_dask import is_dask_array
-
-        if is_dask_array(array):
-            from . import arrays_dask
-
-            return arrays_dask.put(self, name, array, meta)
         if isinstance(array, np.ma.MaskedArray):
             raise ValueTypeError("masked arrays are not supported: store arr.data and arr.mask as two arrays")
         if isinstance(array, np.generic):
@@ -165,15 +159,12 @@ class ArrayStore(VersionedStore[ArrayVersion]):
     # -- reads ------------------------------------------------------------------------------
 
     def get(self, name: str, version: int | None = None, *, rows: slice | None = None,
-            progress: ProgressCallback | None = None, to: str | None = None, chunks: int | None = None) -> Any:
+            progress: ProgressCallback | None = None) -> np.ndarray[Any, Any]:
         """The array (latest version by default). ``rows=slice(a, b)`` fetches only those rows' bytes.
 
         A whole get is checked against the blob's SHA-256, a ``rows=`` read against the hashes of the chunks it
-        touches (IntegrityError when the bucket's bytes were altered). ``to="dask"`` gives a dask array of blocks
-        of ``chunks`` rows (about 128 MiB each by default), each one ranged read on a worker, verified.
+        touches (IntegrityError when the bucket's bytes were altered).
         """
-        if to not in (None, "numpy", "dask"):
-            raise ValueTypeError(f"to={to!r}: use to='numpy' (the default) or to='dask'")
         row = self._row(name, version)
         info = self._to_version(row)
         if info.dtype.hasobject:
@@ -182,12 +173,6 @@ class ArrayStore(VersionedStore[ArrayVersion]):
             raise ValueTypeError(f"array {name!r} claims dtype {info.dtype}, which would need pickle; it was not "
                                  "written by bh_notebook and is not loaded")
         header = bytes(row["header"])
-        if to == "dask":
-            if rows is not None:
-                raise ValueTypeError("rows= is not for to='dask': slice the dask array instead")
-            from . import arrays_dask
-
-            return arrays_dask.get(self, info, len(header), chunks)
         if rows is not None:
             return self._get_rows(info, len(header), rows, progress)
         out = np.empty(info.shape, dtype=info.dtype, order="F" if info.fortran_order else "C")

@@ -23,11 +23,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ValueTypeError
+from ..storage.bucket import ProgressCallback
+from .arrays import ArrayStore
+from .base import check_name
 from .files import _ChunkHasher, _describe
 from .frames_dask import _WorkerBlobs, import_dask, register
+from .versioned import check_metadata
 
 if TYPE_CHECKING:
-    from .arrays import ArrayStore, ArrayVersion
+    from .arrays import ArrayVersion
     from .files import ChunkHashes
 
 NPY = "application/x-npy"
@@ -155,4 +159,33 @@ def get(store: ArrayStore, info: ArrayVersion, header_len: int, chunks: Any) -> 
     return da.concatenate(blocks, axis=0)
 
 
-__all__ = ["get", "is_dask_array", "put"]
+class DaskArrayStore(ArrayStore):
+    """The array store a BucketSQLite builds: an ArrayStore that also takes dask arrays (streamed one block of rows
+    at a time) and gives them (``get(..., to="dask")``). dask is imported only when one is met."""
+
+    def put(self, name: str, array: Any, *, metadata: dict[str, str] | None = None,
+            progress: ProgressCallback | None = None) -> ArrayVersion:
+        """As ``ArrayStore.put``; a dask array is computed one block of rows at a time and streamed into one .npy."""
+        if not is_dask_array(array):
+            return super().put(name, array, metadata=metadata, progress=progress)
+        check_name(name, "array name")
+        return put(self, name, array, check_metadata(metadata))
+
+    def get(self, name: str, version: int | None = None, *, rows: slice | None = None,
+            progress: ProgressCallback | None = None, to: str | None = None, chunks: int | None = None) -> Any:
+        """As ``ArrayStore.get``; ``to="dask"`` gives a dask array of blocks of ``chunks`` rows (about 128 MiB each
+        by default), each one ranged read on a worker, verified."""
+        if to not in (None, "numpy", "dask"):
+            raise ValueTypeError(f"to={to!r}: use to='numpy' (the default) or to='dask'")
+        if to != "dask":
+            return super().get(name, version, rows=rows, progress=progress)
+        if rows is not None:
+            raise ValueTypeError("rows= is not for to='dask': slice the dask array instead")
+        info = self.info(name, version)
+        if info.dtype.hasobject:
+            raise ValueTypeError(f"array {name!r} claims dtype {info.dtype}, which would need pickle; it was not "
+                                 "written by bh_notebook and is not loaded")
+        return get(self, info, len(self._row(name, info.version)["header"]), chunks)
+
+
+__all__ = ["DaskArrayStore", "get", "is_dask_array", "put"]

@@ -174,15 +174,13 @@ class FrameStore(VersionedStore[FrameVersion]):
     @staticmethod
     def accepts(value: Any) -> bool:
         """What ``%bh_put`` stores as a frame: a pandas DataFrame or Series, a polars DataFrame, LazyFrame or
-        Series, a pyarrow Table or RecordBatch, a dask DataFrame (polars and dask are never imported for this)."""
+        Series, a pyarrow Table or RecordBatch (polars is never imported for this)."""
         import pandas as pd
         import pyarrow as pa
 
         if isinstance(value, (pd.DataFrame, pd.Series, pa.Table, pa.RecordBatch)):
             return True
-        from .frames_dask import is_dask_frame
-
-        return is_dask_frame(value) or type(value).__module__.split(".")[0] == "polars" and type(value).__name__ in (
+        return type(value).__module__.split(".")[0] == "polars" and type(value).__name__ in (
             "DataFrame", "LazyFrame", "Series")
 
     def _to_version(self, row: dict[str, Any]) -> FrameVersion:
@@ -229,12 +227,6 @@ class FrameStore(VersionedStore[FrameVersion]):
         """
         check_name(name, "frame name")
         meta = check_metadata(metadata)
-        from .frames_dask import is_dask_frame
-
-        if is_dask_frame(df):
-            from . import frames_dask
-
-            return frames_dask.put(self, name, df, meta)
         prepared = _prepare(df)
         part, row_groups = self._write_part(name, prepared.table, progress)
         return self._add_version(name, part.bh_key, part.nbytes, meta, {
@@ -279,12 +271,6 @@ class FrameStore(VersionedStore[FrameVersion]):
         if name not in self:
             return self.put(name, df, metadata=metadata, progress=progress)
         latest = self.info(name)
-        from .frames_dask import is_dask_frame
-
-        if is_dask_frame(df):
-            from . import frames_dask
-
-            return frames_dask.put(self, name, df, meta if metadata is not None else latest.metadata, after=latest)
         prepared = _prepare(df)
         if prepared.table.num_rows == 0:
             return latest  # (its columns may not even have types yet: an empty object column)
@@ -446,17 +432,10 @@ class FrameStore(VersionedStore[FrameVersion]):
         rows. These read only the footer and the needed column chunks. Row labels are kept as ``df[mask]`` and
         ``df.iloc[a:b]`` keep them.
         """
-        _check_to(to, dask=True)
+        _check_to(to)
         info = self.info(name, version)
         if rows is not None and not isinstance(rows, slice):
             raise ValueTypeError(f"rows= takes a slice, like rows=slice(0, 100), not {type(rows).__name__}")
-        if to == "dask":
-            if rows is not None:
-                raise ValueTypeError("rows= is not for to='dask' (its partitions are the parts); filter the frame "
-                                     "instead, or use .partitions[...]")
-            from . import frames_dask
-
-            return frames_dask.get(self, info, columns, filters)
         if columns is None and filters is None and rows is None:
             parts = self._parts(info)
             if len(parts) == 1:
@@ -839,10 +818,9 @@ _EXACT_OBJECTS = {"string", "empty", "bytes", "date", "boolean"}
 TO = ("pandas", "polars", "arrow")
 
 
-def _check_to(to: object, *, dask: bool = False) -> None:
-    if to is not None and to not in TO and not (dask and to == "dask"):
-        raise ValueTypeError(f"to={to!r}: use to='pandas', to='polars' or to='arrow'"
-                             f"{', to=' + repr('dask') if dask else ''} (or None: the type put)")
+def _check_to(to: object) -> None:
+    if to is not None and to not in TO:
+        raise ValueTypeError(f"to={to!r}: use to='pandas', to='polars' or to='arrow' (or None: the type put)")
 
 
 def _import_polars() -> Any:

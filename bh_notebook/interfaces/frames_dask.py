@@ -6,10 +6,12 @@ no row passes through it. ``FrameStore.get(name, to="dask")`` returns a dask Dat
 version's parts, each read on a worker through ranged GETs checked against the part's chunk hashes, with
 ``columns=`` and ``filters=`` pushed down to the row groups.
 
-The workers reach the bucket with the configuration a ``distributed`` worker plugin hands them (registered once
-per store, under a random token): the tasks carry only the token, so credentials appear in no task, repr,
-dashboard or log. Without a ``distributed`` client (dask's threaded scheduler) the token is looked up in this
-process. Dask stays optional: ``pip install "bh_notebook[dask]"``.
+The workers reach the bucket with the configuration a ``distributed`` worker plugin carries (``dask_plugin.py``,
+registered under a random token per store): the tasks carry only the token, and a worker finds the plugin by it,
+so credentials appear in no task, repr, dashboard or log. Without a ``distributed`` client (dask's threaded
+scheduler) the token is looked up in this process. ``DaskFrameStore``, the frame store a BucketSQLite builds,
+sends dask values here. Dask stays optional: ``pip install "bh_notebook[dask]"``; nothing imports it until a
+dask value is met.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import IntegrityError, ObjectNotFound, ValueTypeError
 from ..storage import BucketClient, open_bucket
-from ..storage.bucket import ChainReader
+from ..storage.bucket import ChainReader, ProgressCallback
+from .base import check_name
 from .files import ChunkHashes, _ChunkHasher, _describe
+from .frames import FrameStore
+from .versioned import check_metadata
 
 if TYPE_CHECKING:
     from ..config import BucketConfig
-    from .frames import FramePart, FrameStore, FrameVersion
+    from .frames import FramePart, FrameVersion
     from .versioned import VersionedStore
 
 PARQUET = "application/vnd.apache.parquet"
@@ -74,36 +79,22 @@ _LOCK = threading.Lock()
 
 def _bucket(token: str) -> tuple[_Spec, BucketClient]:
     spec = _SPECS.get(token)
-    if spec is None:
-        raise RuntimeError("this worker was not given the bucket (bh_notebook's worker plugin is missing): run the "
-                           "computation on the distributed client the frame was opened with")
+    if spec is None:  # a worker: the plugin registered under the token carries it
+        try:
+            from distributed import get_worker
+
+            spec = getattr(get_worker().plugins.get(f"bh-notebook-{token}"), "spec", None)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            raise RuntimeError("this worker was not given the bucket (bh_notebook's worker plugin is missing): run "
+                               "the computation on the distributed client the frame was opened with")
+        _SPECS[token] = spec
     with _LOCK:
         bucket = _BUCKETS.get(token)
         if bucket is None:
             bucket = _BUCKETS[token] = open_bucket(spec.config)
     return spec, bucket
-
-
-def _plugin_base() -> type:
-    try:  # the plugin that hands the spec to every worker, present and future
-        from distributed import WorkerPlugin
-    except ImportError:  # pragma: no cover - dask without distributed: the threaded scheduler only
-        return object
-    return WorkerPlugin
-
-
-class BucketPlugin(_plugin_base()):  # type: ignore[misc]
-    """Gives each worker the bucket spec under its token (pickled to the workers; shown nowhere)."""
-
-    def __init__(self, token: str, spec: _Spec) -> None:
-        self.token = token
-        self.spec = spec
-
-    def setup(self, worker: Any) -> None:
-        _SPECS[self.token] = self.spec
-
-    def __repr__(self) -> str:
-        return f"<BucketPlugin {self.token[:8]}>"
 
 
 def register(store: VersionedStore[Any]) -> str:
@@ -128,6 +119,8 @@ def register(store: VersionedStore[Any]) -> str:
     except (ImportError, ValueError):
         return token
     # Every time (by name, so a worker that has it keeps it): a new client, or new workers, get it too.
+    from .dask_plugin import BucketPlugin
+
     client.register_plugin(BucketPlugin(token, _SPECS[token]), name=f"bh-notebook-{token}")
     return token
 
@@ -320,4 +313,44 @@ def get(store: FrameStore, info: FrameVersion, columns: Any, filters: Any) -> An
     return dd.from_map(_read_partition, tasks, meta=meta, label=f"bh-frame-{info.name}", enforce_metadata=False)
 
 
-__all__ = ["BucketPlugin", "get", "import_dask", "is_dask_frame", "put", "register"]
+class DaskFrameStore(FrameStore):
+    """The frame store a BucketSQLite builds: a FrameStore that also takes dask DataFrames and Series (written by
+    the workers) and gives them (``get(..., to="dask")``). dask is imported only when one is met."""
+
+    @staticmethod
+    def accepts(value: Any) -> bool:
+        return is_dask_frame(value) or FrameStore.accepts(value)
+
+    def put(self, name: str, df: Any, *, metadata: dict[str, str] | None = None,
+            progress: ProgressCallback | None = None) -> FrameVersion:
+        """As ``FrameStore.put``; a dask DataFrame or Series is written partition by partition on the workers,
+        each partition a part of the new version (nothing passes through this process)."""
+        if not is_dask_frame(df):
+            return super().put(name, df, metadata=metadata, progress=progress)
+        check_name(name, "frame name")
+        return put(self, name, df, check_metadata(metadata))
+
+    def append(self, name: str, df: Any, *, metadata: dict[str, str] | None = None,
+               progress: ProgressCallback | None = None) -> FrameVersion:
+        """As ``FrameStore.append``; a dask frame's partitions become the new parts, written on the workers."""
+        if not is_dask_frame(df) or name not in self:
+            return super().append(name, df, metadata=metadata, progress=progress)
+        check_name(name, "frame name")
+        latest = self.info(name)
+        meta = check_metadata(metadata) if metadata is not None else latest.metadata
+        return put(self, name, df, meta, after=latest)
+
+    def get(self, name: str, version: int | None = None, *, columns: list[Any] | None = None,
+            filters: Any = None, rows: slice | None = None, to: str | None = None,
+            progress: ProgressCallback | None = None) -> Any:
+        """As ``FrameStore.get``; ``to="dask"`` gives a dask DataFrame with one partition per part, each read on a
+        worker (``columns=`` and ``filters=`` reach the row groups; no ``rows=``)."""
+        if to != "dask":
+            return super().get(name, version, columns=columns, filters=filters, rows=rows, to=to, progress=progress)
+        if rows is not None:
+            raise ValueTypeError("rows= is not for to='dask' (its partitions are the parts); filter the frame "
+                                 "instead, or use .partitions[...]")
+        return get(self, self.info(name, version), columns, filters)
+
+
+__all__ = ["DaskFrameStore", "get", "import_dask", "is_dask_frame", "put", "register"]

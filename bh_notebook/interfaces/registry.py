@@ -11,15 +11,16 @@ store comes first.
 
 from __future__ import annotations
 
-from .arrays import ArrayStore
+from .arrays_dask import DaskArrayStore
 from .base import MERGE_RULES, Interface
 from .files import FileStore, declare_blob_columns
-from .frames import FrameStore
+from .frames_dask import DaskFrameStore
 from .kv import KVStore
 from .named_files import NamedFileStore
 
-#: The store classes, in the order they are built and listed (the listed ones in the order users see them).
-STORE_CLASSES: list[type[Interface]] = [FileStore, FrameStore, ArrayStore, NamedFileStore, KVStore]
+#: The store classes, in the order they are built and listed (the listed ones in the order users see them). Frames
+#: and arrays are the stores that also take dask values (``frames_dask.py``, ``arrays_dask.py``).
+STORE_CLASSES: list[type[Interface]] = [FileStore, DaskFrameStore, DaskArrayStore, NamedFileStore, KVStore]
 
 
 def store_classes() -> tuple[type[Interface], ...]:
