@@ -49,9 +49,9 @@ STATE_TABLE = "bh_log_state"
 #: Commits and checkpoints younger than this (by the bucket's clock) are never pruned: a writer that read the log
 #: within it still finds every commit after the state it holds.
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
-#: A reader that has not heard from the log for this long HEADs ``<key>`` before it trusts a 404 (the commits
-#: after its position may have been pruned while it slept). Far below the retention, so a clock that is hours
-#: off changes nothing.
+#: Every this many seconds, a log that ended with a 404 has its floor looked at again (one HEAD of ``<key>``): the
+#: commits after a reader's position may have been pruned while it slept. Far below the retention, so a clock that
+#: is hours off changes nothing.
 STALE_SECONDS = 600.0
 #: At most this many objects are deleted by the pruning after one checkpoint (a flush waits for it).
 PRUNE_LIMIT = 1000
@@ -183,9 +183,6 @@ class Replica:
         #: (``prune``). A reader that finds the log ending below it has fallen into a pruned stretch, and starts
         #: again from that checkpoint instead of writing into the hole.
         self.known_floor = 0
-        #: When this process last heard from the log (``time.time()``): a reader quiet for longer than
-        #: ``STALE_SECONDS`` looks at ``<key>`` before it believes a 404 means "nothing new".
-        self.last_contact = 0.0
         #: When ``known_floor`` was last brought up to date from the bucket (``learn_floor``).
         self.floor_checked = 0.0
         #: SHA-256 of every foreign ``<key>`` (one written by another program) already taken in as a commit.
@@ -383,7 +380,6 @@ class Replica:
         merges the head into its catalog and then calls ``accept``."""
         n = self.position + 1
         data = self.log.get_commit(n)
-        self.last_contact = time.time()
         if data is None:
             self._check_floor_now_and_then()
             if self.position < self.known_floor:
@@ -569,7 +565,6 @@ class Replica:
             record["whole"] = {"key": key, "sha256": sha, "size": candidate.stat().st_size}
         data = changes.encode(record, change)
         etag = self.log.put_commit(n, data)
-        self.last_contact = time.time()
         if etag is None:
             if uploaded is not None:
                 self._drop_unnamed(n, uploaded)
