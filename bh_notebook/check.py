@@ -67,40 +67,43 @@ class CheckReport:
         return text + (f"; fixed: {'; '.join(self.fixed)}" if self.fixed else "")
 
 
-def _orphan_parts(conn: sqlite3.Connection) -> list[str]:
-    """Version ids in ``bh_frame_parts`` that no frame version has."""
+def _frame_versions(conn: sqlite3.Connection) -> dict[str, tuple[str, int, int]] | None:
+    """{version id: (name, number, rows)} of the frame versions, when the catalog has frame parts (else None)."""
     from .interfaces.frames import PARTS_TABLE
     from .interfaces.versioned import version_id_of
 
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if PARTS_TABLE not in tables or "bh_frames" not in tables:
-        return []
-    have = {version_id_of("bh_frames", n, v, k, c, m) for n, v, k, c, m in conn.execute(
-        "SELECT name, version, bh_key, created_at, metadata FROM bh_frames")}
-    return [vid for (vid,) in conn.execute(f"SELECT DISTINCT version_id FROM {PARTS_TABLE} ORDER BY 1")
-            if vid not in have]
+        return None
+    return {version_id_of("bh_frames", name, version, key, at, meta): (name, version, int(rows))
+            for name, version, key, at, meta, rows in conn.execute(
+                "SELECT name, version, bh_key, created_at, metadata, n_rows FROM bh_frames")}
+
+
+def _parts_by_version(conn: sqlite3.Connection) -> dict[str, int]:
+    """{version id: rows of its parts} in ``bh_frame_parts``."""
+    from .interfaces.frames import PARTS_TABLE
+
+    return {vid: int(total) for vid, total in conn.execute(
+        f"SELECT version_id, sum(n_rows) FROM {PARTS_TABLE} GROUP BY version_id ORDER BY 1")}
+
+
+def _orphan_parts(conn: sqlite3.Connection) -> list[str]:
+    """Version ids in ``bh_frame_parts`` that no frame version has."""
+    versions = _frame_versions(conn)
+    return [] if versions is None else [vid for vid in _parts_by_version(conn) if vid not in versions]
 
 
 def _part_problems(conn: sqlite3.Connection) -> list[str]:
     """Frame parts that belong to no version, and versions whose parts do not add up to their rows."""
-    from .interfaces.frames import PARTS_TABLE
-
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if PARTS_TABLE not in tables or "bh_frames" not in tables:
+    versions = _frame_versions(conn)
+    if versions is None:
         return []
-    from .interfaces.versioned import version_id_of
-
-    parts = {vid: int(total) for vid, total in conn.execute(
-        f"SELECT version_id, sum(n_rows) FROM {PARTS_TABLE} GROUP BY version_id")}
-    if not parts:
-        return []
-    versions = {version_id_of("bh_frames", name, version, key, at, meta): (name, version, int(rows))
-                for name, version, key, at, meta, rows in conn.execute(
-                    "SELECT name, version, bh_key, created_at, metadata, n_rows FROM bh_frames")}
+    parts = _parts_by_version(conn)
     found = [f"frame parts of version id {vid[:12]}, which no frame version has"
-             for vid in sorted(parts) if vid not in versions]
+             for vid in parts if vid not in versions]
     found += [f"frame {versions[vid][0]!r}@{versions[vid][1]} holds {versions[vid][2]} rows but its parts add up "
-              f"to {total}" for vid, total in sorted(parts.items()) if vid in versions and total != versions[vid][2]]
+              f"to {total}" for vid, total in parts.items() if vid in versions and total != versions[vid][2]]
     return found
 
 

@@ -249,9 +249,7 @@ class FrameStore(VersionedStore[FrameVersion]):
                                  "the column to a supported type first") from None
         bh_key = blob.bh_key
         assert bh_key is not None
-        spec = _range_spec(table.schema.metadata)
-        return (FramePart(bh_key, table.num_rows, blob.tell(), None if spec is None else int(spec["start"]),
-                          None if spec is None else int(spec["step"])),
+        return (FramePart(bh_key, table.num_rows, blob.tell(), *_labels_of(table.schema.metadata)),
                 max(1, -(-table.num_rows // row_group_size)))
 
     def append(self, name: str, df: Any, *, metadata: dict[str, str] | None = None,
@@ -278,9 +276,7 @@ class FrameStore(VersionedStore[FrameVersion]):
         stored = self._part_schema(parts[0])
         _check_appendable(latest, stored, _read_back_schema(prepared.table))
         _check_dtypes(latest, dict(zip(prepared.columns, prepared.dtypes)))
-        spec = _range_spec(stored.metadata)
-        if len(parts) == 1 and spec is not None:  # a version put whole: its labels, from its footer
-            parts = [dataclasses.replace(parts[0], range_start=int(spec["start"]), range_step=int(spec["step"]))]
+        parts = _with_labels(parts, stored)
         table = _continue_labels(stored.metadata, prepared.table, latest.n_rows)
         new, row_groups = self._write_part(name, table, progress)
         for part in parts:  # the new version relies on them: present, and fresh enough to outlive our commit
@@ -930,6 +926,21 @@ def _range_spec(metadata: dict[bytes, bytes] | None) -> dict[str, Any] | None:
     if not metadata or b"pandas" not in metadata:
         return None
     return _pandas_range(json.loads(metadata[b"pandas"]))
+
+
+def _labels_of(metadata: dict[bytes, bytes] | None) -> tuple[int | None, int | None]:
+    """(first label, step) of a part's RangeIndex, from its schema metadata; (None, None) for other labels."""
+    spec = _range_spec(metadata)
+    return (None, None) if spec is None else (int(spec["start"]), int(spec["step"]))
+
+
+def _with_labels(parts: list[FramePart], first: pa.Schema) -> list[FramePart]:
+    """A version's parts with their RangeIndex labels: a version put whole has no parts rows, so its one part's
+    labels come from its footer (``first``, its schema)."""
+    if len(parts) != 1 or parts[0].range_start is not None:
+        return parts
+    start, step = _labels_of(first.metadata)
+    return [dataclasses.replace(parts[0], range_start=start, range_step=step)]
 
 
 def _version_metadata(metadata: dict[bytes, bytes] | None, parts: list[FramePart]) -> dict[bytes, bytes] | None:

@@ -141,7 +141,7 @@ def _write_partition(pdf: Any, token: str, name: str, plain_index: bool = False)
     of labels (when other partitions' labels are not a RangeIndex)."""
     import pandas as pd
 
-    from .frames import _prepare, _range_spec, _read_back_schema, _write_parquet
+    from .frames import _labels_of, _prepare, _read_back_schema, _write_parquet
 
     spec, bucket = _bucket(token)
     if plain_index and isinstance(pdf.index, pd.RangeIndex):
@@ -161,12 +161,11 @@ def _write_partition(pdf: Any, token: str, name: str, plain_index: bool = False)
         bucket.put_stream(ChainReader(data), object_key, size=len(data), **describe)
     elif age_of(info) > spec.fresh_seconds:  # old: renewed so gc's grace runs from now
         bucket.touch(object_key, **describe)
-    range_spec = _range_spec(table.schema.metadata)
+    range_start, range_step = _labels_of(table.schema.metadata)
     return {
         "bh_key": bh_key, "nbytes": len(data), "n_rows": table.num_rows,
         "row_groups": max(1, -(-table.num_rows // row_group_size)),
-        "range_start": None if range_spec is None else int(range_spec["start"]),
-        "range_step": None if range_spec is None else int(range_spec["step"]),
+        "range_start": range_start, "range_step": range_step,
         "chunk_size": spec.chunk_size, "digests": chunker.digests(),
         "schema": _read_back_schema(table).serialize().to_pybytes(),
         "columns": prepared.columns, "dtypes": prepared.dtypes, "index_names": prepared.index_names,
@@ -181,10 +180,17 @@ def put(store: FrameStore, name: str, ddf: Any, metadata: dict[str, str], *,
 
     import pyarrow as pa
 
-    from .frames import FramePart, _check_appendable
+    from .frames import FramePart, _check_appendable, _with_labels
 
     dask, _ = import_dask()
     token = register(store)
+    before: list[FramePart] = []
+    reference = []  # what every partition must match: the stored version's first part (appending), else none
+    if after is not None:
+        before = store._parts(after)
+        stored = store._part_schema(before[0])  # one footer read
+        before = _with_labels(before, stored)
+        reference = [(_Described(name, after.n_rows, after.version), stored)]
 
     def write(plain_index: bool) -> list[dict[str, Any]]:
         tasks = [dask.delayed(_write_partition)(part, token, name, plain_index) for part in ddf.to_delayed()]
@@ -193,8 +199,6 @@ def put(store: FrameStore, name: str, ddf: Any, metadata: dict[str, str], *,
 
     def mismatch(written: list[dict[str, Any]]) -> str | None:
         schemas = [pa.ipc.read_schema(pa.py_buffer(w["schema"])) for w in written]
-        reference = [(_Described(name, after.n_rows, after.version), store._part_schema(store._parts(after)[0]))] \
-            if after is not None else []
         for i, schema in enumerate(schemas):
             against = reference or ([(_Described(name, written[0]["n_rows"]), schemas[0])] if i else [])
             for described, first in against:
@@ -218,16 +222,8 @@ def put(store: FrameStore, name: str, ddf: Any, metadata: dict[str, str], *,
     for w in written:
         store.files.adopt(w["bh_key"], w["nbytes"], chunks=(w["chunk_size"], w["digests"]),
                           filename=f"{name.rsplit('/', 1)[-1]}.parquet", mime=PARQUET)
-    parts = [FramePart(w["bh_key"], w["n_rows"], w["nbytes"], w["range_start"], w["range_step"]) for w in written]
-    if after is not None:
-        from .frames import _range_spec
-
-        before = store._parts(after)
-        spec = _range_spec(store._part_schema(before[0]).metadata) if len(before) == 1 else None
-        if spec is not None:  # a version put whole: its labels, from its footer
-            before = [FramePart(before[0].bh_key, before[0].n_rows, before[0].nbytes, int(spec["start"]),
-                                int(spec["step"]))]
-        parts = [*before, *parts]
+    parts = [*before, *(FramePart(w["bh_key"], w["n_rows"], w["nbytes"], w["range_start"], w["range_step"])
+                         for w in written)]
     for part in parts:  # the workers may have uploaded some long ago: present, and fresh enough to outlive our commit
         store.files.rely(part.bh_key, entry=("frame", name))
     first = written[0]

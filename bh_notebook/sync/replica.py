@@ -430,7 +430,10 @@ class Replica:
         """One HEAD of ``<key>``: the position of the genuine checkpoint it holds (looked at once when unknown),
         or None when it is missing, damaged or written by another program (then waiting in
         ``pending_foreign``)."""
-        info = self.bucket.head(self.key)
+        return self._position_at_key(self.bucket.head(self.key))
+
+    def _position_at_key(self, info: Any) -> int | None:
+        """What ``key_position`` says of the copy at ``<key>`` that a HEAD described (None: no object)."""
         if info is None:
             return None
         if info.etag in self.known_checkpoints:
@@ -659,11 +662,7 @@ class Replica:
         info = self.bucket.head(self.key)
         if info is None and self.position > 0:
             self._check_log_is_ours()
-        if info is None or info.etag in self.known_checkpoints or info.etag in self.passed_over \
-                or self.pending_foreign is not None:
-            return
-        if self._look_at_copy(info.etag) == -1:
-            self.passed_over.add(info.etag)  # damaged, or taken in already: not read again at every commit
+        self._position_at_key(info)  # a damaged copy, or one taken in already, is not read again at every commit
 
     def _check_log_is_ours(self) -> None:
         """CatalogDeleted when the log this process built on is gone or was begun again by someone else."""
