@@ -203,3 +203,30 @@ def test_cleanup_aborts_abandoned_multipart_uploads_by_the_buckets_clock(
     assert bucket.cleanup_incomplete(older_than=0) == 1  # abandoned (no part newer than the cutoff)
     assert not client.list_multipart_uploads(Bucket=bucket.name).get("Uploads")
     bucket.close()
+
+
+# -- S3Bucket: a large copy goes in parts -------------------------------------------------------
+
+
+@pytest.mark.parametrize("server_name", ["moto_server", "seaweed_server"])
+def test_a_large_copy_goes_in_parts_and_keeps_the_description(server_name: str,
+                                                              request: pytest.FixtureRequest) -> None:
+    """One CopyObject of gigabytes sends nothing until it is done (a read timeout) and stops at 5 GiB: above the
+    threshold the copy is UploadPartCopy of ranges, the source's content type and metadata kept, its ETag held."""
+    b = s3_bucket(request.getfixturevalue(server_name))
+    b.copy_part_size = 5 * 1024 * 1024
+    calls: list[str] = []
+    b.client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    data = os.urandom(12 * 1024 * 1024 + 321)
+    etag = b.put_bytes(data, "big/src", content_type="application/x-npy", metadata={"bh-kind": "array"})
+    calls.clear()
+    b.copy("big/src", "big/dst", if_match=etag)
+    assert calls.count("UploadPartCopy") == 3 and "CopyObject" not in calls
+    assert b.get_bytes("big/dst") == data
+    head = b.client.head_object(Bucket=b.name, Key="big/dst")
+    assert (head["ContentType"], head["Metadata"]) == ("application/x-npy", {"bh-kind": "array"})
+    b.put_bytes(data[::-1], "big/src")
+    with pytest.raises(PreconditionFailed):
+        b.copy("big/src", "big/other", if_match=etag)
+    assert b.head("big/other") is None and b.client.list_multipart_uploads(Bucket=b.name).get("Uploads", []) == []
+    b.close()

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 #: Size of one part of a multipart upload, and of one read when streaming.
 PART_SIZE = 8 * 1024 * 1024
+#: Parts of a server-side copy of a large object (each one request that must end within a read timeout).
+COPY_PART_SIZE = 64 * 1024 * 1024
 #: Reads from a stream are done in pieces of this size.
 CHUNK_SIZE = 1024 * 1024
 
