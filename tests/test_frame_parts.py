@@ -161,6 +161,45 @@ def test_index_labels_follow_pandas(config: BucketConfig) -> None:
         pd.testing.assert_frame_equal(bh.frames.get("ts"), expected)
 
 
+def _peak_python_bytes(read: Callable[[], object]) -> tuple[object, int]:
+    """What ``read()`` returns, and the most memory Python and numpy held at once during it (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        got = read()
+        return got, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_partial_read_costs_the_rows_read_not_the_whole_frame(make_config: Callable[..., BucketConfig]) -> None:
+    """head(5) of a 16M-row frame whose parts' labels jump, or whose index has a freq, once built the labels (or
+    a stand-in index) of all 16M rows: 128 MB and more for five rows (a client reading 4 GiB lazily held GiBs)."""
+    n = 8_000_000
+    jumping = pd.DataFrame({"v": np.zeros(n, dtype="i1")}, index=pd.RangeIndex(0, 2 * n, 2))
+    timed = pd.DataFrame({"v": np.zeros(2 * n, dtype="i1")},
+                         index=pd.date_range("2024-01-01", periods=2 * n, freq="s", name="t"))
+    with BucketSQLite(make_config("local"), NO_TIMER) as bh:
+        bh.frames.put("log", pd.DataFrame({"v": np.ones(n, dtype="i1")}))
+        bh.frames.append("log", jumping)
+        bh.frames.put("timed", timed)
+        for name, read, want in [
+            ("log", lambda: bh.frames.head("log", 5), pd.DataFrame({"v": np.ones(5, dtype="i1")})),
+            ("log", lambda: bh.frames.get("log", rows=slice(-3, None)), jumping.iloc[-3:]),
+            ("log", lambda: bh.frames.get("log", rows=slice(n + 4, n - 3, -3)),
+             pd.concat([pd.DataFrame({"v": np.ones(n, dtype="i1")}).iloc[n - 2:], jumping.iloc[:5]]).iloc[::-3]),
+            ("timed", lambda: bh.frames.head("timed", 5), timed.head(5)),
+            ("timed", lambda: bh.frames.get("timed", rows=slice(2 * n - 10, 2 * n - 40, -7)),
+             timed.iloc[2 * n - 10:2 * n - 40:-7]),
+        ]:
+            got, peak = _peak_python_bytes(read)
+            pd.testing.assert_frame_equal(got, want)
+            if name == "timed":
+                assert got.index.freq == want.index.freq
+            assert peak < 48 * 2**20, (name, peak / 2**20)  # (one row group's index column is 8 MB)
+
+
 @pytest.mark.parametrize("backend", ["local"], indirect=True)  # (100 appends: the backends are covered above)
 def test_compact_joins_parts_into_few_with_the_same_rows(config: BucketConfig,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:

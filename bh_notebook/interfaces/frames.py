@@ -1277,12 +1277,21 @@ def _categorical_dtype(spec: dict[str, Any]) -> Any:
 
 
 class _Rows:
-    """Which rows of a stored frame a table holds: all, a slice (as ``iloc``) or positions (as a boolean mask)."""
+    """Which rows of a stored frame a table holds: all, a slice (as ``iloc``) or positions (as a boolean mask).
+    Everything here costs the size of the rows read, never of the whole frame (a ``head(5)`` of 100M rows)."""
 
     def __init__(self, total: int, rows: slice | None = None, mask: Any = None) -> None:
         self.total = total
         self.rows = rows
         self.mask = mask
+
+    def positions(self) -> Any:
+        """The positions read, in the order read (None: all of them)."""
+        import numpy as np
+
+        if self.mask is not None:
+            return np.asarray(self.mask, dtype=np.intp)
+        return None if self.rows is None else np.arange(*self.rows.indices(self.total), dtype=np.intp)
 
     def index(self, full: Any) -> Any:
         import numpy as np
@@ -1291,23 +1300,42 @@ class _Rows:
             return full.take(np.asarray(self.mask, dtype=np.intp))
         return full if self.rows is None else full[self.rows]
 
-    def freq(self, freq: Any, index: Any) -> Any:
-        """The freq pandas gives these rows of an index with ``freq`` (``index`` holds the rows read): worked out
-        by pandas itself, on a stand-in index of the same freq."""
+    def part_labels(self, part_ranges: list[list[int]], name: Any) -> Any:
+        """The labels of the rows read when the parts' RangeIndexes do not go on from each other (what
+        ``pd.concat`` of the parts gives): ``part_ranges`` holds each part's (start, rows, step)."""
+        import numpy as np
         import pandas as pd
 
-        if self.rows is None and self.mask is None:
+        starts, counts, steps = (np.array(v, dtype=np.int64).reshape(-1) for v in zip(*part_ranges))
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        at = self.positions()
+        if at is None:
+            at = np.arange(self.total, dtype=np.int64)
+        which = np.searchsorted(offsets, at, side="right") - 1
+        return pd.Index(starts[which] + (at - offsets[which]) * steps[which], dtype=np.int64, name=name)
+
+    def freq(self, freq: Any, index: Any) -> Any:
+        """The freq pandas gives these rows of an index with ``freq`` (``index`` holds the rows read): worked out
+        by pandas itself, on a stand-in index of the same freq over the span of the rows read."""
+        import pandas as pd
+
+        at = self.positions()
+        if at is None:
             return freq
-        first = int(self.mask[0]) if self.mask is not None and len(self.mask) else \
-            next(iter(range(*self.rows.indices(self.total))), 0) if self.rows is not None else 0
+        lo, hi = (int(at.min()), int(at.max())) if len(at) else (0, 0)
+        first = int(at[0]) if len(at) else 0
         if isinstance(index, pd.DatetimeIndex):
-            anchor = index[0] - first * freq if len(index) else \
+            anchor = index[0] - (first - lo) * freq if len(index) else \
                 freq.rollforward(pd.Timestamp("2000-01-01", tz=index.tz))
-            stand_in = pd.date_range(anchor, periods=self.total, freq=freq, unit=index.unit)
+            stand_in = pd.date_range(anchor, periods=hi - lo + 1, freq=freq, unit=index.unit)
         else:
-            anchor = index[0] - first * freq if len(index) else pd.Timedelta(0)
-            stand_in = pd.timedelta_range(anchor, periods=self.total, freq=freq, unit=index.unit)
-        return self.index(stand_in).freq
+            anchor = index[0] - (first - lo) * freq if len(index) else pd.Timedelta(0)
+            stand_in = pd.timedelta_range(anchor, periods=hi - lo + 1, freq=freq, unit=index.unit)
+        if self.rows is not None:  # the same slice, shifted to start at the stand-in's first row
+            start, stop, step = self.rows.indices(self.total)
+            shifted = slice(start - lo, None if stop - lo < 0 else stop - lo, step)
+            return stand_in[shifted].freq if len(at) else stand_in[:0].freq
+        return stand_in.take(at - lo).freq
 
 
 def _convert(table: pa.Table, to: str | None, rows: _Rows) -> Any:
@@ -1376,13 +1404,11 @@ def _restore_rows(df: pd.DataFrame, ours: dict[str, Any], pandas_meta: dict[str,
     index_columns = pandas_meta.get("index_columns", [])
     if len(index_columns) == 1 and isinstance(index_columns[0], dict) and index_columns[0].get("kind") == "range":
         spec = index_columns[0]
-        full = pd.RangeIndex(int(spec["start"]), int(spec["stop"]), int(spec["step"]), name=spec.get("name"))
         if ours.get("part_ranges"):  # parts whose labels do not go on from each other: what pd.concat gives
-            import numpy as np
-
-            full = pd.Index(np.concatenate([np.arange(a, a + n * st, st, dtype=np.int64)
-                                            for a, n, st in ours["part_ranges"]]), name=spec.get("name"))
-        index = rows.index(full)
+            index = rows.part_labels(ours["part_ranges"], spec.get("name"))
+        else:
+            index = rows.index(pd.RangeIndex(int(spec["start"]), int(spec["stop"]), int(spec["step"]),
+                                             name=spec.get("name")))
         if len(df) != len(index):  # no columns: Parquet kept no rows
             df = df.reindex(index)
         else:
