@@ -18,6 +18,7 @@ import hashlib
 import io
 import math
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,8 +45,8 @@ def is_dask_array(obj: object) -> bool:
 
 
 class _BlockReader(io.RawIOBase):
-    """The ``.npy`` bytes of a dask array: its header, then each block of whole rows as it is computed (one at a
-    time), hashed as they are read."""
+    """The ``.npy`` bytes of a dask array: its header, then each block of whole rows as it is computed, hashed as
+    they are read. The next block is computed while this one is uploaded: at most two are held."""
 
     def __init__(self, header: bytes, x: Any, chunk_size: int) -> None:
         super().__init__()
@@ -57,17 +58,30 @@ class _BlockReader(io.RawIOBase):
         self.chunks = _ChunkHasher(chunk_size)
         self.size = len(header) + int(x.nbytes)
         self._read = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bh-dask-block")
+        self._pending = self._submit()
 
     def readable(self) -> bool:
         return True
 
-    def _next(self) -> bool:
+    def _submit(self) -> Future[np.ndarray[Any, Any]] | None:
         i = next(self._blocks, None)
-        if i is None:
+        return None if i is None else self._pool.submit(lambda: np.ascontiguousarray(self._x.blocks[i].compute()))
+
+    def _next(self) -> bool:
+        if self._pending is None:
             return False
-        block = np.ascontiguousarray(self._x.blocks[i].compute())
+        block = self._pending.result()
+        self._pending = self._submit()
         self._current = block.reshape(-1).view(np.uint8).data if block.nbytes else memoryview(b"")
         return True
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        self._pool.shutdown(wait=True)
+        super().close()
 
     def readinto(self, b: Any) -> int:
         out = memoryview(b).cast("B")
@@ -106,7 +120,8 @@ def put(store: ArrayStore, name: str, x: Any, metadata: dict[str, str]) -> Array
     incoming = f"{files.incoming_prefix}{uuid.uuid4().hex}"
     leaf = f"{name.rsplit('/', 1)[-1]}.npy"
     try:
-        bucket.put_stream(reader, incoming, size=reader.size, **_describe(NPY, ("array", name)))
+        with reader:
+            bucket.put_stream(reader, incoming, size=reader.size, **_describe(NPY, ("array", name)))
         bh_key = reader.sha.hexdigest()
         final = files.prefix + bh_key
         found = bucket.head(final)
