@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InexactFrame, NotFound, ValueTypeError
 from ..storage.bucket import ProgressCallback, SeekableReader
 from .base import check_name
+from .fingerprint import fingerprint
 from .versioned import ObjectURL, VersionedStore, check_metadata, object_url
 
 if TYPE_CHECKING:
@@ -227,13 +228,19 @@ class FrameStore(VersionedStore[FrameVersion]):
         """
         check_name(name, "frame name")
         meta = check_metadata(metadata)
+        seen = fingerprint(df, self.compression, self.compression_level)
+        known = self._unchanged(name, seen)
+        if known is not None:  # this process put or got exactly this as the latest version
+            return known
         prepared = _prepare(df)
         part, row_groups = self._write_part(name, prepared.table, progress)
-        return self._add_version(name, part.bh_key, part.nbytes, meta, {
+        info = self._add_version(name, part.bh_key, part.nbytes, meta, {
             "n_rows": part.n_rows, "columns": json.dumps(prepared.columns),
             "dtypes": json.dumps(dict(zip(prepared.columns, prepared.dtypes))),
             "index_names": json.dumps(prepared.index_names), "row_groups": row_groups,
         })
+        self._remember(name, info, seen)
+        return info
 
     def _write_part(self, name: str, table: pa.Table, progress: ProgressCallback | None) -> tuple[FramePart, int]:
         """Write ``table`` as one Parquet blob: the part, and its number of row groups."""
@@ -436,7 +443,10 @@ class FrameStore(VersionedStore[FrameVersion]):
             parts = self._parts(info)
             if len(parts) == 1:
                 table = self._read_part_whole(parts[0], progress)
-                return _convert(table, to, _Rows(table.num_rows))
+                frame = _convert(table, to, _Rows(table.num_rows))
+                if to is None:  # what the version holds, as it was put: a re-put of it, untouched, is no change
+                    self._remember(name, info, fingerprint(frame, self.compression, self.compression_level))
+                return frame
             pa, _, _ = _import_arrow()
             tables = self._read_parts_whole(parts, progress)
             meta = _version_metadata(tables[0].schema.metadata, parts)

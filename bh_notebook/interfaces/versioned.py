@@ -12,7 +12,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ..errors import NotFound, ValueTypeError
+from ..errors import BlobNotFound, NotFound, ValueTypeError
 from .base import RETIRED_TABLE, Entry, Interface, check_name, check_version
 from .files import FileStore
 
@@ -146,6 +146,8 @@ class VersionedStore(Interface, Generic[V]):
                 raise TypeError(f"{type(self).__name__} needs a bucket_client or a FileStore (files=...)")
             files = FileStore(conn, bucket_client)
         self._files = files
+        #: name -> (version id, blob, fingerprint) of what this process last put or got as that version.
+        self._fingerprints: dict[str, tuple[str, str, bytes]] = {}
         super().__init__(conn, bucket_client if bucket_client is not None else files.bucket)
 
     def _init_schema(self) -> None:
@@ -237,6 +239,28 @@ class VersionedStore(Interface, Generic[V]):
             if also is not None:
                 also(vid)
         return version
+
+    def _unchanged(self, name: str, fingerprint: bytes | None) -> V | None:
+        """The latest version of ``name`` when this process put or got exactly ``fingerprint`` as it, and it is
+        still the latest (a re-put that would write the same bytes); its blob is relied on as a re-put would."""
+        known = self._fingerprints.get(name)
+        if fingerprint is None or known is None or known[2] != fingerprint:
+            return None
+        latest = self._latest(name)
+        if latest is None or latest["bh_key"] != known[1] or latest["version_id"] != known[0]:
+            return None
+        if self._files.chunk_hashes(latest["bh_key"]) is None:
+            return None  # (a blob from before chunk hashes: the put records them, as it always has)
+        try:
+            self._files.rely(latest["bh_key"], entry=(self.kind, name))
+        except BlobNotFound:
+            return None  # gone from the bucket: the put uploads it again
+        return self._to_version(latest)
+
+    def _remember(self, name: str, info: Any, fingerprint: bytes | None) -> None:
+        """``fingerprint`` is what this process put as (or got from) the version ``info``."""
+        if fingerprint is not None:
+            self._fingerprints[name] = (info.version_id, info.bh_key, fingerprint)
 
     def _add_version(self, name: str, bh_key: str, nbytes: int, metadata: dict[str, str],
                      extra: dict[str, Any]) -> V:

@@ -1,0 +1,146 @@
+"""Fingerprints of values in memory, so that a re-put of data this process has just put or got is known to be
+unchanged without encoding and hashing it again.
+
+A fingerprint is an XXH3-128 digest of everything a put reads from the value: its type, labels, dtypes, attrs and
+every byte of every buffer. Putting the value again with the same fingerprint would write the same bytes, so the
+put can answer with the version it already knows (``VersionedStore._unchanged``). A fingerprint is made only where
+that is exact, and is ``None`` otherwise (the put then encodes as always):
+
+- a NumPy array: the ``.npy`` header and data bytes, i.e. the blob itself;
+- a pyarrow Table: its serialized schema (with metadata) and each chunk's offset, length and buffers;
+- a pandas DataFrame or Series whose columns and index hold NumPy numbers, times and booleans, masked (nullable)
+  values, Arrow-backed values (pandas' default strings from 3.0) or categoricals of those, with labels and attrs
+  that pickle. Object columns (Python strings in pandas 2), a MultiIndex, sparse, period and interval columns get
+  none: reading their bytes would not say whether the objects behind them changed.
+
+XXH3 is not a cryptographic hash: a fingerprint guards against one's own edits, not against an adversary, who
+could only collide their own process's data. The blob's key stays the SHA-256 of its content.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import numpy as np
+
+
+class _Inexact(Exception):
+    """This value has no exact fingerprint."""
+
+
+class _Digest:
+    def __init__(self) -> None:
+        import xxhash
+
+        self._h = xxhash.xxh3_128()
+
+    def tag(self, *items: Any) -> None:
+        """Small things (type names, labels, dtypes, attrs), pickled; each one is framed by its length."""
+        try:
+            data = pickle.dumps(items, protocol=4)
+        except Exception as exc:  # noqa: BLE001 - anything that does not pickle has no fingerprint
+            raise _Inexact from exc
+        self.raw(data)
+
+    def raw(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        self._h.update(len(view).to_bytes(8, "little"))
+        self._h.update(view)
+
+    def numpy(self, arr: np.ndarray[Any, Any]) -> None:
+        if arr.dtype.hasobject:
+            raise _Inexact
+        order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"  # as the .npy is written
+        self.tag(arr.dtype.str, arr.dtype.descr if arr.dtype.fields else None, arr.shape, order)
+        flat = arr.T if order == "F" else np.ascontiguousarray(arr)  # (a strided view: hashed through a copy)
+        self.raw(flat.reshape(-1).view(np.uint8) if flat.size else b"")
+
+    def arrow(self, chunked: Any) -> None:
+        """A pyarrow (Chunked)Array: its type, and per chunk its offset, length, null count and buffers."""
+        chunks = chunked.chunks if hasattr(chunked, "chunks") else [chunked]
+        self.tag("arrow", str(chunked.type), len(chunks))
+        for chunk in chunks:
+            self.tag(chunk.offset, len(chunk), chunk.null_count)
+            for buf in chunk.buffers():
+                if buf is None:
+                    self.tag(None)
+                else:
+                    self.raw(buf)
+
+    def values(self, values: Any) -> None:
+        """What a column or an index holds: numpy, masked, Arrow-backed or categorical values."""
+        import pandas as pd
+
+        dtype = values.dtype
+        self.tag(type(values).__module__, type(values).__qualname__, repr(dtype),
+                 repr(getattr(dtype, "tz", None)), type(getattr(dtype, "tz", None)).__qualname__)
+        if isinstance(values, np.ndarray):
+            self.numpy(values)
+        elif isinstance(values, pd.Categorical):
+            self.tag(bool(values.ordered))
+            self.numpy(values.codes)
+            if values.categories.dtype == object:  # (few, and kept whole): their values themselves
+                self.tag(values.categories.tolist())
+            else:
+                self.values(values.categories.array)
+        elif isinstance(values, (pd.arrays.DatetimeArray, pd.arrays.TimedeltaArray)):
+            self.tag(str(getattr(values, "freq", None)))
+            self.numpy(values._ndarray)
+        elif type(values).__name__ in ("NumpyExtensionArray", "PandasArray"):
+            self.numpy(values.to_numpy())
+        elif hasattr(values, "_data") and hasattr(values, "_mask"):  # masked: Int64, Float64, boolean
+            self.numpy(values._data)
+            self.numpy(values._mask)
+        elif hasattr(values, "_pa_array"):  # Arrow-backed: ArrowExtensionArray, pyarrow-stored strings
+            self.arrow(values._pa_array)
+        else:
+            raise _Inexact
+
+    def index(self, index: Any) -> None:
+        import pandas as pd
+
+        self.tag(type(index).__qualname__, list(index.names))
+        if isinstance(index, pd.MultiIndex):
+            raise _Inexact
+        if isinstance(index, pd.RangeIndex):
+            self.tag(index.start, index.stop, index.step)
+            return
+        self.tag(str(getattr(index, "freq", None)))
+        self.values(index.array)
+
+
+def fingerprint(value: Any, *settings: Any) -> bytes | None:
+    """The exact fingerprint of ``value`` (with the store's ``settings`` that shape its bytes), or None."""
+    import pandas as pd
+
+    d = _Digest()
+    try:
+        d.tag(type(value).__module__, type(value).__qualname__, settings)
+        if isinstance(value, np.ndarray):
+            d.numpy(value)  # (dtype, shape, order and bytes: all the .npy holds)
+        elif isinstance(value, pd.DataFrame):
+            if any(dtype == object for dtype in value.dtypes) or isinstance(value.index, pd.MultiIndex):
+                return None  # (before hashing any column)
+            d.tag(list(value.columns), type(value.columns).__qualname__, list(value.columns.names),
+                  str(value.columns.dtype), dict(value.attrs), value.flags.allows_duplicate_labels)
+            d.index(value.index)
+            for block in value._mgr.blocks:  # (a block holds many columns: 20,000 columns hash in milliseconds)
+                d.numpy(np.asarray(block.mgr_locs.as_array))
+                d.values(block.values)
+        elif isinstance(value, pd.Series):
+            d.tag(value.name, dict(value.attrs), value.flags.allows_duplicate_labels)
+            d.index(value.index)
+            d.values(value.array)
+        elif type(value).__module__.split(".")[0] == "pyarrow" and type(value).__name__ == "Table":
+            d.raw(value.schema.serialize())
+            for column in value.columns:
+                d.arrow(column)
+        else:
+            return None
+    except (_Inexact, AttributeError):  # (an attribute another pandas version lacks: no fingerprint, not a guess)
+        return None
+    return bytes(d._h.digest())
+
+
+__all__ = ["fingerprint"]

@@ -1,0 +1,169 @@
+"""A re-put of data this process just put or got is known unchanged from a fingerprint of its buffers, without
+encoding or uploading it again; anything that would store different bytes (an edit in place, a new dtype, attrs,
+labels, another writer's newer version) still makes a new version."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig
+from bh_notebook.interfaces import frames as frames_mod
+from bh_notebook.interfaces.fingerprint import fingerprint
+from bh_notebook.testing.counting import CountingBucket
+
+NO_TIMER = SnapshotConfig(interval_seconds=0)
+
+
+def _frame(n: int = 1_000) -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    return pd.DataFrame({
+        "x": rng.normal(size=n), "i": np.arange(n), "n": pd.array(np.where(np.arange(n) % 7, 1, None), "Int64"),
+        "s": pd.array([f"v{k % 13}" for k in range(n)], dtype="string[pyarrow]"),
+        "c": pd.Categorical(np.array(["a", "b"])[np.arange(n) % 2]),
+        "t": pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC"),
+    }, index=pd.RangeIndex(10, 10 + n, name="row"))
+
+
+def _no_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: Any, **__: Any) -> None:
+        raise AssertionError("the frame was encoded again")
+
+    monkeypatch.setattr(frames_mod, "_prepare", refuse)
+
+
+def test_a_re_put_of_what_was_put_or_got_is_answered_without_encoding_or_uploading(
+        counted: tuple[BucketSQLite, CountingBucket], monkeypatch: pytest.MonkeyPatch) -> None:
+    bh, counting = counted
+    df, arr = _frame(), np.arange(100_000, dtype="f4").reshape(1_000, 100)
+    v1, a1 = bh.frames.put("f", df), bh.arrays.put("a", arr)
+    with monkeypatch.context() as m:
+        _no_encoding(m)
+        counting.reset()
+        assert bh.frames.put("f", df) == v1 and bh.arrays.put("a", arr) == a1
+        assert counting.writes == 0 and counting.bytes_out == 0
+    bh.force_flush()
+    with BucketSQLite(bh.config, NO_TIMER) as other:  # another process: gets, and puts back what it got
+        got, back = other.frames.get("f"), other.arrays.get("a")
+        with monkeypatch.context() as m:
+            _no_encoding(m)
+            assert other.frames.put("f", got).version_id == v1.version_id
+            assert other.arrays.put("a", back).version_id == a1.version_id
+        back[3, 3] += 1  # an edit in place: new bytes, a new version
+        assert other.arrays.put("a", back).version == 2
+        np.testing.assert_array_equal(other.arrays.get("a"), back)
+        got.loc[12, "x"] = 0.5
+        assert other.frames.put("f", got).version == 2
+        pd.testing.assert_frame_equal(other.frames.get("f"), got)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_another_writers_newer_version_is_not_taken_for_ours(config: BucketConfig) -> None:
+    df = _frame(50)
+    with BucketSQLite(config, NO_TIMER) as a, BucketSQLite(config, NO_TIMER) as b:
+        a.frames.put("f", df)
+        a.force_flush()
+        b.pull()
+        b.frames.put("f", df.iloc[:10])
+        b.force_flush()
+        a.pull()
+        v = a.frames.put("f", df)  # the same as our version 1, but version 2 is the latest: a new version
+        assert v.version == 3
+        pd.testing.assert_frame_equal(a.frames.get("f"), df)
+
+
+def _edits() -> list[tuple[str, Callable[[pd.DataFrame], pd.DataFrame]]]:
+    """Changes that keep the frame's length and columns, each of which must be stored as a new version."""
+    def in_place(df: pd.DataFrame) -> pd.DataFrame:
+        col = df.columns.get_loc("i")
+        df.iat[3, col] = df.iat[3, col] + 1  # the same object, one value changed
+        return df
+
+    def attrs(df: pd.DataFrame) -> pd.DataFrame:
+        df.attrs["source"] = "edited"
+        return df
+
+    def categories(df: pd.DataFrame) -> pd.DataFrame:
+        df["c"] = df["c"].cat.reorder_categories(["b", "a"])
+        return df
+
+    def tz(df: pd.DataFrame) -> pd.DataFrame:
+        df["t"] = df["t"].dt.tz_convert("Europe/Paris")
+        return df
+
+    return [
+        ("in place", in_place), ("attrs", attrs), ("categories", categories), ("tz", tz),
+        ("rename", lambda df: df.rename(columns={"x": "y"})),
+        ("index", lambda df: df.set_axis(pd.RangeIndex(0, len(df), name="row"))),
+        ("index name", lambda df: df.rename_axis("r")),
+        ("dtype", lambda df: df.astype({"i": "int32"})),
+        ("nullable hole", lambda df: df.assign(n=df["n"].where(df.index != 15))),
+        ("string", lambda df: df.assign(s=df["s"].str.replace("v1", "w1"))),
+        ("order", lambda df: df[list(reversed(df.columns))]),
+        ("same values, new object", lambda df: df.copy()),
+        ("nothing", lambda df: df),
+    ]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.sampled_from(range(len(_edits()))), min_size=1, max_size=5))
+def test_every_put_after_any_edits_reads_back_as_put(hyp_bh: BucketSQLite, steps: list[int]) -> None:
+    """Whatever the edits between puts (in place or not), what a get returns is what was last put: the shortcut
+    never answers 'unchanged' for a frame that would store other bytes."""
+    name = f"f{np.random.default_rng().integers(1 << 30)}"
+    df = _frame(40)
+    hyp_bh.frames.put(name, df)
+    for k in steps:
+        df = _edits()[k][1](df)
+        hyp_bh.frames.put(name, df)
+        pd.testing.assert_frame_equal(hyp_bh.frames.get(name), df, check_freq=True)
+        assert hyp_bh.frames.get(name).attrs == df.attrs
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_arrays_in_place_views_and_reshapes_are_new_versions(config: BucketConfig) -> None:
+    with BucketSQLite(config, NO_TIMER) as bh:
+        arr = np.arange(24, dtype="i8").reshape(4, 6)
+        assert bh.arrays.put("a", arr).version == 1
+        for changed in (arr.reshape(6, 4), arr.view("f8"), np.asfortranarray(arr), arr.astype("i4")):
+            v = bh.arrays.put("a", changed)
+            np.testing.assert_array_equal(bh.arrays.get("a"), changed)
+            assert bh.arrays.info("a", v.version).shape == changed.shape
+        arr = bh.arrays.get("a")
+        before = bh.arrays.info("a").version
+        arr[0, 0] = 99
+        assert bh.arrays.put("a", arr).version == before + 1
+
+
+def test_fingerprints_are_made_only_where_exact() -> None:
+    df = _frame(20)
+    assert fingerprint(df) == fingerprint(df.copy()) and fingerprint(df) is not None
+    assert fingerprint(df, "zstd", 3) != fingerprint(df, "zstd", 1)  # the store's settings shape the bytes
+    assert fingerprint(df.assign(o=pd.Series(["a"] * 20, index=df.index, dtype=object))) is None  # objects: unknown
+    assert fingerprint(df.set_index(["i", "x"])) is None
+    assert fingerprint(pd.Series([1, 2], name="a")) != fingerprint(pd.Series([1, 2], name="b"))
+    table = pa.table({"a": [1, 2, 3]})
+    assert fingerprint(table) == fingerprint(pa.table({"a": [1, 2, 3]}))
+    assert fingerprint(table) != fingerprint(table.replace_schema_metadata({"k": "v"}))
+    assert fingerprint(np.arange(6).reshape(2, 3)) != fingerprint(np.arange(6).reshape(3, 2))
+    assert fingerprint(np.arange(6)[::2]) == fingerprint(np.arange(0, 6, 2))
+    assert fingerprint([1, 2]) is None
+
+
+@pytest.mark.parametrize("backend", ["local", "moto"], indirect=True)
+def test_a_blob_deleted_behind_our_back_is_uploaded_again(config: BucketConfig) -> None:
+    """The shortcut relies on the version's blob as a re-put would; when it is gone, the put uploads it again."""
+    arr = np.arange(1_000, dtype="i8")
+    with BucketSQLite(config, NO_TIMER) as bh:
+        v = bh.arrays.put("a", arr)
+        bh.bucket.delete(bh.files.object_key(v.bh_key))
+        bh.files._present.clear()  # (this process checked it a moment ago: forget that, as a later session would)
+        assert bh.arrays.put("a", arr) == v
+        np.testing.assert_array_equal(bh.arrays.get("a"), arr)
