@@ -134,6 +134,8 @@ def test_ctrl_c_stops_a_hung_request_at_once(proxy: FaultProxy, moto_server: Any
     bucket = moto_server.new_bucket()
     client = _client(proxy, bucket, read_timeout=3600.0, deadline=3600.0, part_size=MiB)
     proxy.set("hang")
+    # Python's own Ctrl-C handler, as a notebook kernel and a terminal have (a pytest-xdist worker ignores SIGINT).
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     t = _interrupt_when_connected(proxy, 1 if how == "head" else 3)
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -143,6 +145,7 @@ def test_ctrl_c_stops_a_hung_request_at_once(proxy: FaultProxy, moto_server: Any
                 client.get_into("k", bytearray(4 * MiB))
     finally:
         t.join()
+        signal.signal(signal.SIGINT, handler)
         proxy.set("pass")  # closes the hung connections: the helper threads end
         client.close()
 
