@@ -57,7 +57,11 @@ class _Digest:
         self.raw(flat.reshape(-1).view(np.uint8) if flat.size else b"")
 
     def arrow(self, chunked: Any) -> None:
-        """A pyarrow (Chunked)Array: its type, and per chunk its offset, length, null count and buffers."""
+        """A pyarrow (Chunked)Array of a flat type: its type, and per chunk its offset, length, null count and
+        buffers. Nested, dictionary and extension types have none: their children, dictionaries and offsets are
+        not all in ``buffers()``."""
+        if not _flat(chunked.type):
+            raise _Inexact
         chunks = chunked.chunks if hasattr(chunked, "chunks") else [chunked]
         self.tag("arrow", str(chunked.type), len(chunks))
         for chunk in chunks:
@@ -85,7 +89,7 @@ class _Digest:
             else:
                 self.values(values.categories.array)
         elif isinstance(values, (pd.arrays.DatetimeArray, pd.arrays.TimedeltaArray)):
-            self.tag(str(getattr(values, "freq", None)))
+            self.tag(getattr(values, "freq", None))  # (the offset itself: a weekmask and holidays too)
             self.numpy(values._ndarray)
         elif type(values).__name__ in ("NumpyExtensionArray", "PandasArray"):
             self.numpy(values.to_numpy())
@@ -106,8 +110,17 @@ class _Digest:
         if isinstance(index, pd.RangeIndex):
             self.tag(index.start, index.stop, index.step)
             return
-        self.tag(str(getattr(index, "freq", None)))
+        self.tag(getattr(index, "freq", None))
         self.values(index.array)
+
+
+def _flat(t: Any) -> bool:
+    """An Arrow type whose array is wholly described by its offset, length and ``buffers()``."""
+    import pyarrow as pa
+
+    return bool(pa.types.is_primitive(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+                or pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+                or pa.types.is_decimal(t) or pa.types.is_null(t)) and not isinstance(t, pa.ExtensionType)
 
 
 def fingerprint(value: Any, *settings: Any) -> bytes | None:
@@ -120,7 +133,8 @@ def fingerprint(value: Any, *settings: Any) -> bytes | None:
         if isinstance(value, np.ndarray):
             d.numpy(value)  # (dtype, shape, order and bytes: all the .npy holds)
         elif isinstance(value, pd.DataFrame):
-            if any(dtype == object for dtype in value.dtypes) or isinstance(value.index, pd.MultiIndex):
+            if any(dtype == object for dtype in value.dtypes) or isinstance(value.index, pd.MultiIndex) \
+                    or isinstance(value.columns, pd.MultiIndex):
                 return None  # (before hashing any column)
             d.tag(list(value.columns), type(value.columns).__qualname__, list(value.columns.names),
                   str(value.columns.dtype), dict(value.attrs), value.flags.allows_duplicate_labels)
@@ -134,6 +148,7 @@ def fingerprint(value: Any, *settings: Any) -> bytes | None:
             d.values(value.array)
         elif type(value).__module__.split(".")[0] == "pyarrow" and type(value).__name__ == "Table":
             d.raw(value.schema.serialize())
+            d.tag(value.num_rows)
             for column in value.columns:
                 d.arrow(column)
         else:

@@ -249,12 +249,12 @@ class VersionedStore(Interface, Generic[V]):
         latest = self._latest(name)
         if latest is None or latest["bh_key"] != known[1] or latest["version_id"] != known[0]:
             return None
-        if self._files.chunk_hashes(latest["bh_key"]) is None:
-            return None  # (a blob from before chunk hashes: the put records them, as it always has)
         try:
+            if self._files.chunk_hashes(latest["bh_key"]) is None:
+                return None  # (a blob from before chunk hashes: the put records them, as it always has)
             self._files.rely(latest["bh_key"], entry=(self.kind, name))
         except BlobNotFound:
-            return None  # gone from the bucket: the put uploads it again
+            return None  # gone from the catalog or the bucket: the put uploads it again
         return self._to_version(latest)
 
     def _remember(self, name: str, info: Any, fingerprint: bytes | None) -> None:
