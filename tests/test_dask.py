@@ -88,6 +88,42 @@ def test_a_filtered_series_and_an_appended_dask_frame(client: Any, make_config: 
         pd.testing.assert_frame_equal(bh.frames.get("log"), df)
 
 
+def test_dask_reads_only_the_columns_a_computation_uses(make_config: Callable[..., BucketConfig],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ddf.x.sum()`` reads one column of each part, as dask's read_parquet would (dask projects columns into the
+    reads); a filter's column is read and dropped."""
+    import dask
+
+    from bh_notebook.interfaces.frames import FrameStore
+
+    read: list[Any] = []
+    real = FrameStore._read_part
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        read.append(kwargs["columns"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FrameStore, "_read_part", spy)
+    df = _frame(3_000)
+    with BucketSQLite(make_config("local"), NO_TIMER) as bh, dask.config.set(scheduler="sync"):
+        ddf = dd.from_pandas(df, npartitions=3)
+        bh.frames.put("p", ddf)
+        df = ddf.compute()  # (dask's dtypes: its strings)
+        lazy = bh.frames.get("p", to="dask")
+        read.clear()
+        assert lazy.x.sum().compute() == pytest.approx(df.x.sum())
+        assert read == [["x"]] * 3
+        read.clear()
+        got = lazy.groupby("g").x.mean().compute().sort_index()
+        pd.testing.assert_series_equal(got, df.groupby("g").x.mean().sort_index())
+        assert {tuple(sorted(c)) for c in read} == {("g", "x")} and len(read) == 3
+        filtered = bh.frames.get("p", to="dask", filters=[("g", "==", 2)])
+        read.clear()
+        assert filtered.x.sum().compute() == pytest.approx(df[df.g == 2].x.sum())
+        assert read == [["x"]] * 3
+        pd.testing.assert_frame_equal(filtered.compute(), df[df.g == 2])
+
+
 def test_credentials_never_appear_in_tasks_or_worker_logs(client: Any, make_config: Callable[..., BucketConfig]
                                                           ) -> None:
     config = make_config("moto")

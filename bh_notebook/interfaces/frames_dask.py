@@ -281,11 +281,17 @@ class _WorkerBlobs:
         return bytes(data[start - lo:end - lo])
 
 
-def _read_partition(task: tuple[str, FrameVersion, FramePart, ChunkHashes | None, Any, Any, list[str]]) -> Any:
-    """One part as a pandas DataFrame (its own row labels), reading only what ``columns`` and ``filters`` need."""
+def _read_partition(task: tuple[str, FrameVersion, FramePart, ChunkHashes | None, Any, list[str]],
+                    columns: Any = None) -> Any:
+    """One part as a pandas DataFrame (its own row labels), reading only what ``columns`` and ``filters`` need.
+    dask passes ``columns=`` itself when a computation uses only some (``ddf.x.sum()`` reads one column)."""
     from .frames import FrameStore, _convert, _filter_expression, _import_arrow, _Rows
 
-    token, info, part, chunks, columns, filters, dictionary = task
+    token, info, part, chunks, filters, dictionary = task
+    if columns is not None and not isinstance(columns, list):
+        import pandas as pd
+
+        columns = list(columns) if isinstance(columns, (tuple, pd.Index)) else [columns]
     _, pq, ds = _import_arrow()
     reader = FrameStore.__new__(FrameStore)  # only its read path is used: no catalog on a worker
     reader._files = _WorkerBlobs(token, {part.bh_key: chunks})  # type: ignore[assignment]
@@ -305,8 +311,9 @@ def get(store: FrameStore, info: FrameVersion, columns: Any, filters: Any) -> An
     parts = store._parts(info)
     meta = store._read(info, columns=columns, filters=filters, rows=None, head=0, to="pandas", progress=None)
     dictionary = _object_string_columns(store._part_schema(parts[0]))
-    tasks = [(token, info, p, store.files.chunk_hashes(p.bh_key), columns, filters, dictionary) for p in parts]
-    return dd.from_map(_read_partition, tasks, meta=meta, label=f"bh-frame-{info.name}", enforce_metadata=False)
+    tasks = [(token, info, p, store.files.chunk_hashes(p.bh_key), filters, dictionary) for p in parts]
+    return dd.from_map(_read_partition, tasks, meta=meta, label=f"bh-frame-{info.name}", enforce_metadata=False,
+                       columns=None if columns is None else list(meta.columns))
 
 
 class DaskFrameStore(FrameStore):
