@@ -49,6 +49,8 @@ def test_a_re_put_of_what_was_put_or_got_is_answered_without_encoding_or_uploadi
         counting.reset()
         assert bh.frames.put("f", df) == v1 and bh.arrays.put("a", arr) == a1
         assert counting.writes == 0 and counting.bytes_out == 0
+        bh.frames.get("f")  # a get of the version does not make this process forget the frame it put
+        assert bh.frames.put("f", df) == v1
     bh.force_flush()
     with BucketSQLite(bh.config, NO_TIMER) as other:  # another process: gets, and puts back what it got
         got, back = other.frames.get("f"), other.arrays.get("a")
@@ -145,6 +147,10 @@ def test_arrays_in_place_views_and_reshapes_are_new_versions(config: BucketConfi
 def test_fingerprints_are_made_only_where_exact() -> None:
     df = _frame(20)
     assert fingerprint(df) == fingerprint(df.copy()) and fingerprint(df) is not None
+    wide = pd.DataFrame(np.arange(60.0).reshape(6, 10))
+    split = pd.concat([wide.iloc[:, :4], wide.iloc[:, 4:]], axis=1)  # the same frame in two blocks
+    assert len(split._mgr.blocks) == 2 and fingerprint(split) == fingerprint(wide)
+    assert fingerprint(wide[list(reversed(wide.columns))]) != fingerprint(wide)
     assert fingerprint(df, "zstd", 3) != fingerprint(df, "zstd", 1)  # the store's settings shape the bytes
     assert fingerprint(df.assign(o=pd.Series(["a"] * 20, index=df.index, dtype=object))) is None  # objects: unknown
     assert fingerprint(df.set_index(["i", "x"])) is None

@@ -114,6 +114,35 @@ class _Digest:
         self.values(index.array)
 
 
+def _columns(d: _Digest, df: Any) -> None:
+    """Each column's values in column order, whatever blocks pandas keeps them in (a frame got back and the
+    frame put have the same fingerprint); the columns of a 2-D block are hashed as rows of it, one call each, so
+    20,000 columns cost milliseconds."""
+    mgr = df._mgr
+    blocks = mgr.blocks
+    run: tuple[Any, int, int] | None = None  # (2-D block values, first loc, end loc): neighbouring rows of it
+
+    def flush() -> None:
+        if run is not None:  # (a column's length is known from its dtype, tagged, and the rows: no framing)
+            d._h.update(np.ascontiguousarray(run[0][run[1]:run[2]]).reshape(-1).view(np.uint8).data)
+
+    for blkno, loc in zip(mgr.blknos.tolist(), mgr.blklocs.tolist()):
+        values = blocks[blkno].values
+        if isinstance(values, np.ndarray) and values.ndim == 2:
+            if values.dtype.hasobject:
+                raise _Inexact
+            if run is not None and run[0] is values and run[2] == loc:
+                run = (values, run[1], loc + 1)
+                continue
+            flush()
+            run = (values, loc, loc + 1)
+            continue
+        flush()
+        run = None
+        d.values(values if values.ndim == 1 else values[loc])
+    flush()
+
+
 def _flat(t: Any) -> bool:
     """An Arrow type whose array is wholly described by its offset, length and ``buffers()``."""
     import pyarrow as pa
@@ -139,9 +168,8 @@ def fingerprint(value: Any, *settings: Any) -> bytes | None:
             d.tag(list(value.columns), type(value.columns).__qualname__, list(value.columns.names),
                   str(value.columns.dtype), dict(value.attrs), value.flags.allows_duplicate_labels)
             d.index(value.index)
-            for block in value._mgr.blocks:  # (a block holds many columns: 20,000 columns hash in milliseconds)
-                d.numpy(np.asarray(block.mgr_locs.as_array))
-                d.values(block.values)
+            d.tag([repr(dtype) for dtype in value.dtypes])
+            _columns(d, value)
         elif isinstance(value, pd.Series):
             d.tag(value.name, dict(value.attrs), value.flags.allows_duplicate_labels)
             d.index(value.index)

@@ -146,8 +146,8 @@ class VersionedStore(Interface, Generic[V]):
                 raise TypeError(f"{type(self).__name__} needs a bucket_client or a FileStore (files=...)")
             files = FileStore(conn, bucket_client)
         self._files = files
-        #: name -> (version id, blob, fingerprint) of what this process last put or got as that version.
-        self._fingerprints: dict[str, tuple[str, str, bytes]] = {}
+        #: name -> (version id, blob, fingerprints) of values this process put or got as that version (a few).
+        self._fingerprints: dict[str, tuple[str, str, list[bytes]]] = {}
         super().__init__(conn, bucket_client if bucket_client is not None else files.bucket)
 
     def _init_schema(self) -> None:
@@ -244,7 +244,7 @@ class VersionedStore(Interface, Generic[V]):
         """The latest version of ``name`` when this process put or got exactly ``fingerprint`` as it, and it is
         still the latest (a re-put that would write the same bytes); its blob is relied on as a re-put would."""
         known = self._fingerprints.get(name)
-        if fingerprint is None or known is None or known[2] != fingerprint:
+        if fingerprint is None or known is None or fingerprint not in known[2]:
             return None
         latest = self._latest(name)
         if latest is None or latest["bh_key"] != known[1] or latest["version_id"] != known[0]:
@@ -259,8 +259,13 @@ class VersionedStore(Interface, Generic[V]):
 
     def _remember(self, name: str, info: Any, fingerprint: bytes | None) -> None:
         """``fingerprint`` is what this process put as (or got from) the version ``info``."""
-        if fingerprint is not None:
-            self._fingerprints[name] = (info.version_id, info.bh_key, fingerprint)
+        if fingerprint is None:
+            return
+        known = self._fingerprints.get(name)
+        if known is None or known[:2] != (info.version_id, info.bh_key):
+            self._fingerprints[name] = (info.version_id, info.bh_key, [fingerprint])
+        elif fingerprint not in known[2]:  # (the frame put and the frame got back may differ in their layout)
+            known[2][:] = [*known[2][-3:], fingerprint]
 
     def _add_version(self, name: str, bh_key: str, nbytes: int, metadata: dict[str, str],
                      extra: dict[str, Any]) -> V:
