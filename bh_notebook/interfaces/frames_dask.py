@@ -313,7 +313,7 @@ def get(store: FrameStore, info: FrameVersion, columns: Any, filters: Any) -> An
     dictionary = _object_string_columns(store._part_schema(parts[0]))
     tasks = [(token, info, p, store.files.chunk_hashes(p.bh_key), filters, dictionary) for p in parts]
     return dd.from_map(_read_partition, tasks, meta=meta, label=f"bh-frame-{info.name}", enforce_metadata=False,
-                       columns=None if columns is None else list(meta.columns))
+                       columns=None if columns is None or not hasattr(meta, "columns") else list(meta.columns))
 
 
 class DaskFrameStore(FrameStore):
