@@ -66,11 +66,11 @@ class _Digest:
         self.tag("arrow", str(chunked.type), len(chunks))
         for chunk in chunks:
             self.tag(chunk.offset, len(chunk), chunk.null_count)
-            for buf in chunk.buffers():
-                if buf is None:
+            for piece in _covered(chunk):
+                if piece is None:
                     self.tag(None)
                 else:
-                    self.raw(buf)
+                    self.raw(piece)
 
     def values(self, values: Any) -> None:
         """What a column or an index holds: numpy, masked, Arrow-backed or categorical values."""
@@ -150,6 +150,37 @@ def _flat(t: Any) -> bool:
     return bool(pa.types.is_primitive(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
                 or pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
                 or pa.types.is_decimal(t) or pa.types.is_null(t)) and not isinstance(t, pa.ExtensionType)
+
+
+def _covered(chunk: Any) -> list[Any]:
+    """The bytes of a flat Arrow array's buffers that its own elements use (None for an absent buffer).
+
+    An array read from Parquet is often a slice of a larger one, whose ``buffers()`` are the whole parent's:
+    hashing those whole would hash the parent once per slice. Every bit an element of the slice uses is covered
+    (a bitmap's edge bytes may hold neighbours' bits too: a change there only changes the fingerprint)."""
+    import pyarrow as pa
+
+    buffers = chunk.buffers()
+    start, n, t = chunk.offset, len(chunk), chunk.type
+    if pa.types.is_null(t):
+        return [None if b is None else b"" for b in buffers]
+
+    def bits(buf: Any) -> Any:
+        return None if buf is None else memoryview(buf)[start // 8:-(-(start + n) // 8)]
+
+    if pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+        validity, offsets, data = buffers
+        width = 8 if pa.types.is_large_string(t) or pa.types.is_large_binary(t) else 4
+        used = memoryview(offsets)[start * width:(start + n + 1) * width]
+        ends = np.frombuffer(used, dtype=np.int64 if width == 8 else np.int32)
+        lo, hi = int(ends[0]), int(ends[-1])
+        return [bits(validity), used, None if data is None else memoryview(data)[lo:hi]]
+    validity, values = buffers
+    width = t.bit_width  # (fixed-width: numbers, times, decimals, fixed-size binary)
+    if width == 1:
+        return [bits(validity), bits(values)]
+    size = width // 8
+    return [bits(validity), None if values is None else memoryview(values)[start * size:(start + n) * size]]
 
 
 def fingerprint(value: Any, *settings: Any) -> bytes | None:
