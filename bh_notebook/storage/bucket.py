@@ -400,3 +400,16 @@ class ChainReader(SeekableReader):
             self._pos += take
             offset += size
         return written
+
+    def read_view(self, n: int) -> memoryview:
+        """Up to ``n`` of the next bytes as a view of the buffer holding them, without copying (shorter at the end
+        of a buffer; empty at the end of the stream)."""
+        offset = 0
+        for part, size in zip(self._parts, self._sizes):
+            if self._pos < offset + size:
+                lo = self._pos - offset
+                view = part[lo:lo + max(0, n)]
+                self._pos += view.nbytes
+                return view
+            offset += size
+        return memoryview(b"")

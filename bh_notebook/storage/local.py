@@ -230,7 +230,13 @@ class LocalBucket(BucketClient):
         try:
             with os.fdopen(fd, "wb") as out:
                 readinto = getattr(fileobj, "readinto", None)
-                if readinto is not None:
+                read_view = getattr(fileobj, "read_view", None)
+                if read_view is not None:  # buffers in memory (an array's): written from where they are
+                    while (view := read_view(8 * CHUNK_SIZE)).nbytes:
+                        out.write(view)
+                        if progress is not None:
+                            progress(view.nbytes)
+                elif readinto is not None:
                     buf = bytearray(8 * CHUNK_SIZE)
                     view = memoryview(buf)
                     while n := readinto(view):

@@ -16,6 +16,8 @@ class _CountingReader:
         self._raw = raw
         self._owner = owner
         self._counter = counter
+        if hasattr(raw, "read_view"):  # buffers in memory, written from where they are: counted too
+            self.read_view = self._read_view
 
     def read(self, n: int = -1) -> bytes:
         data = self._raw.read(n)
@@ -26,6 +28,11 @@ class _CountingReader:
         n = self._raw.readinto(b)  # type: ignore[union-attr]  # callers only use it when the raw stream has it
         self._owner._add(self._counter, n or 0)
         return n
+
+    def _read_view(self, n: int) -> memoryview:
+        view: memoryview = self._raw.read_view(n)  # type: ignore[union-attr]
+        self._owner._add(self._counter, view.nbytes)
+        return view
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._raw, name)
