@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bh_notebook.errors import (
     AccessDenied,
@@ -17,6 +19,7 @@ from bh_notebook.errors import (
     PreconditionFailed,
 )
 from bh_notebook.storage import LocalBucket
+from bh_notebook.storage.bucket import ChainReader
 from bh_notebook.storage.s3 import S3Bucket
 from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY, S3Server, free_port
 from bh_notebook.testing.store import BucketClientTests
@@ -230,3 +233,30 @@ def test_a_large_copy_goes_in_parts_and_keeps_the_description(server_name: str,
         b.copy("big/src", "big/other", if_match=etag)
     assert b.head("big/other") is None and b.client.list_multipart_uploads(Bucket=b.name).get("Uploads", []) == []
     b.close()
+
+
+@given(parts=st.lists(st.binary(max_size=9), max_size=12), seek=st.integers(0, 120),
+       sizes=st.lists(st.integers(1, 7), min_size=1, max_size=5))
+def test_a_chain_of_buffers_reads_as_their_concatenation(parts: list[bytes], seek: int, sizes: list[int]) -> None:
+    """ChainReader's three ways to read (views of its buffers, copies into a buffer, bytes) agree with the joined
+    bytes from any position, empty buffers included."""
+    whole = b"".join(parts)
+    for how in ("read_view", "readinto", "read"):
+        reader = ChainReader(*parts)
+        reader.seek(seek)
+        got, k = bytearray(), 0
+        while True:
+            n = sizes[k % len(sizes)]
+            k += 1
+            if how == "read_view":
+                piece = bytes(reader.read_view(n))
+            elif how == "readinto":
+                buf = bytearray(n)
+                piece = bytes(buf[:reader.readinto(buf)])
+            else:
+                piece = reader.read(n)
+            if not piece:
+                break
+            assert len(piece) <= n
+            got += piece
+        assert bytes(got) == whole[seek:], how

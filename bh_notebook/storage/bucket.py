@@ -9,7 +9,9 @@ for it reads the same: data or path first, key second on writes.
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import os
 import tempfile
 import time
@@ -359,6 +361,7 @@ class ChainReader(SeekableReader):
         super().__init__(sum(v.nbytes for v in views))
         self._parts = views
         self._sizes = [v.nbytes for v in views]
+        self._starts = list(itertools.accumulate(self._sizes, initial=0))[:-1]
         self.size = self._length
 
     def read(self, n: int = -1) -> bytes:
@@ -404,12 +407,12 @@ class ChainReader(SeekableReader):
     def read_view(self, n: int) -> memoryview:
         """Up to ``n`` of the next bytes as a view of the buffer holding them, without copying (shorter at the end
         of a buffer; empty at the end of the stream)."""
-        offset = 0
-        for part, size in zip(self._parts, self._sizes):
-            if self._pos < offset + size:
-                lo = self._pos - offset
-                view = part[lo:lo + max(0, n)]
-                self._pos += view.nbytes
-                return view
-            offset += size
-        return memoryview(b"")
+        if self._pos >= self.size or n <= 0:
+            return memoryview(b"")
+        # The last buffer starting at or before the position (found by bisection: a Parquet writer's output is
+        # thousands of pieces); empty buffers start where the next one does, so this one holds the position.
+        k = bisect.bisect_right(self._starts, self._pos) - 1
+        lo = self._pos - self._starts[k]
+        view = self._parts[k][lo:lo + n]
+        self._pos += view.nbytes
+        return view
