@@ -1486,11 +1486,9 @@ def _restore_dtypes(table: pa.Table, df: pd.DataFrame, ours: dict[str, Any],
             # Categorical -> object by a take on the categories: one str object per distinct value; nulls None.
             cat = column(name)
             codes = cat.cat.codes.to_numpy()
-            values = np.asarray(cat.cat.categories, dtype=object)
-            out = np.empty(len(codes), dtype=object)
-            present = codes >= 0
-            out[present] = values[codes[present]]
-            df.isetitem(i, pd.Series(out, index=df.index, dtype=object))
+            values = np.empty(len(cat.cat.categories) + 1, dtype=object)  # a null's code, -1, takes the last: None
+            values[:-1] = np.asarray(cat.cat.categories, dtype=object)
+            df.isetitem(i, pd.Series(values.take(codes), index=df.index, dtype=object))
         elif dtype != object and not isinstance(dtype, pd.CategoricalDtype):
             # pandas 3 reads object columns of strings back as its str dtype: keep what was stored (None stays None).
             values = table.column(name).to_numpy(zero_copy_only=False)
