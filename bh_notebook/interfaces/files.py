@@ -34,7 +34,7 @@ from ..errors import (
     ObjectNotFound,
     ValueTypeError,
 )
-from ..storage.bucket import CHUNK_SIZE, ChainReader, ProgressCallback, atomic_file
+from ..storage.bucket import CHUNK_SIZE, ChainReader, ProgressCallback, Sink, atomic_file
 from .base import Interface
 
 if TYPE_CHECKING:
@@ -729,21 +729,28 @@ class FileStore(Interface):
         return view.nbytes
 
     def get_verified(self, bh_key: str, buffer: memoryview | bytearray, *, head: bytes = b"",
-                     progress: ProgressCallback | None = None) -> None:
+                     progress: ProgressCallback | None = None, also: Sink | None = None) -> None:
         """Fill ``buffer`` with the blob's bytes that follow ``head`` and check the SHA-256 of the two together.
 
         For a caller that already knows the blob's first bytes (an array's ``.npy`` header, kept in the catalog):
-        the rest lands straight in its final place, and is hashed while it downloads.
+        the rest lands straight in its final place, and is hashed while it downloads. ``also`` sees the same
+        pieces in order, beside the hash (another digest of them).
         """
         row = self._require(bh_key)
         view = memoryview(buffer).cast("B")
         if len(head) + view.nbytes != int(row["size"]):
             raise self._corrupt(bh_key)
         hasher = hashlib.sha256(head)
+
+        def both(piece: memoryview) -> None:
+            hasher.update(piece)
+            also(piece)  # type: ignore[misc]  # (only when given)
+
+        sink: Sink = hasher.update if also is None else both
         try:
             if view.nbytes:
                 with self._progress(progress, f"get {row['filename'] or bh_key[:12]}", view.nbytes) as cb:
-                    self._store.get_into(row["object_key"], view, len(head), progress=cb, sink=hasher.update)
+                    self._store.get_into(row["object_key"], view, len(head), progress=cb, sink=sink)
             elif not self._store.exists(row["object_key"]):
                 raise ObjectNotFound(row["object_key"])
         except ObjectNotFound:

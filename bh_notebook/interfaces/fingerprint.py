@@ -49,12 +49,18 @@ class _Digest:
         self._h.update(view)
 
     def numpy(self, arr: np.ndarray[Any, Any]) -> None:
+        self._numpy_head(arr)
+        order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+        flat = arr.T if order == "F" else np.ascontiguousarray(arr)  # (a strided view: hashed through a copy)
+        self._h.update(flat.reshape(-1).view(np.uint8).data if flat.size else b"")
+
+    def _numpy_head(self, arr: np.ndarray[Any, Any]) -> None:
+        """Everything of an array but its bytes, and their length: the bytes follow, in the ``.npy``'s order."""
         if arr.dtype.hasobject:
             raise _Inexact
         order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"  # as the .npy is written
         self.tag(arr.dtype.str, arr.dtype.descr if arr.dtype.fields else None, arr.shape, order)
-        flat = arr.T if order == "F" else np.ascontiguousarray(arr)  # (a strided view: hashed through a copy)
-        self.raw(flat.reshape(-1).view(np.uint8) if flat.size else b"")
+        self._h.update(arr.nbytes.to_bytes(8, "little"))
 
     def arrow(self, chunked: Any) -> None:
         """A pyarrow (Chunked)Array of a flat type: its type, and per chunk its offset, length, null count and
@@ -183,6 +189,20 @@ def _covered(chunk: Any) -> list[Any]:
     return [bits(validity), None if values is None else memoryview(values)[start * size:(start + n) * size]]
 
 
+class ArrayFingerprint:
+    """The fingerprint of ``arr`` made while its bytes arrive (a download): feed them in order to ``update``, then
+    ``digest()`` is what ``fingerprint(arr)`` gives, without another pass over the array."""
+
+    def __init__(self, arr: np.ndarray[Any, Any]) -> None:
+        self._d = _Digest()
+        self._d.tag(type(arr).__module__, type(arr).__qualname__, ())
+        self._d._numpy_head(arr)
+        self.update = self._d._h.update
+
+    def digest(self) -> bytes:
+        return bytes(self._d._h.digest())
+
+
 def fingerprint(value: Any, *settings: Any) -> bytes | None:
     """The exact fingerprint of ``value`` (with the store's ``settings`` that shape its bytes), or None."""
     import pandas as pd
@@ -217,4 +237,4 @@ def fingerprint(value: Any, *settings: Any) -> bytes | None:
     return bytes(d._h.digest())
 
 
-__all__ = ["fingerprint"]
+__all__ = ["ArrayFingerprint", "fingerprint"]
