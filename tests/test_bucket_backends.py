@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,6 +233,32 @@ def test_a_large_copy_goes_in_parts_and_keeps_the_description(server_name: str,
     with pytest.raises(PreconditionFailed):
         b.copy("big/src", "big/other", if_match=etag)
     assert b.head("big/other") is None and b.client.list_multipart_uploads(Bucket=b.name).get("Uploads", []) == []
+    b.close()
+
+
+@pytest.mark.parametrize("server_name", ["moto_server", "seaweed_server"])
+def test_a_large_touch_copies_the_object_onto_itself_in_parts(server_name: str,
+                                                              request: pytest.FixtureRequest) -> None:
+    """A touch renews an old blob a writer relies on; of a blob of gigabytes, one CopyObject onto itself would
+    answer nothing until done (past the read timeout, failing the put): above the threshold it goes in parts."""
+    b = s3_bucket(request.getfixturevalue(server_name))
+    b.copy_part_size = 5 * 1024 * 1024
+    calls: list[str] = []
+    b.client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    data = os.urandom(12 * 1024 * 1024 + 321)
+    b.put_bytes(data, "big/blob", content_type="application/octet-stream")
+    before = b.head("big/blob")
+    time.sleep(1.1)  # (last-modified has whole seconds)
+    calls.clear()
+    assert b.touch("big/blob", content_type="application/x-npy", metadata={"bh-kind": "array"}) is True
+    assert calls.count("UploadPartCopy") == 3 and "CopyObject" not in calls
+    after = b.head("big/blob")
+    assert before is not None and after is not None and after.last_modified > before.last_modified
+    assert b.get_bytes("big/blob") == data
+    head = b.client.head_object(Bucket=b.name, Key="big/blob")
+    assert (head["ContentType"], head["Metadata"]) == ("application/x-npy", {"bh-kind": "array"})
+    assert b.touch("big/missing") is False
+    assert b.client.list_multipart_uploads(Bucket=b.name).get("Uploads", []) == []
     b.close()
 
 

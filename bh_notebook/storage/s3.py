@@ -262,24 +262,26 @@ class S3Bucket(BucketClient):
 
     def touch(self, key: str, *, content_type: str | None = None,
               metadata: Mapping[str, str] | None = None) -> bool:
-        """A copy of the object onto itself with its description replaced: one request, no bytes through us."""
+        """A copy of the object onto itself with its description replaced; no bytes through us. A large object is
+        copied onto itself in parts, as a large copy is: one CopyObject of gigabytes answers nothing until it is
+        done, past a read timeout."""
         check_key(key)
-        extra: dict[str, Any] = {"MetadataDirective": "REPLACE", "Metadata": dict(metadata or {})}
+        about: dict[str, Any] = {"Metadata": dict(metadata or {})}
         if content_type:
-            extra["ContentType"] = content_type
+            about["ContentType"] = content_type
+        info = self.head(key)
+        if info is None:
+            return False
         try:
-            self._call("touch", key, self._client.copy_object, Bucket=self.name, Key=key,
-                       CopySource={"Bucket": self.name, "Key": key}, **extra)
+            if info.size <= max(self.multipart_threshold, self.copy_part_size):
+                self._call("touch", key, self._client.copy_object, Bucket=self.name, Key=key,
+                           CopySource={"Bucket": self.name, "Key": key}, MetadataDirective="REPLACE", **about)
+            else:
+                self._copy_in_parts(key, key, info, about)
         except ObjectNotFound:
             return False
-        except BhError as exc:
-            if getattr(exc, "code", None) not in ("InvalidRequest", "EntityTooLarge"):
-                raise
-            # CopyObject stops at 5 GiB: the managed copy does it in parts (the bytes stay in the bucket).
-            if self.head(key) is None:
-                return False
-            self._call("touch", key, self._client.copy, CopySource={"Bucket": self.name, "Key": key},
-                       Bucket=self.name, Key=key, ExtraArgs=extra)
+        except PreconditionFailed:  # rewritten since the HEAD: written just now, which is what a touch is for
+            return self.head(key) is not None
         return True
 
     def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
@@ -521,13 +523,19 @@ class S3Bucket(BucketClient):
             return str(r["ETag"])
         except BaseException as exc:
             cancelled.set()
-            if isinstance(exc, KeyboardInterrupt):
-                raise  # at once, without a request to a maybe hung endpoint; cleanup_incomplete() aborts it later
-            try:
-                self._client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
-            except Exception:  # noqa: BLE001 - best effort; the original error matters
-                pass
+            self._abort_upload(key, upload_id, exc)
             raise
+
+    def _abort_upload(self, key: str, upload_id: str, exc: BaseException) -> None:
+        """Abort a multipart upload that failed with ``exc``, best effort (the original error is what matters). On
+        Ctrl-C nothing is sent: the caller stops at once, without a request to a maybe hung endpoint, and
+        cleanup_incomplete() aborts the upload later."""
+        if isinstance(exc, KeyboardInterrupt):
+            return
+        try:
+            self._client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
 
     def delete(self, key: str) -> None:
         check_key(key)
@@ -562,14 +570,18 @@ class S3Bucket(BucketClient):
         else:
             self._copy_in_parts(src_key, dst_key, info)
 
-    def _copy_in_parts(self, src_key: str, dst_key: str, info: ObjectInfo) -> None:
+    def _copy_in_parts(self, src_key: str, dst_key: str, info: ObjectInfo,
+                       about: dict[str, Any] | None = None) -> None:
         """A server-side copy in parts (UploadPartCopy), several at once: one CopyObject of gigabytes sends no
         byte until it is done, longer than a read timeout, and stops at 5 GiB. Every part is copied only from the
-        source as it was (its ETag), so a source rewritten meanwhile fails the copy instead of mixing."""
-        r = self._call("copy", src_key, self._client.head_object, Bucket=self.name, Key=src_key, IfMatch=info.etag)
-        about: dict[str, Any] = {"Metadata": dict(r.get("Metadata") or {})}
-        if r.get("ContentType"):
-            about["ContentType"] = r["ContentType"]
+        source as it was (its ETag), so a source rewritten meanwhile fails the copy instead of mixing. The copy
+        gets the description ``about`` (content type and metadata), or the source's."""
+        if about is None:
+            r = self._call("copy", src_key, self._client.head_object, Bucket=self.name, Key=src_key,
+                           IfMatch=info.etag)
+            about = {"Metadata": dict(r.get("Metadata") or {})}
+            if r.get("ContentType"):
+                about["ContentType"] = r["ContentType"]
         part_size = max(self.copy_part_size, -(-info.size // 9000))  # equal parts but the last (R2), <= 10,000
         futures: list[Future[dict[str, Any]]] = []
         upload_id = self._call("copy", dst_key, self._client.create_multipart_upload,
@@ -591,12 +603,7 @@ class S3Bucket(BucketClient):
         except BaseException as exc:
             for f in futures:
                 f.cancel()
-            if isinstance(exc, KeyboardInterrupt):
-                raise  # cleanup_incomplete() aborts it later
-            try:
-                self._client.abort_multipart_upload(Bucket=self.name, Key=dst_key, UploadId=upload_id)
-            except Exception:  # noqa: BLE001 - best effort; the original error matters
-                pass
+            self._abort_upload(dst_key, upload_id, exc)
             raise
 
     def cleanup_incomplete(self, older_than: float = 3600.0) -> int:
