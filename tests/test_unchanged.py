@@ -238,3 +238,103 @@ def test_any_change_inside_a_slice_changes_its_fingerprint(kind: str, data: st.D
     a, b = pa.array(values, t).slice(start, n), pa.array(changed, t).slice(start, n)
     if a.to_pylist() != b.to_pylist():  # (only a difference is promised: equal values may still hash apart)
         assert fingerprint(pa.table({"c": a})) != fingerprint(pa.table({"c": b}))
+
+
+def _with_strings(n: int = 30) -> pd.DataFrame:
+    """A frame whose strings are Python objects, as pandas 2 keeps them (and pandas 3 with dtype=object)."""
+    index = pd.Index([f"row{k}" for k in range(n)], dtype=object)
+    df = pd.DataFrame({  # (dtype=object: pandas 3 would make them its str dtype)
+        "o": pd.Series([f"text-{k % 7}-{'x' * (k % 5)}" for k in range(n)], index=index, dtype=object),
+        "x": np.arange(n, dtype="f8"),
+        "p": pd.Series([None if k % 4 == 0 else f"p{k}" for k in range(n)], index=index, dtype=object)})
+    assert list(df.dtypes) == [object, np.dtype("f8"), object] and df["p"].iat[0] is None
+    return df
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_re_put_of_a_frame_of_python_strings_is_answered_by_address(
+        counted: tuple[BucketSQLite, CountingBucket], monkeypatch: pytest.MonkeyPatch) -> None:
+    bh, counting = counted
+    df = _with_strings()
+    v1 = bh.frames.put("f", df)
+    series = df["o"]
+    bh.frames.put("s", series)
+    with monkeypatch.context() as m:
+        _no_encoding(m)
+        counting.reset()
+        assert bh.frames.put("f", df) == v1 and counting.writes == 0
+        assert bh.frames.put("s", series).version == 1
+    df.iat[2, 0] = "".join(["text-2-", "xx"])  # the same text in a new object: a put stores the same bytes
+    assert bh.frames.put("f", df).bh_key == v1.bh_key
+    df.iat[2, 0] = "changed"
+    assert bh.frames.put("f", df).version == 2
+    pd.testing.assert_frame_equal(bh.frames.get("f"), df)
+    # The objects are kept alive only while the frame's own arrays are: then the fingerprint is let go.
+    store = bh.frames
+    assert store._kept
+    del df, series
+    import gc
+
+    gc.collect()
+    assert not store._kept and all(not entry[2] for entry in store._fingerprints.values())
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_an_address_freed_and_taken_by_new_text_is_not_taken_for_the_old(config: BucketConfig) -> None:
+    """A string replaced, then its replacement replaced: the newest string is often given the first one's freed
+    address (always, with pandas 3), so the frame holds the same addresses as when it was put, with other text.
+    The fingerprint keeps the objects it saw alive, so their addresses cannot be taken: every put after such
+    edits stores the new text."""
+    with BucketSQLite(config, NO_TIMER) as bh:
+        for k in range(100):
+            df = pd.DataFrame({"o": pd.Series(["".join(["s", str(k), "a" * 40])], dtype=object)})
+            bh.frames.put("f", df)
+            put_at = id(df.iat[0, 0])
+            b = "".join(["b", str(k), "x" * 40])
+            df.iat[0, 0] = b
+            del b  # (the text put is freed now, unless something keeps it)
+            c = "".join(["c", str(k), "y" * 40])
+            df.iat[0, 0] = c
+            del c
+            assert id(df.iat[0, 0]) != put_at, f"the address of the text put was taken ({k})"
+            bh.frames.put("f", df)
+            assert bh.frames.get("f").iat[0, 0] == df.iat[0, 0], k
+
+
+def _object_edits() -> list[tuple[str, Callable[[pd.DataFrame], pd.DataFrame]]]:
+    def set_text(df: pd.DataFrame) -> pd.DataFrame:
+        df.iat[1, 0] = "".join(["new-", str(np.random.default_rng().integers(1 << 20))])
+        return df
+
+    def same_text(df: pd.DataFrame) -> pd.DataFrame:
+        df.iat[1, 0] = "".join([str(df.iat[1, 0])])  # (possibly the same object; else an equal one)
+        return df
+
+    def twice(df: pd.DataFrame) -> pd.DataFrame:
+        df.iat[0, 2] = "".join(["tmp-", "y" * 10])
+        df.iat[0, 2] = "".join(["two-", "z" * 10])
+        return df
+
+    def to_none(df: pd.DataFrame) -> pd.DataFrame:
+        df.iat[5, 0] = None
+        return df
+
+    def index_text(df: pd.DataFrame) -> pd.DataFrame:
+        return df.set_axis(pd.Index([f"r{k}" for k in range(len(df))], dtype=object))
+
+    return [("set text", set_text), ("same text", same_text), ("twice", twice), ("to None", to_none),
+            ("index", index_text), ("copy", lambda df: df.copy()), ("swap columns", lambda df: df[["p", "x", "o"]]),
+            ("nothing", lambda df: df)]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.sampled_from(range(len(_object_edits()))), min_size=1, max_size=6))
+def test_every_put_of_python_strings_after_any_edits_reads_back_as_put(hyp_bh: BucketSQLite,
+                                                                       steps: list[int]) -> None:
+    name = f"o{np.random.default_rng().integers(1 << 30)}"
+    df = _with_strings()
+    hyp_bh.frames.put(name, df)
+    for k in steps:
+        df = _object_edits()[k][1](df)
+        hyp_bh.frames.put(name, df)
+        pd.testing.assert_frame_equal(hyp_bh.frames.get(name), df)

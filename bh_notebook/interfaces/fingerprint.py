@@ -30,10 +30,22 @@ class _Inexact(Exception):
 
 
 class _Digest:
-    def __init__(self) -> None:
+    def __init__(self, objects: list[tuple[Any, Any]] | None = None) -> None:
         import xxhash
 
         self._h = xxhash.xxh3_128()
+        #: Where object columns go, hashed by their pointers (None: they have no fingerprint); see ``fingerprint``.
+        self._objects = objects
+
+    def pointers(self, arr: np.ndarray[Any, Any], owner: Any) -> None:
+        """A 1-D object array by the addresses it holds, which say what it holds only while those objects stay
+        alive (``fingerprint``'s ``objects``)."""
+        if self._objects is None or arr.ndim != 1:
+            raise _Inexact
+        flat = np.ascontiguousarray(arr)  # (a strided view: its pointers copied, the same addresses)
+        self.tag("objects", len(flat))
+        self._h.update(pointer_bytes(flat))
+        self._objects.append((owner, flat))
 
     def tag(self, *items: Any) -> None:
         """Small things (type names, labels, dtypes, attrs), pickled; each one is framed by its length."""
@@ -98,12 +110,16 @@ class _Digest:
             self.tag(getattr(values, "freq", None))  # (the offset itself: a weekmask and holidays too)
             self.numpy(values._ndarray)
         elif type(values).__name__ in ("NumpyExtensionArray", "PandasArray"):
-            self.numpy(values.to_numpy())
+            held = values._ndarray  # (the array itself: to_numpy() may give a new read-only view of it)
+            if held.dtype.hasobject:
+                self.pointers(held, held)
+            else:
+                self.numpy(held)
+        elif hasattr(values, "_pa_array"):  # Arrow-backed: ArrowExtensionArray, pyarrow-stored strings
+            self.arrow(values._pa_array)  # (asked first: pandas 2 warns on their deprecated ``_data``)
         elif hasattr(values, "_data") and hasattr(values, "_mask"):  # masked: Int64, Float64, boolean
             self.numpy(values._data)
             self.numpy(values._mask)
-        elif hasattr(values, "_pa_array"):  # Arrow-backed: ArrowExtensionArray, pyarrow-stored strings
-            self.arrow(values._pa_array)
         else:
             raise _Inexact
 
@@ -136,7 +152,11 @@ def _columns(d: _Digest, df: Any) -> None:
         values = blocks[blkno].values
         if isinstance(values, np.ndarray) and values.ndim == 2:
             if values.dtype.hasobject:
-                raise _Inexact
+                flush()
+                run = None
+                d.tag(str(values.dtype))
+                d.pointers(values[loc], values)
+                continue
             if run is not None and run[0] is values and run[2] == loc:
                 run = (values, run[1], loc + 1)
                 continue
@@ -203,18 +223,34 @@ class ArrayFingerprint:
         return bytes(self._d._h.digest())
 
 
-def fingerprint(value: Any, *settings: Any) -> bytes | None:
-    """The exact fingerprint of ``value`` (with the store's ``settings`` that shape its bytes), or None."""
+def pointer_bytes(arr: np.ndarray[Any, Any]) -> memoryview:
+    """The addresses a contiguous object array holds, as bytes (numpy has no view of them: read in place)."""
+    import ctypes
+
+    if not arr.nbytes:
+        return memoryview(b"")
+    return memoryview((ctypes.c_char * arr.nbytes).from_address(arr.ctypes.data)).cast("B")
+
+
+def fingerprint(value: Any, *settings: Any, objects: list[tuple[Any, Any]] | None = None) -> bytes | None:
+    """The exact fingerprint of ``value`` (with the store's ``settings`` that shape its bytes), or None.
+
+    With ``objects`` (a list), object columns (Python strings in pandas 2) are hashed by the addresses they hold,
+    and ``(owner, addresses)`` of each is appended to it: such a fingerprint is exact only while every object
+    it saw is kept alive (an address freed and taken by a new object would read as the old one), which is what
+    the caller must do before relying on it (``VersionedStore._remember``); it stops relying on it when the owner
+    (the frame's array) is gone.
+    """
     import pandas as pd
 
-    d = _Digest()
+    d = _Digest(objects)
     try:
         d.tag(type(value).__module__, type(value).__qualname__, settings)
         if isinstance(value, np.ndarray):
             d.numpy(value)  # (dtype, shape, order and bytes: all the .npy holds)
         elif isinstance(value, pd.DataFrame):
-            if any(dtype == object for dtype in value.dtypes) or isinstance(value.index, pd.MultiIndex) \
-                    or isinstance(value.columns, pd.MultiIndex):
+            if (objects is None and any(dtype == object for dtype in value.dtypes)) \
+                    or isinstance(value.index, pd.MultiIndex) or isinstance(value.columns, pd.MultiIndex):
                 return None  # (before hashing any column)
             d.tag(list(value.columns), type(value.columns).__qualname__, list(value.columns.names),
                   str(value.columns.dtype), dict(value.attrs), value.flags.allows_duplicate_labels)
@@ -233,8 +269,10 @@ def fingerprint(value: Any, *settings: Any) -> bytes | None:
         else:
             return None
     except (_Inexact, AttributeError):  # (an attribute another pandas version lacks: no fingerprint, not a guess)
+        if objects is not None:
+            objects.clear()
         return None
     return bytes(d._h.digest())
 
 
-__all__ = ["ArrayFingerprint", "fingerprint"]
+__all__ = ["ArrayFingerprint", "fingerprint", "pointer_bytes"]

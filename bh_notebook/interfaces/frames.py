@@ -228,7 +228,8 @@ class FrameStore(VersionedStore[FrameVersion]):
         """
         check_name(name, "frame name")
         meta = check_metadata(metadata)
-        seen = fingerprint(df, self.compression, self.compression_level)
+        objects: list[tuple[Any, Any]] = []  # (object columns, hashed by address: kept alive once remembered)
+        seen = fingerprint(df, self.compression, self.compression_level, objects=objects)
         known = self._unchanged(name, seen)
         if known is not None:  # this process put or got exactly this as the latest version
             return known
@@ -239,7 +240,7 @@ class FrameStore(VersionedStore[FrameVersion]):
             "dtypes": json.dumps(dict(zip(prepared.columns, prepared.dtypes))),
             "index_names": json.dumps(prepared.index_names), "row_groups": row_groups,
         })
-        self._remember(name, info, seen)
+        self._remember(name, info, seen, objects)
         return info
 
     def _write_part(self, name: str, table: pa.Table, progress: ProgressCallback | None) -> tuple[FramePart, int]:

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import time
 import uuid
+import weakref
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from ..errors import BlobNotFound, NotFound, ValueTypeError
 from .base import RETIRED_TABLE, Entry, Interface, check_name, check_version
 from .files import FileStore
+from .fingerprint import pointer_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -107,6 +109,19 @@ def object_url(files: Any, bh_key: str) -> ObjectURL:
     return ObjectURL(f"s3://{bucket.name}/{key}", getattr(bucket, "endpoint_url", None))
 
 
+def _same_addresses(a: Any, b: Any) -> bool:
+    import numpy as np
+
+    return bool(np.array_equal(np.frombuffer(pointer_bytes(a), np.uint8), np.frombuffer(pointer_bytes(b), np.uint8)))
+
+
+def _forget(store: weakref.ref[VersionedStore[Any]], fingerprint: bytes) -> None:
+    """A frame's array that a fingerprint by address saw is gone: the fingerprint stops counting."""
+    found = store()
+    if found is not None:
+        found._drop_kept(fingerprint)
+
+
 class VersionedStore(Interface, Generic[V]):
     """Named, versioned entries in one ``bh_`` table; the bytes of each version are a FileStore blob."""
 
@@ -148,6 +163,10 @@ class VersionedStore(Interface, Generic[V]):
         self._files = files
         #: name -> (version id, blob, fingerprints) of values this process put or got as that version (a few).
         self._fingerprints: dict[str, tuple[str, str, list[bytes]]] = {}
+        #: Fingerprints that hashed object columns by address -> copies of those columns, which keep every object
+        #: alive (so no address can come to mean another object), and the finalizers that forget the fingerprint
+        #: when the frame's own arrays are gone.
+        self._kept: dict[bytes, tuple[list[Any], list[weakref.finalize]]] = {}
         super().__init__(conn, bucket_client if bucket_client is not None else files.bucket)
 
     def _init_schema(self) -> None:
@@ -257,15 +276,39 @@ class VersionedStore(Interface, Generic[V]):
             return None  # gone from the catalog or the bucket: the put uploads it again
         return self._to_version(latest)
 
-    def _remember(self, name: str, info: Any, fingerprint: bytes | None) -> None:
-        """``fingerprint`` is what this process put as (or got from) the version ``info``."""
+    def _remember(self, name: str, info: Any, fingerprint: bytes | None,
+                  objects: list[tuple[Any, Any]] | None = None) -> None:
+        """``fingerprint`` is what this process put as (or got from) the version ``info``; ``objects`` are the
+        object columns it hashed by address (``fingerprint(..., objects=)``)."""
         if fingerprint is None:
             return
+        if objects and fingerprint not in self._kept:
+            keep = [held.copy() for _, held in objects]  # (a reference to every object: none can be freed)
+            if not all(_same_addresses(k, held) for k, (_, held) in zip(keep, objects)):
+                return  # (changed since it was hashed: another thread)
+            me = weakref.ref(self)
+            owners = {id(owner): owner for owner, _ in objects}
+            self._kept[fingerprint] = (keep, [weakref.finalize(owner, _forget, me, fingerprint)
+                                              for owner in owners.values()])
         known = self._fingerprints.get(name)
         if known is None or known[:2] != (info.version_id, info.bh_key):
             self._fingerprints[name] = (info.version_id, info.bh_key, [fingerprint])
         elif fingerprint not in known[2]:  # (the frame put and the frame got back may differ in their layout)
             known[2][:] = [*known[2][-3:], fingerprint]
+        if self._kept:  # copies no remembered fingerprint needs any more are let go
+            remembered = {fp for entry in list(self._fingerprints.values()) for fp in entry[2]}
+            for fp in [fp for fp in list(self._kept) if fp not in remembered]:
+                self._drop_kept(fp)
+
+    def _drop_kept(self, fingerprint: bytes) -> None:
+        """Forget a fingerprint made by address: the objects it saw are no longer kept alive."""
+        kept = self._kept.pop(fingerprint, None)
+        for entry in list(self._fingerprints.values()):
+            if fingerprint in entry[2]:
+                entry[2].remove(fingerprint)
+        if kept is not None:
+            for finalizer in kept[1]:
+                finalizer.detach()
 
     def _add_version(self, name: str, bh_key: str, nbytes: int, metadata: dict[str, str],
                      extra: dict[str, Any]) -> V:
