@@ -301,6 +301,30 @@ def test_an_address_freed_and_taken_by_new_text_is_not_taken_for_the_old(config:
             assert bh.frames.get("f").iat[0, 0] == df.iat[0, 0], k
 
 
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_text_replaced_while_it_is_put_is_not_taken_for_what_was_put(config: BucketConfig) -> None:
+    """The frame edited during its own put (here by the put's progress callback, during the upload): the objects
+    the fingerprint saw are held from before the encoding, so the text put stays alive and no new text can take
+    its address and read as it."""
+    with BucketSQLite(config, NO_TIMER) as bh:
+        for k in range(100):
+            df = pd.DataFrame({"o": pd.Series(["".join(["A", str(k), "a" * 60])], dtype=object)})
+            put_at = id(df.iat[0, 0])
+            edited: list[int] = []
+
+            def during(_: int, df: pd.DataFrame = df, k: int = k, edited: list[int] = edited) -> None:
+                if not edited:
+                    edited.append(1)
+                    df.iat[0, 0] = "".join(["B", str(k), "b" * 60])  # (the text being put is let go by the frame)
+
+            bh.frames.put(f"f{k}", df, progress=during)
+            assert edited
+            df.iat[0, 0] = "".join(["C", str(k), "c" * 60])
+            assert id(df.iat[0, 0]) != put_at, f"the address of the text put was taken ({k})"
+            bh.frames.put(f"f{k}", df)
+            assert bh.frames.get(f"f{k}").iat[0, 0] == df.iat[0, 0], k
+
+
 def _object_edits() -> list[tuple[str, Callable[[pd.DataFrame], pd.DataFrame]]]:
     def set_text(df: pd.DataFrame) -> pd.DataFrame:
         df.iat[1, 0] = "".join(["new-", str(np.random.default_rng().integers(1 << 20))])

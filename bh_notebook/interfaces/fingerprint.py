@@ -30,7 +30,7 @@ class _Inexact(Exception):
 
 
 class _Digest:
-    def __init__(self, objects: list[tuple[Any, Any]] | None = None) -> None:
+    def __init__(self, objects: list[tuple[Any, Any, bytes]] | None = None) -> None:
         import xxhash
 
         self._h = xxhash.xxh3_128()
@@ -38,14 +38,15 @@ class _Digest:
         self._objects = objects
 
     def pointers(self, arr: np.ndarray[Any, Any], owner: Any) -> None:
-        """A 1-D object array by the addresses it holds, which say what it holds only while those objects stay
-        alive (``fingerprint``'s ``objects``)."""
-        if self._objects is None or arr.ndim != 1:
+        """Object values (a column, or neighbouring columns of a 2-D block) by the addresses they hold, which say
+        what they hold only while those objects stay alive (``fingerprint``'s ``objects``)."""
+        if self._objects is None:
             raise _Inexact
-        flat = np.ascontiguousarray(arr)  # (a strided view: its pointers copied, the same addresses)
-        self.tag("objects", len(flat))
-        self._h.update(pointer_bytes(flat))
-        self._objects.append((owner, flat))
+        flat = np.ascontiguousarray(arr).reshape(-1)  # (a strided view: its pointers copied, the same addresses)
+        digest = addresses_digest(flat)
+        self.tag("objects", arr.shape)
+        self._h.update(digest)
+        self._objects.append((owner, flat, digest))
 
     def tag(self, *items: Any) -> None:
         """Small things (type names, labels, dtypes, attrs), pickled; each one is framed by its length."""
@@ -145,18 +146,16 @@ def _columns(d: _Digest, df: Any) -> None:
     run: tuple[Any, int, int] | None = None  # (2-D block values, first loc, end loc): neighbouring rows of it
 
     def flush() -> None:
-        if run is not None:  # (a column's length is known from its dtype, tagged, and the rows: no framing)
+        if run is None:
+            return
+        if run[0].dtype.hasobject:  # (Python objects: by address, kept alive by the caller)
+            d.pointers(run[0][run[1]:run[2]], run[0])
+        else:  # (a column's length is known from its dtype, tagged, and the rows: no framing)
             d._h.update(np.ascontiguousarray(run[0][run[1]:run[2]]).reshape(-1).view(np.uint8).data)
 
     for blkno, loc in zip(mgr.blknos.tolist(), mgr.blklocs.tolist()):
         values = blocks[blkno].values
         if isinstance(values, np.ndarray) and values.ndim == 2:
-            if values.dtype.hasobject:
-                flush()
-                run = None
-                d.tag(str(values.dtype))
-                d.pointers(values[loc], values)
-                continue
             if run is not None and run[0] is values and run[2] == loc:
                 run = (values, run[1], loc + 1)
                 continue
@@ -223,23 +222,25 @@ class ArrayFingerprint:
         return bytes(self._d._h.digest())
 
 
-def pointer_bytes(arr: np.ndarray[Any, Any]) -> memoryview:
-    """The addresses a contiguous object array holds, as bytes (numpy has no view of them: read in place)."""
+def addresses_digest(arr: np.ndarray[Any, Any]) -> bytes:
+    """XXH3-128 of the addresses a contiguous object array holds (numpy has no view of them: read in place)."""
     import ctypes
 
+    import xxhash
+
     if not arr.nbytes:
-        return memoryview(b"")
-    return memoryview((ctypes.c_char * arr.nbytes).from_address(arr.ctypes.data)).cast("B")
+        return bytes(xxhash.xxh3_128().digest())
+    return bytes(xxhash.xxh3_128((ctypes.c_char * arr.nbytes).from_address(arr.ctypes.data)).digest())
 
 
-def fingerprint(value: Any, *settings: Any, objects: list[tuple[Any, Any]] | None = None) -> bytes | None:
+def fingerprint(value: Any, *settings: Any, objects: list[tuple[Any, Any, bytes]] | None = None) -> bytes | None:
     """The exact fingerprint of ``value`` (with the store's ``settings`` that shape its bytes), or None.
 
     With ``objects`` (a list), object columns (Python strings in pandas 2) are hashed by the addresses they hold,
-    and ``(owner, addresses)`` of each is appended to it: such a fingerprint is exact only while every object
-    it saw is kept alive (an address freed and taken by a new object would read as the old one), which is what
-    the caller must do before relying on it (``VersionedStore._remember``); it stops relying on it when the owner
-    (the frame's array) is gone.
+    and ``(owner, values, digest of their addresses)`` of each is appended to it: such a fingerprint is exact only
+    while every object it saw is kept alive (an address freed and taken by a new object would read as the old
+    one), which is what the caller must see to before relying on it (``VersionedStore._hold`` and ``_remember``);
+    it stops relying on it when the owner (the frame's array) is gone.
     """
     import pandas as pd
 
@@ -275,4 +276,4 @@ def fingerprint(value: Any, *settings: Any, objects: list[tuple[Any, Any]] | Non
     return bytes(d._h.digest())
 
 
-__all__ = ["ArrayFingerprint", "fingerprint", "pointer_bytes"]
+__all__ = ["ArrayFingerprint", "addresses_digest", "fingerprint"]

@@ -228,11 +228,12 @@ class FrameStore(VersionedStore[FrameVersion]):
         """
         check_name(name, "frame name")
         meta = check_metadata(metadata)
-        objects: list[tuple[Any, Any]] = []  # (object columns, hashed by address: kept alive once remembered)
+        objects: list[tuple[Any, Any, bytes]] = []  # (object columns, hashed by address)
         seen = fingerprint(df, self.compression, self.compression_level, objects=objects)
         known = self._unchanged(name, seen)
         if known is not None:  # this process put or got exactly this as the latest version
             return known
+        held = self._hold(objects) if objects else None  # (their objects kept alive from before the encoding)
         prepared = _prepare(df)
         part, row_groups = self._write_part(name, prepared.table, progress)
         info = self._add_version(name, part.bh_key, part.nbytes, meta, {
@@ -240,7 +241,7 @@ class FrameStore(VersionedStore[FrameVersion]):
             "dtypes": json.dumps(dict(zip(prepared.columns, prepared.dtypes))),
             "index_names": json.dumps(prepared.index_names), "row_groups": row_groups,
         })
-        self._remember(name, info, seen, objects)
+        self._remember(name, info, seen, objects, held)
         return info
 
     def _write_part(self, name: str, table: pa.Table, progress: ProgressCallback | None) -> tuple[FramePart, int]:

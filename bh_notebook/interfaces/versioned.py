@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from ..errors import BlobNotFound, NotFound, ValueTypeError
 from .base import RETIRED_TABLE, Entry, Interface, check_name, check_version
 from .files import FileStore
-from .fingerprint import pointer_bytes
+from .fingerprint import addresses_digest
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -109,17 +109,14 @@ def object_url(files: Any, bh_key: str) -> ObjectURL:
     return ObjectURL(f"s3://{bucket.name}/{key}", getattr(bucket, "endpoint_url", None))
 
 
-def _same_addresses(a: Any, b: Any) -> bool:
-    import numpy as np
-
-    return bool(np.array_equal(np.frombuffer(pointer_bytes(a), np.uint8), np.frombuffer(pointer_bytes(b), np.uint8)))
-
-
-def _forget(store: weakref.ref[VersionedStore[Any]], fingerprint: bytes) -> None:
-    """A frame's array that a fingerprint by address saw is gone: the fingerprint stops counting."""
+def _forget(store: weakref.ref[VersionedStore[Any]], name: str, fingerprint: bytes) -> None:
+    """A frame's array that a fingerprint by address saw is gone: the fingerprint stops counting, and its copies
+    are let go (a finalizer runs whenever the array goes: inside the bookkeeping, it is only noted)."""
     found = store()
     if found is not None:
-        found._drop_kept(fingerprint)
+        found._dead.append((name, fingerprint))
+        if not found._busy:  # (else the bookkeeping under way drains it when done)
+            found._drain()
 
 
 class VersionedStore(Interface, Generic[V]):
@@ -163,10 +160,12 @@ class VersionedStore(Interface, Generic[V]):
         self._files = files
         #: name -> (version id, blob, fingerprints) of values this process put or got as that version (a few).
         self._fingerprints: dict[str, tuple[str, str, list[bytes]]] = {}
-        #: Fingerprints that hashed object columns by address -> copies of those columns, which keep every object
-        #: alive (so no address can come to mean another object), and the finalizers that forget the fingerprint
-        #: when the frame's own arrays are gone.
-        self._kept: dict[bytes, tuple[list[Any], list[weakref.finalize]]] = {}
+        #: (name, fingerprint made by address) -> copies of the object columns it hashed, which keep every object
+        #: alive (so no address can come to mean another object), and the finalizers that note when the frame's
+        #: own arrays are gone (in ``_dead``, acted on by ``_drain``). One per name at most.
+        self._kept: dict[tuple[str, bytes], tuple[list[Any], list[weakref.finalize]]] = {}
+        self._dead: list[tuple[str, bytes]] = []
+        self._busy = False
         super().__init__(conn, bucket_client if bucket_client is not None else files.bucket)
 
     def _init_schema(self) -> None:
@@ -262,6 +261,7 @@ class VersionedStore(Interface, Generic[V]):
     def _unchanged(self, name: str, fingerprint: bytes | None) -> V | None:
         """The latest version of ``name`` when this process put or got exactly ``fingerprint`` as it, and it is
         still the latest (a re-put that would write the same bytes); its blob is relied on as a re-put would."""
+        self._drain()
         known = self._fingerprints.get(name)
         if fingerprint is None or known is None or fingerprint not in known[2]:
             return None
@@ -276,36 +276,69 @@ class VersionedStore(Interface, Generic[V]):
             return None  # gone from the catalog or the bucket: the put uploads it again
         return self._to_version(latest)
 
+    @staticmethod
+    def _hold(objects: list[tuple[Any, Any, bytes]]) -> list[Any] | None:
+        """Copies of the object values a fingerprint hashed by address (a reference to every object, so none can be
+        freed and its address taken), made before the value is encoded; None when they no longer hold what was
+        hashed (the value changed meanwhile: the fingerprint is not remembered)."""
+        copies = [values.copy() for _, values, _ in objects]
+        if any(addresses_digest(c) != digest for c, (_, _, digest) in zip(copies, objects)):
+            return None
+        return copies
+
     def _remember(self, name: str, info: Any, fingerprint: bytes | None,
-                  objects: list[tuple[Any, Any]] | None = None) -> None:
+                  objects: list[tuple[Any, Any, bytes]] | None = None, held: list[Any] | None = None) -> None:
         """``fingerprint`` is what this process put as (or got from) the version ``info``; ``objects`` are the
-        object columns it hashed by address (``fingerprint(..., objects=)``)."""
-        if fingerprint is None:
+        object values it hashed by address and ``held`` their copies from ``_hold`` (none: not remembered)."""
+        if fingerprint is None or (objects and held is None):
             return
-        if objects and fingerprint not in self._kept:
-            keep = [held.copy() for _, held in objects]  # (a reference to every object: none can be freed)
-            if not all(_same_addresses(k, held) for k, (_, held) in zip(keep, objects)):
-                return  # (changed since it was hashed: another thread)
+        self._busy = True
+        try:
+            self._note(name, info, fingerprint, objects, held)
+        finally:
+            self._busy = False
+        self._drain()
+
+    def _note(self, name: str, info: Any, fingerprint: bytes, objects: list[tuple[Any, Any, bytes]] | None,
+              held: list[Any] | None) -> None:
+        if objects and held is not None:
+            for key in [key for key in self._kept if key[0] == name]:  # (one set of copies per name)
+                self._drop(*key)
             me = weakref.ref(self)
-            owners = {id(owner): owner for owner, _ in objects}
-            self._kept[fingerprint] = (keep, [weakref.finalize(owner, _forget, me, fingerprint)
-                                              for owner in owners.values()])
+            finalizers = []
+            for owner in {id(owner): owner for owner, _, _ in objects}.values():
+                finalizer = weakref.finalize(owner, _forget, me, name, fingerprint)
+                finalizer.atexit = False
+                finalizers.append(finalizer)
+            self._kept[(name, fingerprint)] = (held, finalizers)
         known = self._fingerprints.get(name)
         if known is None or known[:2] != (info.version_id, info.bh_key):
             self._fingerprints[name] = (info.version_id, info.bh_key, [fingerprint])
         elif fingerprint not in known[2]:  # (the frame put and the frame got back may differ in their layout)
             known[2][:] = [*known[2][-3:], fingerprint]
-        if self._kept:  # copies no remembered fingerprint needs any more are let go
-            remembered = {fp for entry in list(self._fingerprints.values()) for fp in entry[2]}
-            for fp in [fp for fp in list(self._kept) if fp not in remembered]:
-                self._drop_kept(fp)
+        for key in list(self._kept):  # copies no remembered fingerprint needs any more are let go
+            entry = self._fingerprints.get(key[0])
+            if entry is None or key[1] not in entry[2]:
+                self._drop(*key)
 
-    def _drop_kept(self, fingerprint: bytes) -> None:
-        """Forget a fingerprint made by address: the objects it saw are no longer kept alive."""
-        kept = self._kept.pop(fingerprint, None)
-        for entry in list(self._fingerprints.values()):
-            if fingerprint in entry[2]:
-                entry[2].remove(fingerprint)
+    def _drain(self) -> None:
+        """Forget the fingerprints whose frames' arrays are gone (noted by their finalizers)."""
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._dead:
+                self._drop(*self._dead.pop())
+        finally:
+            self._busy = False
+
+    def _drop(self, name: str, fingerprint: bytes) -> None:
+        """Forget a fingerprint made by address: it no longer answers for ``name``, and the objects it saw are no
+        longer kept alive."""
+        entry = self._fingerprints.get(name)
+        if entry is not None and fingerprint in entry[2]:
+            entry[2].remove(fingerprint)
+        kept = self._kept.pop((name, fingerprint), None)
         if kept is not None:
             for finalizer in kept[1]:
                 finalizer.detach()
