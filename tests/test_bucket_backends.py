@@ -239,10 +239,11 @@ def test_a_large_copy_goes_in_parts_and_keeps_the_description(server_name: str,
 @pytest.mark.parametrize("server_name", ["moto_server", "seaweed_server"])
 def test_a_large_touch_copies_the_object_onto_itself_in_parts(server_name: str,
                                                               request: pytest.FixtureRequest) -> None:
-    """A touch renews an old blob a writer relies on; of a blob of gigabytes, one CopyObject onto itself would
-    answer nothing until done (past the read timeout, failing the put): above the threshold it goes in parts."""
+    """A touch renews an old blob a writer relies on; one CopyObject stops at 5 GiB (here: 10 MiB), so a larger
+    blob is copied onto itself in parts."""
     b = s3_bucket(request.getfixturevalue(server_name))
     b.copy_part_size = 5 * 1024 * 1024
+    b.max_copy_object = 10 * 1024 * 1024
     calls: list[str] = []
     b.client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
     data = os.urandom(12 * 1024 * 1024 + 321)

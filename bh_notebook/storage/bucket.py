@@ -33,6 +33,8 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 #: Parts of a server-side copy of a large object (each one request that must end within a read timeout).
 COPY_PART_SIZE = 64 * 1024 * 1024
+#: The largest object one CopyObject may copy (the S3 limit): a touch of a larger one goes in parts.
+MAX_COPY_OBJECT = 5 * 1024 * 1024 * 1024
 #: Reads from a stream are done in pieces of this size.
 CHUNK_SIZE = 1024 * 1024
 

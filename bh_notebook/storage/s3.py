@@ -38,6 +38,7 @@ from ..errors import (
 )
 from .bucket import (
     COPY_PART_SIZE,
+    MAX_COPY_OBJECT,
     MULTIPART_THRESHOLD,
     PART_SIZE,
     BucketClient,
@@ -95,6 +96,7 @@ class S3Bucket(BucketClient):
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.copy_part_size = COPY_PART_SIZE
+        self.max_copy_object = MAX_COPY_OBJECT
         self.max_concurrency = max_concurrency
         self.page_size = page_size
         self.max_attempts = max_attempts
@@ -262,9 +264,9 @@ class S3Bucket(BucketClient):
 
     def touch(self, key: str, *, content_type: str | None = None,
               metadata: Mapping[str, str] | None = None) -> bool:
-        """A copy of the object onto itself with its description replaced; no bytes through us. A large object is
-        copied onto itself in parts, as a large copy is: one CopyObject of gigabytes answers nothing until it is
-        done, past a read timeout."""
+        """A copy of the object onto itself with its description replaced; no bytes through us. One CopyObject up
+        to the 5 GiB it allows (a copy onto itself is cheap on the servers we test: SeaweedFS answers for 1 GiB in
+        0.15 s), in parts above."""
         check_key(key)
         about: dict[str, Any] = {"Metadata": dict(metadata or {})}
         if content_type:
@@ -273,7 +275,7 @@ class S3Bucket(BucketClient):
         if info is None:
             return False
         try:
-            if info.size <= max(self.multipart_threshold, self.copy_part_size):
+            if info.size <= self.max_copy_object:
                 self._call("touch", key, self._client.copy_object, Bucket=self.name, Key=key,
                            CopySource={"Bucket": self.name, "Key": key}, MetadataDirective="REPLACE", **about)
             else:
