@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import mmap
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from bh_notebook import BucketConfig, BucketSQLite, FrameVersion, SnapshotConfig
 from bh_notebook.errors import InexactFrame, IntegrityError, InvalidKey, NotFound, ValueTypeError
 from bh_notebook.interfaces import frames as frames_mod
 from bh_notebook.interfaces.files import FileStore
+from bh_notebook.interfaces.mapped import MappedRanges
 from bh_notebook.testing.servers import ACCESS_KEY, SECRET_KEY
 
 NO_TIMER = SnapshotConfig(interval_seconds=0)
@@ -161,6 +163,68 @@ def test_columns_fetch_footer_and_those_chunks_only(counted) -> None:  # type: i
     assert counting.bytes_in <= 1.1 * needed
     assert counting.bytes_in < 0.5 * len(raw)
     assert counting.calls.get("get_range", 0) <= 1 + 2 * v.row_groups  # the footer, then each chunk at most once
+
+
+@pytest.mark.usefixtures("small_groups")
+def test_partial_reads_are_decoded_natively_not_through_python_reads(bh, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The column chunks a partial read fetches go to pyarrow in a map of the blob, not through RangeFile.read (a
+    call into Python for every read pyarrow makes): only the footer passes through Python."""
+    df = big_frame()
+    v = bh.frames.put("big", df)
+    raw = bh.files.get(v.bh_key)
+    through_python: list[int] = []
+    read = frames_mod.RangeFile.read
+
+    def counting_read(self: frames_mod.RangeFile, n: int = -1) -> bytes:
+        data = read(self, n)
+        through_python.append(len(data))
+        return data
+
+    monkeypatch.setattr(frames_mod.RangeFile, "read", counting_read)
+    for kwargs, expected in [({"columns": ["a", "txt"]}, df[["a", "txt"]]),
+                             ({"rows": slice(150_000, 450_000)}, df.iloc[150_000:450_000]),
+                             ({"filters": [("id", ">=", 599_000)]}, df[df.id >= 599_000])]:
+        through_python.clear()
+        pd.testing.assert_frame_equal(bh.frames.get("big", **kwargs), expected)
+        footer = int.from_bytes(raw[-8:-4], "little") + 8
+        assert sum(through_python) <= 4 * max(footer, frames_mod.FOOTER_GUESS), kwargs  # the footer, a few times
+
+
+@pytest.mark.usefixtures("small_groups")
+def test_a_native_read_outside_the_fetched_ranges_is_caught_and_read_again(bh, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Were the ranges a partial read fetches to miss bytes pyarrow reads, those would read as zeros from the map:
+    the pages read are checked (mincore), and the read is done again through the checked file."""
+    if not MappedRanges.available(TEST_CHUNK):
+        pytest.skip("this system cannot tell which pages of a map were read")
+    df = big_frame()
+    bh.frames.put("big", df)
+    ranges = frames_mod._chunk_ranges
+    # Only the first column chunk of the ranges needed: the others are read from pages that were never filled.
+    monkeypatch.setattr(frames_mod, "_chunk_ranges", lambda *args: ranges(*args)[:1])
+    with pytest.warns(RuntimeWarning, match="touched bytes outside the ranges fetched"):
+        got = bh.frames.get("big", columns=["a", "b", "txt"])
+    pd.testing.assert_frame_equal(got, df[["a", "b", "txt"]])
+
+
+def test_mapped_ranges_tell_a_page_read_from_the_pages_written() -> None:
+    if not MappedRanges.available(4096):
+        pytest.skip("this system cannot tell which pages of a map were read")
+    page = mmap.PAGESIZE
+    m = MappedRanges(64 * page + 100)  # the last page is partial
+    m.write(4 * page, b"x" * (2 * page))
+    m.place(63 * page, 64 * page + 100)[:] = b"y" * (page + 100)
+    reader = m.reader()
+    reader.seek(4 * page)
+    assert reader.read(2 * page) == b"x" * (2 * page)
+    assert not m.read_elsewhere()
+    assert m.holds(4 * page, 6 * page) and not m.holds(3 * page, 5 * page)
+    reader.seek(10 * page + 7)
+    assert reader.read(1) == b"\0"  # a page never written: zeros, and now seen as read
+    assert m.read_elsewhere()
+    # A map reserves nothing: one far bigger than this machine's memory (a partial read of a huge blob) is made.
+    huge = MappedRanges(256 << 30)
+    huge.write(100 << 30, b"z" * page)
+    assert not huge.read_elsewhere()
 
 
 @pytest.mark.usefixtures("small_groups")

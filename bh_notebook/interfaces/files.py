@@ -709,7 +709,7 @@ class FileStore(Interface):
         object_key = row["object_key"]
         hasher = _ChunkHasher(chunks.chunk_size)
         try:
-            if hi - lo <= max(_ONE_GET, 4 * chunks.chunk_size):
+            if (lo, hi) != (start, end) and hi - lo <= max(_ONE_GET, 4 * chunks.chunk_size):
                 whole = bytearray(hi - lo)
                 self._store.get_into(object_key, whole, lo, progress=progress, sink=hasher.update)
                 chunks.check(lo, hasher.digests())

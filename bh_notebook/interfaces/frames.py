@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
+import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InexactFrame, NotFound, ValueTypeError
 from ..storage.bucket import ProgressCallback, SeekableReader
 from .base import check_name
 from .fingerprint import fingerprint
+from .mapped import MappedRanges
 from .versioned import ObjectURL, VersionedStore, check_metadata, object_url
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     import pandas as pd
     import pyarrow as pa
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
     from ..config import BucketConfig
     from ..storage.bucket import BucketClient
     from .base import Interface
+
+T = TypeVar("T")
 
 #: Rows per Parquet row group at most: the unit ``head()`` and ``filters=`` fetch. Measured on a 10M-row frame,
 #: 128Ki- and 1Mi-row groups write equally fast once dictionaries are limited to repetitive columns, but reading
@@ -54,6 +59,8 @@ FOOTER_GUESS = 64 * 1024
 #: Prefetched ranges closer than this are fetched as one; a merged block stays under PREFETCH_BLOCK.
 PREFETCH_GAP = 64 * 1024
 PREFETCH_BLOCK = 64 * 1024 * 1024
+#: Prefetch requests in flight at once.
+PREFETCH_REQUESTS = 8
 #: The parts of a frame version made of several Parquet blobs (``append``), in order, by the version's id. A
 #: version with no rows here is one blob, its ``bh_key``; a version with parts has a small JSON manifest of them as
 #: its ``bh_key`` (so its key is unique to that list of parts, and ``check`` finds it like any blob).
@@ -517,16 +524,17 @@ class FrameStore(VersionedStore[FrameVersion]):
             if metadata is None:
                 metadata = schema.metadata if len(parts) == 1 else _version_metadata(schema.metadata, parts)
             tables.append(table.replace_schema_metadata(None))
-            positions.append(found + start)
+            if expr is not None:
+                positions.append(found + start)
             start = stop
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-        found = positions[0] if len(positions) == 1 else np.concatenate(positions)
+        found = None if expr is None else positions[0] if len(positions) == 1 else np.concatenate(positions)
         if wanted_rows is not None and len(wanted_rows) > 1 and wanted_rows[1] < wanted_rows[0]:
             # A slice that steps backwards: the rows were read (and filtered) in ascending order.
             table = table.take(pa.array(np.arange(table.num_rows - 1, -1, -1, dtype=np.int64)))
-            found = found[::-1]
+            found = None if found is None else found[::-1]
         table = table.replace_schema_metadata(metadata)
-        if expr is not None:
+        if found is not None:
             selection = _Rows(total, mask=found)
         elif head is not None:
             selection = _Rows(total, slice(0, head))
@@ -570,15 +578,15 @@ class FrameStore(VersionedStore[FrameVersion]):
                     needed = needed | _filter_columns(filters) if isinstance(filters, (list, tuple)) else None
             read_fields = None if needed is None else \
                 list(dict.fromkeys([*(wanted or []), *sorted(needed - set(wanted or []))]))
-            f.prefetch(_chunk_ranges(md, schema, needed, groups))
-            if groups:
+            ranges = _chunk_ranges(md, schema, needed, groups)
+            table = _read_mapped(f, ranges, md, dictionary, groups, read_fields, info.name) if groups else \
+                _empty_table(pf, read_fields)
+            if table is None:
+                f.prefetch(ranges)
                 table = pf.read_row_groups(groups, columns=read_fields, use_threads=True,
                                            use_pandas_metadata=False)
-            else:
-                table = _empty_table(pf, read_fields)
         table = table.replace_schema_metadata(schema.metadata)
-        found = np.concatenate([np.arange(offsets[g], offsets[g + 1], dtype=np.int64) for g in groups]) \
-            if groups else np.zeros(0, np.int64)
+        found = None  # the rows' positions in the part: what filters= needs
         if local is not None and len(groups):
             start = local - offsets[groups[0]]
             if len(start) and start[-1] - start[0] == len(start) - 1:
@@ -587,6 +595,9 @@ class FrameStore(VersionedStore[FrameVersion]):
                 table = table.take(pa.array(start))
             found = local
         if expr is not None:
+            if found is None:
+                found = np.concatenate([np.arange(offsets[g], offsets[g + 1], dtype=np.int64) for g in groups]) \
+                    if groups else np.zeros(0, np.int64)
             table = table.append_column(_POSITION, pa.array(found))
             try:
                 table = table.filter(expr)
@@ -697,6 +708,7 @@ class RangeFile(SeekableReader):
         self._lock = threading.Lock()
         self._blocks: list[tuple[int, bytes]] = []
         chunks = files.chunk_hashes(bh_key)
+        self._checked = chunks is not None
         self._chunk = chunks.chunk_size if chunks is not None else 1
         self.bytes_fetched = 0
         self.requests = 0
@@ -717,27 +729,67 @@ class RangeFile(SeekableReader):
             self._progress(len(data))
         return bytes(data)
 
-    def prefetch(self, ranges: list[tuple[int, int]]) -> None:
-        """Fetch these ``[start, end)`` ranges now, in parallel; later reads inside them cost no request."""
+    def _plan(self, ranges: list[tuple[int, int]], held: Callable[[int, int], bool]) -> list[list[int]]:
+        """The requests that fetch ``ranges``: widened to whole chunks, those ``held`` already left out, ranges
+        that nearly touch merged."""
         merged: list[list[int]] = []
         for start, end in sorted(self._widen(max(0, a), min(self._size, b)) for a, b in ranges if b > a):
-            if end <= start or self._cached(start, end) is not None:
+            if end <= start or held(start, end):
                 continue
             if merged and start - merged[-1][1] <= PREFETCH_GAP and end - merged[-1][0] <= PREFETCH_BLOCK:
                 merged[-1][1] = max(merged[-1][1], end)
             else:
                 merged.append([start, end])
-        if not merged:
-            return
-        if len(merged) == 1:
-            blocks = [(merged[0][0], self._fetch(*merged[0]))]
-        else:
-            from concurrent.futures import ThreadPoolExecutor
+        return merged
 
-            with ThreadPoolExecutor(min(8, len(merged)), thread_name_prefix="bh-prefetch") as pool:
-                blocks = list(zip([m[0] for m in merged], pool.map(lambda m: self._fetch(m[0], m[1]), merged)))
+    @staticmethod
+    def _parallel(fn: Callable[[int, int], T], merged: list[list[int]]) -> list[T]:
+        """``fn(start, end)`` of every request, several at once."""
+        if len(merged) <= 1:
+            return [fn(m[0], m[1]) for m in merged]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(PREFETCH_REQUESTS, len(merged)), thread_name_prefix="bh-prefetch") as pool:
+            return list(pool.map(lambda m: fn(m[0], m[1]), merged))
+
+    def _fetch_all(self, merged: list[list[int]]) -> list[tuple[int, bytes]]:
+        return list(zip([m[0] for m in merged], self._parallel(self._fetch, merged)))
+
+    def prefetch(self, ranges: list[tuple[int, int]]) -> None:
+        """Fetch these ``[start, end)`` ranges now, in parallel; later reads inside them cost no request."""
+        blocks = self._fetch_all(self._plan(ranges, lambda a, b: self._cached(a, b) is not None))
         with self._lock:
             self._blocks.extend(blocks)
+
+    def mapped(self, ranges: list[tuple[int, int]]) -> MappedRanges | None:
+        """The blob's footer (already here) and these ranges, fetched and checked as ``prefetch`` does, in a map of
+        the blob's size that pyarrow reads natively; None for a blob without chunk hashes, or where reads of the
+        map cannot be told apart (read through this file then). Check ``read_elsewhere()`` after reading."""
+        if not self._checked or not MappedRanges.available(self._chunk):
+            return None
+        try:
+            mapped = MappedRanges(self._size)
+        except OSError:  # pragma: no cover - a system that will not map that much (strict overcommit)
+            return None
+        for start, data in self._blocks:
+            mapped.write(start, data)
+        merged = self._plan(ranges, mapped.holds)
+        into = getattr(self._files, "get_into_verified", None)
+        if into is None:  # a worker's reader: fetched, then copied in
+            for start, data in self._fetch_all(merged):
+                mapped.write(start, data)
+            return mapped
+
+        def fetch(lo: int, hi: int) -> None:  # straight into the map, chunks checked as they arrive
+            into(self._key, mapped.place(lo, hi), lo)
+            with self._lock:
+                self.bytes_fetched += hi - lo
+                self.requests += 1
+            if self._progress is not None:
+                self._progress(hi - lo)
+
+        self._parallel(fetch, merged)
+        return mapped
 
     def _cached(self, start: int, end: int) -> bytes | None:
         for block_start, data in self._blocks:
@@ -763,6 +815,38 @@ class RangeFile(SeekableReader):
         data = self.read(len(b))
         memoryview(b)[: len(data)] = data
         return len(data)
+
+
+def _read_mapped(f: RangeFile, ranges: list[tuple[int, int]], md: Any, dictionary: list[str] | None,
+                 groups: list[int], fields: list[str] | None, name: str) -> pa.Table | None:
+    """Row groups ``groups`` (the ``fields`` of them) read natively from a map holding the footer and ``ranges``,
+    fetched and checked; None where that cannot be done safely (read through the file then)."""
+    arrow, pq, _ = _import_arrow()
+    mapped = f.mapped(ranges)
+    if mapped is None:
+        return None
+
+    def group(g: int) -> pa.Table:  # a reader each: row groups decode side by side (read_row_groups: one by one)
+        return pq.ParquetFile(mapped.reader(), metadata=md, read_dictionary=dictionary or None) \
+            .read_row_group(g, columns=fields, use_threads=True)
+
+    table = None
+    try:
+        if len(groups) == 1:
+            table = group(groups[0])
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(len(groups), os.cpu_count() or 1), thread_name_prefix="bh-decode") as pool:
+                table = arrow.concat_tables(list(pool.map(group, groups)))
+    except (OSError, arrow.ArrowException):  # zeros where a page header should be, if pages outside were read
+        if not mapped.read_elsewhere():
+            raise
+    if table is None or mapped.read_elsewhere():  # a bug of _chunk_ranges: pyarrow read bytes no range covers
+        warnings.warn(f"reading frame {name!r} touched bytes outside the ranges fetched; it is read again "
+                      "through the checked file", RuntimeWarning, stacklevel=3)
+        return None
+    return table
 
 
 def _leaves(t: pa.DataType) -> int:
