@@ -769,15 +769,14 @@ class RangeFile(SeekableReader):
             return None
         try:
             mapped = MappedRanges(self._size)
-        except OSError:  # pragma: no cover - a system that will not map that much (strict overcommit)
+        except (OSError, OverflowError, ValueError):  # pragma: no cover - will not map that much (ulimit -v, ...)
             return None
         for start, data in self._blocks:
             mapped.write(start, data)
         merged = self._plan(ranges, mapped.holds)
         into = getattr(self._files, "get_into_verified", None)
-        if into is None:  # a worker's reader: fetched, then copied in
-            for start, data in self._fetch_all(merged):
-                mapped.write(start, data)
+        if into is None:  # a worker's reader: each range copied in as it comes
+            self._parallel(lambda lo, hi: mapped.write(lo, self._fetch(lo, hi)), merged)
             return mapped
 
         def fetch(lo: int, hi: int) -> None:  # straight into the map, chunks checked as they arrive
@@ -832,21 +831,24 @@ def _read_mapped(f: RangeFile, ranges: list[tuple[int, int]], md: Any, dictionar
 
     table = None
     try:
-        if len(groups) == 1:
-            table = group(groups[0])
-        else:
-            from concurrent.futures import ThreadPoolExecutor
+        try:
+            if len(groups) == 1:
+                table = group(groups[0])
+            else:
+                from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(min(len(groups), os.cpu_count() or 1), thread_name_prefix="bh-decode") as pool:
-                table = arrow.concat_tables(list(pool.map(group, groups)))
-    except (OSError, arrow.ArrowException):  # zeros where a page header should be, if pages outside were read
-        if not mapped.read_elsewhere():
-            raise
-    if table is None or mapped.read_elsewhere():  # a bug of _chunk_ranges: pyarrow read bytes no range covers
-        warnings.warn(f"reading frame {name!r} touched bytes outside the ranges fetched; it is read again "
-                      "through the checked file", RuntimeWarning, stacklevel=3)
-        return None
-    return table
+                with ThreadPoolExecutor(min(len(groups), os.cpu_count() or 1), thread_name_prefix="bh-decode") as pool:
+                    table = arrow.concat_tables(list(pool.map(group, groups)))
+        except (OSError, arrow.ArrowException):  # zeros where a page header should be, if pages outside were read
+            if not mapped.read_elsewhere():
+                raise
+        if table is None or mapped.read_elsewhere():  # a bug of _chunk_ranges: pyarrow read bytes no range covers
+            warnings.warn(f"reading frame {name!r} touched bytes outside the ranges fetched; it is read again "
+                          "through the checked file", RuntimeWarning, stacklevel=3)
+            return None
+        return table
+    finally:
+        mapped.close()
 
 
 def _leaves(t: pa.DataType) -> int:

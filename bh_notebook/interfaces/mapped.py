@@ -27,23 +27,62 @@ _NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("l
 
 
 def _mincore() -> Any:
+    """libc's mincore, if it tells pages written and pages only read from pages untouched (tried once on a small
+    map: gVisor, for one, reports every page as in memory); else None."""
     if not sys.platform.startswith("linux") or not hasattr(mmap, "MAP_PRIVATE"):
-        return None  # that a page only read shows as in memory is what this relies on; it is tested on Linux
+        return None
     try:
         fn = ctypes.CDLL(None, use_errno=True).mincore
-    except (OSError, AttributeError):  # pragma: no cover - a libc without mincore
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        fn.restype = ctypes.c_int
+        probe = _Map(3 * _PAGE)
+        probe.view[0:1] = b"x"  # written
+        _ = probe.view[_PAGE]  # only read
+        return fn if _resident(fn, probe.address, 0, 3).tolist() == [True, True, False] else None
+    except (OSError, AttributeError, ValueError):  # pragma: no cover - no mincore, or it is refused
         return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    fn.restype = ctypes.c_int
-    return fn
+
+
+def _resident(fn: Any, address: int, first: int, count: int) -> Any:
+    """Which of pages ``[first, first + count)`` of the map at ``address`` are in memory (a numpy bool array)."""
+    import numpy as np
+
+    vec = np.zeros(count, dtype=np.uint8)
+    if fn(ctypes.c_void_p(address + first * _PAGE), count * _PAGE, vec.ctypes.data) != 0:
+        raise OSError(ctypes.get_errno(), "mincore failed")
+    return (vec & 1).astype(bool)
+
+
+class _Map:
+    """``size`` bytes of private anonymous memory, zero and costing nothing until written. No swap is reserved
+    (most of it is never written, and a blob bigger than memory must still map); no huge pages (one would bring in
+    the neighbours of a page written)."""
+
+    def __init__(self, size: int) -> None:
+        import pyarrow as pa
+
+        self.map = mmap.mmap(-1, max(1, size), flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0) | _NORESERVE)
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            self.map.madvise(mmap.MADV_NOHUGEPAGE)
+        self.view = memoryview(self.map)[:size]
+        self.buffer = pa.py_buffer(self.view)
+        self.address = self.buffer.address
+
+    def close(self) -> None:
+        self.buffer = self.view = None  # type: ignore[assignment]
+        try:
+            self.map.close()
+        except BufferError:  # a pyarrow reader still holds it (a traceback's frame): freed with the reader
+            pass
 
 
 _MINCORE = _mincore()
+#: Pages asked about per mincore call: bounds its vector, whatever the blob's size.
+_PAGES_PER_CALL = 256 * 1024
 
 
 class MappedRanges:
-    """``size`` bytes of private anonymous memory (zero, and costing nothing, until written) into which checked
-    ranges of a blob are written at their offsets."""
+    """A blob-sized map into which checked ranges of the blob are written at their offsets."""
 
     @staticmethod
     def available(chunk_size: int) -> bool:
@@ -51,28 +90,20 @@ class MappedRanges:
         return _MINCORE is not None and chunk_size % _PAGE == 0
 
     def __init__(self, size: int) -> None:
-        import pyarrow as pa
-
         self.size = size
-        # No swap reserved: most of the map is never written, and a blob bigger than memory must still map.
-        flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0) | _NORESERVE
-        self._map = mmap.mmap(-1, max(1, size), flags=flags)
-        if hasattr(mmap, "MADV_NOHUGEPAGE"):  # a huge page would bring in the neighbours of a page written
-            self._map.madvise(mmap.MADV_NOHUGEPAGE)
-        self._view = memoryview(self._map)[:size]
-        self._buffer = pa.py_buffer(self._view)
+        self._map = _Map(size)
         self._have: list[tuple[int, int]] = []
 
     def write(self, start: int, data: bytes | bytearray | memoryview) -> None:
         """Place checked bytes of the blob at their offset."""
         n = memoryview(data).nbytes
-        self._view[start:start + n] = data
+        self._map.view[start:start + n] = data
         self._have.append((start, start + n))
 
     def place(self, start: int, end: int) -> memoryview:
         """Where bytes ``[start, end)`` of the blob go, for a caller to fill; counted as written."""
         self._have.append((start, end))
-        return self._view[start:end]
+        return self._map.view[start:end]
 
     def holds(self, start: int, end: int) -> bool:
         return any(lo <= start and end <= hi for lo, hi in self._have)
@@ -81,18 +112,27 @@ class MappedRanges:
         """A native pyarrow file over the map."""
         import pyarrow as pa
 
-        return pa.BufferReader(self._buffer)
+        return pa.BufferReader(self._map.buffer)
+
+    def close(self) -> None:
+        """Let the memory go now (a failed read's traceback may keep this object)."""
+        self._map.close()
 
     def read_elsewhere(self) -> bool:
-        """Whether a page that no written range covers was read (it would have read zeros)."""
-        import numpy as np
-
+        """Whether a page that no written range covers was read (it would have read zeros). True also when the
+        system will not say: the caller then reads through the checked file."""
         assert _MINCORE is not None
         pages = -(-self.size // _PAGE)
-        vec = np.zeros(pages, dtype=np.uint8)
-        if _MINCORE(ctypes.c_void_p(self._buffer.address), pages * _PAGE, vec.ctypes.data) != 0:
-            raise OSError(ctypes.get_errno(), "mincore failed")  # pragma: no cover - the map is ours, page-aligned
-        touched = (vec & 1).astype(bool)
-        for lo, hi in self._have:  # written pages are in memory because they were written
-            touched[lo // _PAGE:-(-hi // _PAGE)] = False
-        return bool(touched.any())
+        at = 0
+        try:
+            for lo, hi in [*sorted(self._have), (self.size, self.size)]:
+                first = min(lo // _PAGE, pages)  # pages [at, first) hold nothing written
+                while at < first:
+                    count = min(first - at, _PAGES_PER_CALL)
+                    if _resident(_MINCORE, self._map.address, at, count).any():
+                        return True
+                    at += count
+                at = max(at, -(-hi // _PAGE))
+        except OSError:  # pragma: no cover - mincore worked at import
+            return True
+        return False
