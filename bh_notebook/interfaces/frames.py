@@ -771,15 +771,12 @@ class RangeFile(SeekableReader):
             mapped = MappedRanges(self._size)
         except (OSError, OverflowError, ValueError):  # pragma: no cover - will not map that much (ulimit -v, ...)
             return None
-        for start, data in self._blocks:
-            mapped.write(start, data)
-        merged = self._plan(ranges, mapped.holds)
         into = getattr(self._files, "get_into_verified", None)
-        if into is None:  # a worker's reader: each range copied in as it comes
-            self._parallel(lambda lo, hi: mapped.write(lo, self._fetch(lo, hi)), merged)
-            return mapped
 
         def fetch(lo: int, hi: int) -> None:  # straight into the map, chunks checked as they arrive
+            if into is None:  # a worker's reader: fetched, then copied in, each range as it comes
+                mapped.write(lo, self._fetch(lo, hi))
+                return
             into(self._key, mapped.place(lo, hi), lo)
             with self._lock:
                 self.bytes_fetched += hi - lo
@@ -787,7 +784,13 @@ class RangeFile(SeekableReader):
             if self._progress is not None:
                 self._progress(hi - lo)
 
-        self._parallel(fetch, merged)
+        try:
+            for start, data in self._blocks:
+                mapped.write(start, data)
+            self._parallel(fetch, self._plan(ranges, mapped.holds))
+        except BaseException:  # an altered chunk, say: the map goes now, not with the traceback
+            mapped.close()
+            raise
         return mapped
 
     def _cached(self, start: int, end: int) -> bytes | None:
