@@ -109,9 +109,13 @@ def test_random_kills_lose_nothing_acknowledged(backend_name: str, tmp_path: Pat
                                  text=True, env=os.environ.copy())
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
+        # The random moment counts from the first acknowledged operation, not from the start: on a loaded machine
+        # a fixed delay from the start can end before anything was acknowledged, trial after trial.
+        first = child.stdout.readline()
         time.sleep(rng.uniform(0.05, 1.5))
         child.send_signal(signal.SIGKILL)
         out, _ = child.communicate(timeout=60)
+        out = first + out
         assert child.returncode == -signal.SIGKILL  # killed mid-workload, not finished
         kills += 1
         for line in out.splitlines():
@@ -129,4 +133,4 @@ def test_random_kills_lose_nothing_acknowledged(backend_name: str, tmp_path: Pat
                 model[(op, name)] = int(i)
         _verify(config, model)
     assert kills == TRIALS
-    assert acks > TRIALS  # the kills landed after real work, trial after trial
+    assert acks >= TRIALS  # the kills landed after real work, trial after trial (the first acks are in the model)
