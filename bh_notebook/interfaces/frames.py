@@ -722,12 +722,16 @@ class RangeFile(SeekableReader):
 
     def _fetch(self, start: int, end: int) -> bytes:
         data = self._files.get_range_verified(self._key, start, end)
+        self._fetched(len(data))
+        return bytes(data)
+
+    def _fetched(self, n: int) -> None:
+        """Count one request that fetched ``n`` bytes, and report them."""
         with self._lock:
-            self.bytes_fetched += len(data)
+            self.bytes_fetched += n
             self.requests += 1
         if self._progress is not None:
-            self._progress(len(data))
-        return bytes(data)
+            self._progress(n)
 
     def _plan(self, ranges: list[tuple[int, int]], held: Callable[[int, int], bool]) -> list[list[int]]:
         """The requests that fetch ``ranges``: widened to whole chunks, those ``held`` already left out, ranges
@@ -778,11 +782,7 @@ class RangeFile(SeekableReader):
                 mapped.write(lo, self._fetch(lo, hi))
                 return
             into(self._key, mapped.place(lo, hi), lo)
-            with self._lock:
-                self.bytes_fetched += hi - lo
-                self.requests += 1
-            if self._progress is not None:
-                self._progress(hi - lo)
+            self._fetched(hi - lo)
 
         try:
             for start, data in self._blocks:
