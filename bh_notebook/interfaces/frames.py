@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InexactFrame, NotFound, ValueTypeError
 from ..storage.bucket import ProgressCallback, SeekableReader
+from . import parquet_write
 from .base import check_name
 from .fingerprint import fingerprint
 from .mapped import MappedRanges
@@ -1192,7 +1193,8 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _check_frame(df: pd.DataFrame) -> None:
-    """Refuse what Parquet cannot hold or would not give back exactly, in time linear in the width."""
+    """Refuse labels and attrs that Parquet cannot hold or would not give back exactly, in time linear in the
+    width (the values: ``_check_values``)."""
     import pandas as pd
 
     columns = df.columns
@@ -1217,8 +1219,16 @@ def _check_frame(df: pd.DataFrame) -> None:
     if not _json_exact(df.attrs):
         raise InexactFrame(f"df.attrs would not come back exactly ({df.attrs!r:.200}): keep str keys and JSON "
                            "values (str, int, float, bool, None, lists and dicts of them)")
+
+
+def _check_values(df: pd.DataFrame, *, strings: frozenset[int] = frozenset()) -> None:
+    """Refuse object columns and index levels holding Python objects that would not come back exactly.
+
+    ``strings``: positions of object columns that pyarrow converted to an Arrow string type, which it does only
+    when every value is a str (or None or NaN): they need no scan of their own."""
+    columns = df.columns
     for i, dtype in enumerate(df.dtypes):
-        if dtype == object:
+        if dtype == object and i not in strings:
             _check_objects(df.iloc[:, i], f"column {columns[i]!r}", f"df[{columns[i]!r}]")
     for level in range(df.index.nlevels):
         values = df.index.get_level_values(level) if df.index.nlevels > 1 else df.index
@@ -1269,6 +1279,7 @@ def _prepare_pandas(df: pd.DataFrame, ours: dict[str, Any]) -> _Prepared:
     try:
         table = pa.Table.from_pandas(source, preserve_index=None)
     except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
+        _check_values(df)  # (what it refuses, it refuses with its own words)
         message = str(exc)
         column = next((c for c in df.columns if f"column {c} " in message or f"column {c!s}" in message), None)
         where = f"column {column!r}" if column is not None else "a column"
@@ -1276,6 +1287,10 @@ def _prepare_pandas(df: pd.DataFrame, ours: dict[str, Any]) -> _Prepared:
             f"{where} cannot be stored as Parquet ({message.splitlines()[0]}). Columns of mixed Python objects "
             f"need one type: convert with df[{column or 'col'!r}].astype(str) (or a numeric type) first"
         ) from None
+    arrow_types = [table.schema.field(j).type if (j := table.schema.get_field_index(f)) >= 0 else None
+                   for f in fields]
+    _check_values(df, strings=frozenset(i for i, (t, at) in enumerate(zip(dtypes, arrow_types)) if t == object and (
+        at is not None and (pa.types.is_string(at) or pa.types.is_large_string(at)))))
     ours = dict(ours)
     if sparse:
         ours["sparse"] = sparse
@@ -1335,7 +1350,7 @@ def _probe(df: pd.DataFrame, table: pa.Table, dtypes: list[Any], fields: list[st
         want, sub = df.iloc[:k], table.slice(0, k)
     else:
         index_fields = [c for c in (table.schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)]
-        want = df.iloc[:k, chosen]
+        want = df.iloc[:k].iloc[:, chosen]  # (rows first: df.iloc[:k, chosen] takes the columns whole, then slices)
         sub = table.select([fields[i] for i in chosen] + index_fields).slice(0, k)
     got = _to_pandas(sub, _ours(table.schema), _Rows(len(df), slice(0, k)))
     try:
@@ -1606,7 +1621,6 @@ def _restore_dtypes(table: pa.Table, df: pd.DataFrame, ours: dict[str, Any],
 
 def _write_parquet(table: pa.Table, sink: Any, compression: str, level: int | None) -> int:
     """Write ``table`` as Parquet to ``sink``; return the row-group size used."""
-    _, pq, _ = _import_arrow()
     low_card, high_card = _string_columns(table)
     repetitive = [c for c in low_card if not _is_dictionary(table.schema.field(c).type)]
     if repetitive:  # read back through a dictionary: one Python str per distinct value, not per row
@@ -1615,7 +1629,7 @@ def _write_parquet(table: pa.Table, sink: Any, compression: str, level: int | No
         table = _with_ours(table, ours)
     row_bytes = max(1, table.nbytes // max(1, table.num_rows))
     row_group_size = max(MIN_ROW_GROUP, min(ROW_GROUP_SIZE, ROW_GROUP_BYTES // row_bytes))
-    pq.write_table(
+    parquet_write.write_table(  # pq.write_table's bytes, the row groups encoded side by side
         table, sink, row_group_size=row_group_size, compression=compression, compression_level=level,
         # Dictionaries only where they pay (categoricals, repetitive strings); statistics everywhere except on
         # high-cardinality strings, where they cost time and rarely prune a row group.
