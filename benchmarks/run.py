@@ -101,6 +101,30 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any, int]:
     return elapsed, result, mem.added
 
 
+def fresh_get_peak(config: BucketConfig, name: str, tmp: Path) -> int:
+    """How far RSS rises during ``bh.frames.get(name)`` in a new process (the store opened, pandas and pyarrow
+    imported, before the call): the cost of a get alone, not what this process's allocators kept from earlier
+    steps."""
+    import pickle
+    import subprocess
+
+    saved = tmp / "config.pickle"
+    saved.write_bytes(pickle.dumps(config))
+    script = (
+        "import gc, pickle, sys; sys.path.insert(0, sys.argv[1]); import run\n"
+        "config = pickle.loads(open(sys.argv[2], 'rb').read())\n"
+        "run.BucketSQLite.progress_factory = None\n"
+        "with run.BucketSQLite(config, run.SnapshotConfig(interval_seconds=0)) as bh:\n"
+        "    bh.frames.schema(sys.argv[3]); gc.collect()\n"
+        "    with run.PeakRSS() as mem:\n"
+        "        got = bh.frames.get(sys.argv[3])\n"
+        "    print(mem.added)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(Path(__file__).resolve().parent), str(saved), name],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.split()[-1])
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -311,6 +335,12 @@ def bench_backend(name: str, args: argparse.Namespace, rows: list[Row], tmp: Pat
     add("frame get", "ours_get", "raw_get", ("get_object + " if client else "") + "read_parquet", "frame_get")
     add("frame get", "ours_get", "arctic_get", "ArcticDB " + ("LMDB" if client is None else "S3"), "frame_get")
     add("frame get", "ours_get", "store_get", "%store -r", "frame_get")
+    bh.force_flush()  # (the catalog in the bucket, for the process below)
+    frame_mb = df.memory_usage(deep=True).sum()
+    alone = [fresh_get_peak(config, "bench/frame0", tmp) for _ in range(runs)]
+    rows.append(Row(name, "frame get, peak in a fresh process", size, median(t["ours_get"]), "-", None, None,
+                    int(median(alone)), f"{median(alone) / frame_mb:.2f}x the frame's {frame_mb / MB:,.0f} MiB "
+                    f"(in this process: {median(peaks['ours_get']) / frame_mb:.2f}x)"))
     add("frame get 2/7 cols", "ours_cols", "raw_cols", "read_parquet(columns=)", "frame_cols",
         f"fetched {moved['frame_cols'] / needed:.3f}x footer+chunks, {moved['frame_cols'] / blob_size:.2f}x blob")
 
