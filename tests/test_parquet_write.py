@@ -128,10 +128,55 @@ def test_slices_hold_whole_row_groups_in_order(monkeypatch: pytest.MonkeyPatch) 
     table = pa.table({"x": np.arange(1000)})
     assert pw.plan_slices(table, 30, 2, {}) == [(0, 1000)]  # 8 KB: one writer
     monkeypatch.setattr(pw, "PARALLEL_MIN_BYTES", 0)
-    slices = pw.plan_slices(table, 30, 2, {})  # 34 row groups, 4 slices of 9 groups (270 rows), the last shorter
-    assert slices == [(0, 270), (270, 270), (540, 270), (810, 190)]
+    assert pw.plan_slices(table, 30, 2, {}) == [(g * 30, 30 if g < 33 else 10) for g in range(34)]
     assert pw.plan_slices(table, 30, 1, {}) == [(0, 1000)]
     assert pw.plan_slices(table, 1000, 4, {}) == [(0, 1000)]  # one row group
+    # pyarrow's own row-group size (None, -1) or one above its cap: what one writer does
+    for size in (None, -1, 0, pw.MAX_ROW_GROUP + 1):
+        assert pw.plan_slices(table, size, 4, {}) == [(0, 1000)]  # type: ignore[arg-type]
+
+
+def test_a_few_slices_are_held_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row group per slice, encoded at most threads + 1 ahead of the one being written: the encoded bytes held
+    at any time are a few row groups', not the file's."""
+    monkeypatch.setattr(pw, "PARALLEL_MIN_BYTES", 0)
+    held = [0, 0, 0]  # slices alive, their bytes now, the most bytes at once
+
+    class Counted(pw._Slice):
+        def __init__(self, buffer: pa.Buffer) -> None:
+            super().__init__(buffer)
+            self.size = buffer.size
+            held[0] += 1
+            held[1] += self.size
+            held[2] = max(held[2], held[1])
+
+        def __del__(self) -> None:
+            held[0] -= 1
+            held[1] -= self.size
+
+    monkeypatch.setattr(pw, "_Slice", Counted)
+    table = pa.table({"x": np.arange(100_000), "s": [f"v{i}" for i in range(100_000)]})
+    data = threaded_bytes(table, 2, row_group_size=1000)  # 100 row groups
+    assert data == serial_bytes(table, row_group_size=1000)
+    assert held[0] == 0
+    assert 0 < held[2] <= 5 * len(data) // 100, (held[2], len(data))
+
+
+def test_a_footer_it_cannot_move_is_left_to_one_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pyarrow that wrote footers this module cannot move would still get its files written, by one writer,
+    before any byte reaches the sink; a sink without write() (a path) is one writer's too."""
+    monkeypatch.setattr(pw, "PARALLEL_MIN_BYTES", 0)
+    table = pa.table({"x": np.arange(1000)})
+
+    def refuse(*args: Any) -> Any:
+        raise pw.FooterError("a field this module does not know")
+
+    with monkeypatch.context() as m:
+        m.setattr(pw, "_moved_row_groups", refuse)
+        assert threaded_bytes(table, 2, row_group_size=100) == serial_bytes(table, row_group_size=100)
+    with monkeypatch.context() as m:
+        m.setattr(pw, "encode_footer", lambda fields: b"not what was read")
+        assert threaded_bytes(table, 2, row_group_size=100) == serial_bytes(table, row_group_size=100)
 
 
 # -- the footer codec ---------------------------------------------------------------------------------------

@@ -1225,11 +1225,19 @@ def _check_values(df: pd.DataFrame, *, strings: frozenset[int] = frozenset()) ->
     """Refuse object columns and index levels holding Python objects that would not come back exactly.
 
     ``strings``: positions of object columns that pyarrow converted to an Arrow string type, which it does only
-    when every value is a str (or None or NaN): they need no scan of their own."""
+    when every value is a str or what pandas calls missing: only their missing values are scanned (None, NaN and
+    pd.NA pass; NaT or Decimal('NaN') would come back as None, and are refused)."""
     columns = df.columns
     for i, dtype in enumerate(df.dtypes):
-        if dtype == object and i not in strings:
-            _check_objects(df.iloc[:, i], f"column {columns[i]!r}", f"df[{columns[i]!r}]")
+        if dtype != object:
+            continue
+        values = df.iloc[:, i]
+        if i in strings:
+            missing = values.isna().to_numpy()
+            if not missing.any():
+                continue
+            values = values.to_numpy()[missing]
+        _check_objects(values, f"column {columns[i]!r}", f"df[{columns[i]!r}]")
     for level in range(df.index.nlevels):
         values = df.index.get_level_values(level) if df.index.nlevels > 1 else df.index
         if values.dtype == object:
@@ -1278,8 +1286,14 @@ def _prepare_pandas(df: pd.DataFrame, ours: dict[str, Any]) -> _Prepared:
             casts[field_] = str(dtype)
     try:
         table = pa.Table.from_pandas(source, preserve_index=None)
-    except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
+    except Exception as exc:
         _check_values(df)  # (what it refuses, it refuses with its own words)
+        if isinstance(exc, UnicodeError):
+            raise ValueTypeError(f"a column holds text that is not valid Unicode ({exc}), such as a lone surrogate "
+                                 "from a bad decode; repair it first, e.g. df[col] = df[col].str.encode('utf-8', "
+                                 "'replace').str.decode('utf-8')") from None
+        if not isinstance(exc, (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError)):
+            raise
         message = str(exc)
         column = next((c for c in df.columns if f"column {c} " in message or f"column {c!s}" in message), None)
         where = f"column {column!r}" if column is not None else "a column"
@@ -1619,8 +1633,10 @@ def _restore_dtypes(table: pa.Table, df: pd.DataFrame, ours: dict[str, Any],
     return df
 
 
-def _write_parquet(table: pa.Table, sink: Any, compression: str, level: int | None) -> int:
-    """Write ``table`` as Parquet to ``sink``; return the row-group size used."""
+def _write_parquet(table: pa.Table, sink: Any, compression: str, level: int | None,
+                   threads: int | None = None) -> int:
+    """Write ``table`` as Parquet to ``sink``, encoded on ``threads`` threads (default: the cores there are);
+    return the row-group size used."""
     low_card, high_card = _string_columns(table)
     repetitive = [c for c in low_card if not _is_dictionary(table.schema.field(c).type)]
     if repetitive:  # read back through a dictionary: one Python str per distinct value, not per row
@@ -1630,7 +1646,7 @@ def _write_parquet(table: pa.Table, sink: Any, compression: str, level: int | No
     row_bytes = max(1, table.nbytes // max(1, table.num_rows))
     row_group_size = max(MIN_ROW_GROUP, min(ROW_GROUP_SIZE, ROW_GROUP_BYTES // row_bytes))
     parquet_write.write_table(  # pq.write_table's bytes, the row groups encoded side by side
-        table, sink, row_group_size=row_group_size, compression=compression, compression_level=level,
+        table, sink, row_group_size=row_group_size, threads=threads, compression=compression, compression_level=level,
         # Dictionaries only where they pay (categoricals, repetitive strings); statistics everywhere except on
         # high-cardinality strings, where they cost time and rarely prune a row group.
         use_dictionary=low_card,

@@ -16,8 +16,10 @@ indexes, bloom filters, encryption), is our bug or a pyarrow change, and raises.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,12 @@ _STOP, _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _M
 _MAGIC = b"PAR1"
 
 Field = list  # [field id, compact type, value]
+#: pyarrow caps a row group at this many rows (its DEFAULT_MAX_ROW_GROUP_LENGTH); larger sizes go to one writer.
+MAX_ROW_GROUP = 64 * 1024 * 1024
+
+
+class FooterError(ValueError):
+    """A footer this module cannot read back exactly or cannot move (our bug, or a pyarrow that writes more)."""
 
 
 class _Decoder:
@@ -115,7 +123,7 @@ class _Decoder:
             types = self.data[self.i]
             self.i += 1
             return [types, [(self.value(types >> 4), self.value(types & 0x0F)) for _ in range(size)]]
-        raise ValueError(f"Thrift compact type {kind} is not known")
+        raise FooterError(f"Thrift compact type {kind} is not known")
 
 
 def _varint(out: bytearray, n: int) -> None:
@@ -174,7 +182,7 @@ def _encode_value(out: bytearray, kind: int, value: Any) -> None:
             _encode_value(out, types >> 4, k)
             _encode_value(out, types & 0x0F, v)
     else:
-        raise ValueError(f"Thrift compact type {kind} is not known")
+        raise FooterError(f"Thrift compact type {kind} is not known")
 
 
 def decode_footer(footer: bytes) -> list[Field]:
@@ -182,7 +190,7 @@ def decode_footer(footer: bytes) -> list[Field]:
     decoder = _Decoder(footer)
     fields = decoder.struct()
     if decoder.i != len(footer):
-        raise ValueError(f"the footer has {len(footer) - decoder.i} bytes after its end")
+        raise FooterError(f"the footer has {len(footer) - decoder.i} bytes after its end")
     return fields
 
 
@@ -213,7 +221,7 @@ def _moved_row_groups(fields: list[Field], shift: int, first_ordinal: int) -> li
     """The footer's row groups (``FileMetaData.row_groups``, field 4) with their offsets moved by ``shift``."""
     refused = [f[0] for f in fields if f[0] in _FILE_REFUSED]
     if refused:
-        raise ValueError(f"the slice's footer has FileMetaData fields {refused} (encryption), which are not moved")
+        raise FooterError(f"the slice's footer has FileMetaData fields {refused} (encryption), which are not moved")
     row_groups = _get(fields, 4)
     groups: list[list[Field]] = row_groups[2][1] if row_groups is not None else []
     for n, group in enumerate(groups):
@@ -226,13 +234,13 @@ def _moved_row_groups(fields: list[Field], shift: int, first_ordinal: int) -> li
         for chunk in chunks[2][1] if chunks is not None else []:
             for f in chunk:
                 if f[0] in _CHUNK_REFUSED:
-                    raise ValueError(f"a column chunk has field {f[0]} (page index or encryption), not moved")
+                    raise FooterError(f"a column chunk has field {f[0]} (page index or encryption), not moved")
                 if f[0] in _CHUNK_OFFSETS and f[2]:  # (pyarrow writes 0 in this deprecated field: kept)
                     f[2] += shift
                 elif f[0] == 3:  # ColumnMetaData
                     for m in f[2]:
                         if m[0] in _META_REFUSED:
-                            raise ValueError(f"a column's metadata has field {m[0]} (bloom filter), not moved")
+                            raise FooterError(f"a column's metadata has field {m[0]} (bloom filter), not moved")
                         if m[0] in _META_OFFSETS:
                             m[2] += shift
     return groups
@@ -246,11 +254,11 @@ class _Slice:
         n = len(view)
         (footer_len,) = struct.unpack("<I", view[n - 8:n - 4])
         if bytes(view[:4]) != _MAGIC or bytes(view[n - 4:]) != _MAGIC:
-            raise ValueError("an encoded slice is not a Parquet file")
+            raise FooterError("an encoded slice is not a Parquet file")
         footer = bytes(view[n - 8 - footer_len:n - 8])
         self.fields = decode_footer(footer)
         if encode_footer(self.fields) != footer:
-            raise ValueError("a slice's footer does not encode back to its own bytes")
+            raise FooterError("a slice's footer does not encode back to its own bytes")
         self.data = view[4:n - 8 - footer_len]
         self.buffer = buffer
 
@@ -264,11 +272,12 @@ def threads_available() -> int:
 
 def plan_slices(table: pa.Table, row_group_size: int, threads: int,
                 options: dict[str, Any]) -> list[tuple[int, int]]:
-    """Row ranges ``(offset, length)`` to encode side by side; one range means one writer. Slices start at
-    multiples of ``row_group_size``, so they hold the row groups one writer would make."""
+    """Row ranges ``(offset, length)`` to encode side by side, a row group each; one range means one writer."""
     n_rows = table.num_rows
     if any(value for key, value in options.items() if key not in SLICEABLE_OPTIONS):
         return [(0, n_rows)]
+    if not isinstance(row_group_size, int) or not 0 < row_group_size <= MAX_ROW_GROUP:
+        return [(0, n_rows)]  # (None, -1: pyarrow's own choice, which one writer makes)
     n_groups = -(-n_rows // row_group_size) if n_rows else 0
     if threads < 2 or n_groups < 2 or table.nbytes < PARALLEL_MIN_BYTES:
         return [(0, n_rows)]
@@ -276,21 +285,21 @@ def plan_slices(table: pa.Table, row_group_size: int, threads: int,
     leaves = len(table.schema.to_string(show_field_metadata=False, show_schema_metadata=False).splitlines())
     if n_groups * leaves > MAX_STITCHED_CHUNKS:
         return [(0, n_rows)]
-    k = min(n_groups, 2 * threads)  # a few more slices than threads: the last ones do not wait on one slow slice
-    per = -(-n_groups // k)
-    starts = range(0, n_groups, per)
-    return [(g * row_group_size, min(n_rows, (g + per) * row_group_size) - g * row_group_size) for g in starts]
+    return [(g * row_group_size, min(row_group_size, n_rows - g * row_group_size)) for g in range(n_groups)]
 
 
 def write_table(table: pa.Table, sink: Any, *, row_group_size: int, threads: int | None = None,
                 **options: Any) -> None:
     """``pq.write_table(table, sink, row_group_size=..., **options)``, encoded on ``threads`` threads (default:
-    the cores this process may use, up to 8); ``sink`` gets ``write(buffer)`` calls, in order."""
+    the cores this process may use, up to 8); ``sink`` (a file object) gets ``write(buffer)`` calls, in order.
+
+    One row group per slice, and at most ``threads + 1`` slices encoded ahead of the one being written: the
+    memory held beyond one writer's is a few row groups."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     threads = min(MAX_THREADS, threads if threads is not None else threads_available())
-    slices = plan_slices(table, row_group_size, threads, options)
+    slices = plan_slices(table, row_group_size, threads, options) if hasattr(sink, "write") else [(0, 0)]
     if len(slices) == 1:
         pq.write_table(table, sink, row_group_size=row_group_size, **options)
         return
@@ -300,37 +309,53 @@ def write_table(table: pa.Table, sink: Any, *, row_group_size: int, threads: int
         pq.write_table(table.slice(offset, length), out, row_group_size=row_group_size, **options)
         return _Slice(out.getvalue())
 
-    with ThreadPoolExecutor(min(threads, len(slices)), thread_name_prefix="bh-parquet") as pool:
-        pending: list[Future[_Slice]] = [pool.submit(encode, o, n) for o, n in slices]
+    todo = iter(slices)
+    with ThreadPoolExecutor(threads, thread_name_prefix="bh-parquet") as pool:
+        pending: list[Future[_Slice]] = [pool.submit(encode, *s) for s in itertools.islice(todo, threads + 1)]
+
+        def next_slice() -> _Slice:
+            piece = pending.pop(0).result()
+            more = next(todo, None)
+            if more is not None:
+                pending.append(pool.submit(encode, *more))
+            return piece
+
         try:
-            _stitch(pending, sink)
+            try:
+                first = next_slice()
+                first_groups = _moved_row_groups(first.fields, 0, 0)
+            except FooterError:  # (before anything is written: one writer writes the file, below)
+                first = None
+            if first is not None:
+                _stitch(first, first_groups, next_slice, len(slices), sink)
         finally:
             for f in pending:  # (after a failure: the slices not started are not encoded)
                 f.cancel()
+    if first is None:
+        pq.write_table(table, sink, row_group_size=row_group_size, **options)
 
 
-def _stitch(pending: list[Future[_Slice]], sink: Any) -> None:
-    """Write the slices' data in order as they are done (each one's buffer let go once written), then the footer."""
+def _stitch(first: _Slice, groups: list[list[Field]], next_slice: Callable[[], _Slice], n_slices: int,
+            sink: Any) -> None:
+    """Write the slices' data in order as they are done (each one let go once written), then the footer."""
+    head = first.fields
+    head_rest = encode_footer([f for f in head if f[0] not in (3, 4)])
+    rows = _get(head, 3)
+    n_rows = rows[2] if rows is not None else 0
     sink.write(_MAGIC)
-    position = len(_MAGIC)
-    head: list[Field] | None = None
-    head_rest = b""
-    groups: list[list[Field]] = []
-    n_rows = 0
-    while pending:
-        piece = pending.pop(0).result()
-        rest = [f for f in piece.fields if f[0] not in (3, 4)]
-        if head is None:
-            head, head_rest = piece.fields, encode_footer(rest)
-        elif encode_footer(rest) != head_rest:
-            raise ValueError("the slices' footers differ beyond their rows (schema, key-value metadata, ...)")
+    sink.write(first.data)
+    position = len(_MAGIC) + len(first.data)
+    del first
+    for _ in range(n_slices - 1):
+        piece = next_slice()
+        if encode_footer([f for f in piece.fields if f[0] not in (3, 4)]) != head_rest:
+            raise FooterError("the slices' footers differ beyond their rows (schema, key-value metadata, ...)")
         groups += _moved_row_groups(piece.fields, position - len(_MAGIC), len(groups))
         rows = _get(piece.fields, 3)
         n_rows += rows[2] if rows is not None else 0
         sink.write(piece.data)
         position += len(piece.data)
         del piece
-    assert head is not None
     fields: list[Field] = []
     for f in head:
         if f[0] == 3:
