@@ -23,8 +23,13 @@ def run_notebook(path: Path, cwd: Path) -> nbformat.NotebookNode:
 
 def cell_text(cell: nbformat.NotebookNode) -> str:
     parts: list[str] = []
+    stream = None  # the stream the last part came from: a print may arrive in pieces, shown as one text
     for out in cell.get("outputs", []):
-        if out.get("output_type") == "stream":
+        if out.get("output_type") == "stream" and out.get("name") == stream:
+            parts[-1] += out["text"]
+            continue
+        stream = out.get("name") if out.get("output_type") == "stream" else None
+        if stream is not None:
             parts.append(out["text"])
         elif "data" in out and "text/plain" in out["data"]:
             parts.append(out["data"]["text/plain"])
