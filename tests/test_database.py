@@ -315,6 +315,8 @@ def test_keyboard_interrupt_does_not_stop_the_store(tmp_path: Path) -> None:
     store = tmp_path / "sigint-store"
     proc = _run_child(f"""
         import os, signal, time
+        # (as a kernel does: Python leaves SIGINT ignored when started by a shell that ignores it, a background job)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from bh_notebook import BucketSQLite, BucketConfig, SnapshotConfig
         bh = BucketSQLite(BucketConfig.for_local({str(store)!r}), SnapshotConfig(interval_seconds=3600)).start()
         bh.kv["a"] = "1"
