@@ -855,31 +855,13 @@ def _read_mapped(f: RangeFile, ranges: list[tuple[int, int]], md: Any, dictionar
         mapped.close()
 
 
-def _leaves(t: pa.DataType) -> int:
-    """How many Parquet leaf columns an Arrow field of type ``t`` is written as."""
-    import pyarrow as pa
-
-    if isinstance(t, pa.ExtensionType):
-        return _leaves(t.storage_type)
-    if pa.types.is_dictionary(t):
-        return _leaves(t.value_type)
-    if pa.types.is_map(t):
-        return _leaves(t.key_type) + _leaves(t.item_type)
-    if pa.types.is_struct(t):
-        return sum(_leaves(t.field(i).type) for i in range(t.num_fields))
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) \
-            or getattr(pa.types, "is_list_view", lambda _: False)(t):
-        return _leaves(t.value_type)
-    return 1
-
-
 def _chunk_ranges(metadata: Any, schema: pa.Schema, columns: set[str] | None,
                   row_groups: list[int] | None) -> list[tuple[int, int]]:
     """Byte ranges of the column chunks of the fields ``columns`` (all when None) in ``row_groups`` (all when
     None). Leaf columns are matched to fields by counting, not by their dotted paths (names may hold dots)."""
     owner: list[str] = []
     for f in schema:
-        owner.extend([f.name] * _leaves(f.type))
+        owner.extend([f.name] * parquet_write.leaves(f.type))
     if len(owner) != metadata.num_columns:  # pragma: no cover - an unknown nesting: fall back to the paths
         owner = [metadata.schema.column(j).path.split(".")[0] for j in range(metadata.num_columns)]
     chosen = [j for j, name in enumerate(owner) if columns is None or name in columns]

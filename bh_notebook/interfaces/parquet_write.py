@@ -263,6 +263,24 @@ class _Slice:
         self.buffer = buffer
 
 
+def leaves(t: pa.DataType) -> int:
+    """How many Parquet leaf columns an Arrow field of type ``t`` is written as."""
+    import pyarrow as pa
+
+    if isinstance(t, pa.ExtensionType):
+        return leaves(t.storage_type)
+    if pa.types.is_dictionary(t):
+        return leaves(t.value_type)
+    if pa.types.is_map(t):
+        return leaves(t.key_type) + leaves(t.item_type)
+    if pa.types.is_struct(t):
+        return sum(leaves(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) \
+            or getattr(pa.types, "is_list_view", lambda _: False)(t):
+        return leaves(t.value_type)
+    return 1
+
+
 def threads_available() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -281,9 +299,7 @@ def plan_slices(table: pa.Table, row_group_size: int, threads: int,
     n_groups = -(-n_rows // row_group_size) if n_rows else 0
     if threads < 2 or n_groups < 2 or table.nbytes < PARALLEL_MIN_BYTES:
         return [(0, n_rows)]
-    # (the schema's lines: at least the leaf columns, and cheap at any width)
-    leaves = len(table.schema.to_string(show_field_metadata=False, show_schema_metadata=False).splitlines())
-    if n_groups * leaves > MAX_STITCHED_CHUNKS:
+    if n_groups * sum(leaves(f.type) for f in table.schema) > MAX_STITCHED_CHUNKS:
         return [(0, n_rows)]
     return [(g * row_group_size, min(row_group_size, n_rows - g * row_group_size)) for g in range(n_groups)]
 
