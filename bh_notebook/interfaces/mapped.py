@@ -53,6 +53,17 @@ def _resident(fn: Any, address: int, first: int, count: int) -> Any:
     return (vec & 1).astype(bool)
 
 
+def _any_resident(address: int, first: int, last: int) -> bool:
+    """Whether any of pages ``[first, last)`` of the map at ``address`` is in memory (asked in bounded calls)."""
+    assert _MINCORE is not None
+    while first < last:
+        count = min(last - first, _PAGES_PER_CALL)
+        if _resident(_MINCORE, address, first, count).any():
+            return True
+        first += count
+    return False
+
+
 class _Map:
     """``size`` bytes of private anonymous memory, zero and costing nothing until written. No swap is reserved
     (most of it is never written, and a blob bigger than memory must still map); no huge pages (one would bring in
@@ -127,12 +138,64 @@ class MappedRanges:
         try:
             for lo, hi in [*sorted(self._have), (self.size, self.size)]:
                 first = min(lo // _PAGE, pages)  # pages [at, first) hold nothing written
-                while at < first:
-                    count = min(first - at, _PAGES_PER_CALL)
-                    if _resident(_MINCORE, self._map.address, at, count).any():
-                        return True
-                    at += count
-                at = max(at, -(-hi // _PAGE))
+                if _any_resident(self._map.address, at, first):
+                    return True
+                at = max(at, first, -(-hi // _PAGE))
         except OSError:  # pragma: no cover - mincore worked at import
             return True
         return False
+
+
+class ReleasableMap:
+    """A whole blob downloaded into private anonymous memory, whose pages are given back to the system (MADV_DONTNEED)
+    once what they hold has been decoded: a whole read then never holds the blob and the table it becomes both whole.
+
+    A page given back reads as zeros. ``touched()`` asks the system (``mincore``) whether any was read since, which
+    would mean pyarrow read bytes it was not expected to: the caller then reads the blob again, keeping every page."""
+
+    @staticmethod
+    def available() -> bool:
+        return _MINCORE is not None and hasattr(mmap, "MADV_DONTNEED")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._map = _Map(size)
+        self.view = self._map.view
+        self._released: list[tuple[int, int]] = []
+
+    def reader(self) -> Any:
+        """A native pyarrow file over the blob."""
+        import pyarrow as pa
+
+        return pa.BufferReader(self._map.buffer)
+
+    def holds_any(self, table: Any) -> bool:
+        """Whether ``table`` points into the map (decoded without a copy): those pages must stay."""
+        lo, hi = self._map.address, self._map.address + self.size
+        return any(b is not None and lo <= b.address < hi
+                   for col in table.columns for chunk in col.chunks for b in chunk.buffers())
+
+    def release(self, start: int, end: int) -> None:
+        """Give back the whole pages inside bytes ``[start, end)`` (a page shared with bytes outside stays)."""
+        first, last = -(-start // _PAGE), end // _PAGE
+        if last > first:
+            self._map.map.madvise(mmap.MADV_DONTNEED, first * _PAGE, (last - first) * _PAGE)
+            self._released.append((first, last))
+
+    def resident_bytes(self) -> int:
+        """The bytes of the map in memory now (what the read still holds of the blob)."""
+        pages = -(-self.size // _PAGE)
+        return sum(int(_resident(_MINCORE, self._map.address, at, min(pages - at, _PAGES_PER_CALL)).sum())
+                   for at in range(0, pages, _PAGES_PER_CALL)) * _PAGE
+
+    def touched(self) -> bool:
+        """Whether a page given back has been read (or written) since. True also when the system will not say."""
+        try:
+            return any(_any_resident(self._map.address, first, last) for first, last in self._released)
+        except OSError:  # pragma: no cover - mincore worked at import
+            return True
+
+    def close(self) -> None:
+        """Let the memory go now (a failed read's traceback may keep this object)."""
+        self.view = None  # type: ignore[assignment]
+        self._map.close()

@@ -1,0 +1,136 @@
+"""Whole gets of big frame blobs decode a few column chunks at a time and give back each chunk's pages once it is
+decoded (``frames._decode_releasing``), so the blob and the table are never both in memory whole. The same frames
+must come back as through one ``read_table``; the pages must really go back to the system; and a page read again after
+it was given back (it reads zeros) must be caught and the blob read again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+
+from bh_notebook import BucketSQLite
+from bh_notebook.errors import ValueTypeError
+from bh_notebook.interfaces import frames as frames_mod
+from bh_notebook.interfaces.mapped import ReleasableMap
+
+from .test_frames_exact import assert_same
+from .test_frames_zoo import zoo_frames
+
+pytestmark = pytest.mark.skipif(not ReleasableMap.available(), reason="the system cannot say which pages are in memory")
+
+
+class Decodes:
+    """Counts whole reads that took the releasing path and finished there, and what each still held of its blob."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.done = 0
+        self.fallbacks = 0
+        self.held: list[tuple[int, int]] = []  # (bytes of the blob still in memory, blob size) after decoding
+        real = frames_mod._decode_releasing
+
+        def spy(blob: ReleasableMap, dictionary: Any) -> Any:
+            table = real(blob, dictionary)
+            if table is None:
+                self.fallbacks += 1
+            else:
+                self.done += 1
+                self.held.append((blob.resident_bytes(), blob.size))
+            return table
+
+        monkeypatch.setattr(frames_mod, "_decode_releasing", spy)
+
+
+@pytest.fixture
+def releasing(monkeypatch: pytest.MonkeyPatch) -> Decodes:
+    """Every whole read takes the releasing path, one field per task."""
+    monkeypatch.setattr(frames_mod, "RELEASING_READ_BYTES", 0)
+    monkeypatch.setattr(frames_mod, "DECODE_TASK_BYTES", 1)
+    return Decodes(monkeypatch)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(case=zoo_frames())
+def test_zoo_comes_back_exactly_through_the_releasing_decode(
+        hyp_bh: BucketSQLite, releasing: Decodes, monkeypatch: pytest.MonkeyPatch, case: tuple[Any, bool]) -> None:
+    monkeypatch.setattr(frames_mod, "ROW_GROUP_SIZE", 2)  # several row groups: columns gathered across them
+    monkeypatch.setattr(frames_mod, "MIN_ROW_GROUP", 1)
+    value, _ = case
+    try:
+        v = hyp_bh.frames.put("zoo", value)
+    except ValueTypeError:
+        return
+    before = releasing.done
+    assert_same(hyp_bh.frames.get("zoo", v.version), value)
+    event(f"{len(value)} rows")
+    assert releasing.done == before + 1 and releasing.fallbacks == 0
+
+
+def _frame(n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    f = rng.normal(size=n)
+    f[::97] = np.nan
+    return pd.DataFrame({
+        "id": np.arange(n, dtype=np.int64),
+        "x": f,
+        "nullable": pd.array(np.where(np.arange(n) % 11 == 0, None, rng.integers(0, 1000, n)), dtype="Int32"),
+        "ts": pd.date_range("2020-01-01", periods=n, freq="s", tz="UTC"),
+        "s": pd.array([f"name-{i % 5000}" for i in range(n)], dtype="string"),
+        "cat": pd.Categorical.from_codes(rng.integers(0, 4, n), ["a", "b", "c", "d"]),
+        "flag": rng.integers(0, 2, n).astype(bool),
+        "small": rng.normal(size=n).astype(np.float32),
+    }, index=pd.RangeIndex(5, 5 + 3 * n, 3))
+
+
+def test_a_big_frame_comes_back_and_its_blob_pages_are_given_back(
+        bh: BucketSQLite, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(frames_mod, "RELEASING_READ_BYTES", 1024 * 1024)
+    monkeypatch.setattr(frames_mod, "DECODE_TASK_BYTES", 64 * 1024)
+    monkeypatch.setattr(frames_mod, "ROW_GROUP_SIZE", 40_000)
+    decodes = Decodes(monkeypatch)
+    df = _frame(300_000)
+    bh.frames.put("big", df)
+    assert bh.frames.info("big").nbytes >= 1024 * 1024
+    got = bh.frames.get("big")
+    pd.testing.assert_frame_equal(got, df, check_exact=True)
+    assert decodes.done == 1 and decodes.fallbacks == 0
+    (held, size), = decodes.held
+    # What stays: the footer, and the pages that neighbouring tasks share at their edges.
+    assert held <= 0.05 * size, f"{held} of {size} bytes of the blob still in memory after decoding"
+    got.iloc[0, 1] = 1.5  # pandas owns what it got: writable, and the blob's memory is gone
+    assert got.iloc[0, 1] == 1.5
+
+
+def test_small_blobs_are_read_whole_in_one_go(bh: BucketSQLite, monkeypatch: pytest.MonkeyPatch) -> None:
+    decodes = Decodes(monkeypatch)
+    df = _frame(1000)
+    bh.frames.put("small", df)
+    assert bh.frames.info("small").nbytes < frames_mod.RELEASING_READ_BYTES
+    pd.testing.assert_frame_equal(bh.frames.get("small"), df, check_exact=True)
+    assert decodes.done == 0
+
+
+def test_a_page_read_after_it_was_given_back_is_caught_and_the_blob_read_again(
+        bh: BucketSQLite, releasing: Decodes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a bug in the task plan would: the first task's bytes are given back together with every later task's,
+    most of them not decoded yet. Their decoders then read zeros (wrong values or an error); the read must notice
+    and start again."""
+    monkeypatch.setattr(frames_mod, "ROW_GROUP_SIZE", 40_000)
+    real = frames_mod._decode_tasks
+
+    def too_far(md: Any, schema: Any, footer: int) -> Any:
+        tasks = real(md, schema, footer)
+        tasks[0].end = tasks[-1].end
+        return tasks
+
+    monkeypatch.setattr(frames_mod, "_decode_tasks", too_far)
+    df = _frame(200_000)
+    bh.frames.put("f", df)
+    with pytest.warns(RuntimeWarning, match="read bytes already given back; it is read again"):
+        got = bh.frames.get("f")
+    pd.testing.assert_frame_equal(got, df, check_exact=True)
+    assert releasing.fallbacks == 1 and releasing.done == 0
