@@ -1,10 +1,11 @@
 """Whole gets of big frame blobs decode a few column chunks at a time and give back each chunk's pages once it is
-decoded (``frames._decode_releasing``), so the blob and the table are never both in memory whole. The same frames
+decoded (``parquet_read.decode_releasing``), so the blob and the table are never both in memory whole. The same frames
 must come back as through one ``read_table``; the pages must really go back to the system; and a page read again after
 it was given back (it reads zeros) must be caught and the blob read again."""
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, event, given, settings
 from bh_notebook import BucketSQLite
 from bh_notebook.errors import ValueTypeError
 from bh_notebook.interfaces import frames as frames_mod
+from bh_notebook.interfaces import parquet_read
 from bh_notebook.interfaces.mapped import ReleasableMap
 
 from .test_frames_exact import assert_same
@@ -30,10 +32,10 @@ class Decodes:
         self.done = 0
         self.fallbacks = 0
         self.held: list[tuple[int, int]] = []  # (bytes of the blob still in memory, blob size) after decoding
-        real = frames_mod._decode_releasing
+        real = parquet_read.decode_releasing
 
-        def spy(blob: ReleasableMap, dictionary: Any) -> Any:
-            table = real(blob, dictionary)
+        def spy(blob: ReleasableMap, md: Any, dictionary: Any) -> Any:
+            table = real(blob, md, dictionary)
             if table is None:
                 self.fallbacks += 1
             else:
@@ -41,14 +43,14 @@ class Decodes:
                 self.held.append((blob.resident_bytes(), blob.size))
             return table
 
-        monkeypatch.setattr(frames_mod, "_decode_releasing", spy)
+        monkeypatch.setattr(parquet_read, "decode_releasing", spy)
 
 
 @pytest.fixture
 def releasing(monkeypatch: pytest.MonkeyPatch) -> Decodes:
     """Every whole read takes the releasing path, one field per task."""
     monkeypatch.setattr(frames_mod, "RELEASING_READ_BYTES", 0)
-    monkeypatch.setattr(frames_mod, "DECODE_TASK_BYTES", 1)
+    monkeypatch.setattr(parquet_read, "DECODE_TASK_BYTES", 1)
     return Decodes(monkeypatch)
 
 
@@ -89,7 +91,7 @@ def _frame(n: int) -> pd.DataFrame:
 def test_a_big_frame_comes_back_and_its_blob_pages_are_given_back(
         bh: BucketSQLite, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(frames_mod, "RELEASING_READ_BYTES", 1024 * 1024)
-    monkeypatch.setattr(frames_mod, "DECODE_TASK_BYTES", 64 * 1024)
+    monkeypatch.setattr(parquet_read, "DECODE_TASK_BYTES", 64 * 1024)
     monkeypatch.setattr(frames_mod, "ROW_GROUP_SIZE", 40_000)
     decodes = Decodes(monkeypatch)
     df = _frame(300_000)
@@ -120,17 +122,48 @@ def test_a_page_read_after_it_was_given_back_is_caught_and_the_blob_read_again(
     most of them not decoded yet. Their decoders then read zeros (wrong values or an error); the read must notice
     and start again."""
     monkeypatch.setattr(frames_mod, "ROW_GROUP_SIZE", 40_000)
-    real = frames_mod._decode_tasks
+    real = parquet_read.decode_tasks
 
     def too_far(md: Any, schema: Any, footer: int) -> Any:
         tasks = real(md, schema, footer)
         tasks[0].end = tasks[-1].end
         return tasks
 
-    monkeypatch.setattr(frames_mod, "_decode_tasks", too_far)
+    monkeypatch.setattr(parquet_read, "decode_tasks", too_far)
     df = _frame(200_000)
     bh.frames.put("f", df)
     with pytest.warns(RuntimeWarning, match="read bytes already given back; it is read again"):
         got = bh.frames.get("f")
     pd.testing.assert_frame_equal(got, df, check_exact=True)
     assert releasing.fallbacks == 1 and releasing.done == 0
+
+
+def test_locked_memory_keeps_its_pages_and_the_get_still_works(
+        bh: BucketSQLite, releasing: Decodes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process with locked memory (``mlockall``) cannot give pages back (``madvise`` fails with EINVAL): the read
+    keeps them and finishes, where it used to raise OSError."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mlock.argtypes = libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    locked: list[tuple[int, int]] = []
+    real_init = ReleasableMap.__init__
+
+    def lock(self: ReleasableMap, size: int) -> None:
+        real_init(self, size)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(self.view))
+        if libc.mlock(address, size) != 0:
+            pytest.skip(f"mlock refused here (errno {ctypes.get_errno()})")
+        locked.append((address, size))
+
+    monkeypatch.setattr(ReleasableMap, "__init__", lock)
+    monkeypatch.setattr(frames_mod, "ROW_GROUP_SIZE", 40_000)
+    df = _frame(200_000)
+    bh.frames.put("f", df)
+    try:
+        got = bh.frames.get("f")
+    finally:
+        for address, size in locked:
+            libc.munlock(address, size)
+    pd.testing.assert_frame_equal(got, df, check_exact=True)
+    assert locked and releasing.done == 1 and releasing.fallbacks == 0
+    (held, size), = releasing.held
+    assert held >= size  # every page kept

@@ -173,14 +173,19 @@ class ReleasableMap:
         """Whether ``table`` points into the map (decoded without a copy): those pages must stay."""
         lo, hi = self._map.address, self._map.address + self.size
         return any(b is not None and lo <= b.address < hi
-                   for col in table.columns for chunk in col.chunks for b in chunk.buffers())
+                   for col in table.columns for chunk in col.chunks for b in _buffers(chunk))
 
-    def release(self, start: int, end: int) -> None:
-        """Give back the whole pages inside bytes ``[start, end)`` (a page shared with bytes outside stays)."""
+    def release(self, start: int, end: int) -> bool:
+        """Give back the whole pages inside bytes ``[start, end)`` (a page shared with bytes outside stays). False
+        when the system refuses (locked memory: ``mlockall``): the caller then keeps every page."""
         first, last = -(-start // _PAGE), end // _PAGE
         if last > first:
-            self._map.map.madvise(mmap.MADV_DONTNEED, first * _PAGE, (last - first) * _PAGE)
+            try:
+                self._map.map.madvise(mmap.MADV_DONTNEED, first * _PAGE, (last - first) * _PAGE)
+            except OSError:
+                return False
             self._released.append((first, last))
+        return True
 
     def resident_bytes(self) -> int:
         """The bytes of the map in memory now (what the read still holds of the blob)."""
@@ -199,3 +204,10 @@ class ReleasableMap:
         """Let the memory go now (a failed read's traceback may keep this object)."""
         self.view = None  # type: ignore[assignment]
         self._map.close()
+
+
+def _buffers(array: Any) -> Any:
+    """An Arrow array's buffers, its children's (``buffers()`` gives those) and its dictionary's (it does not)."""
+    yield from array.buffers()
+    if hasattr(array, "dictionary"):
+        yield from _buffers(array.dictionary)

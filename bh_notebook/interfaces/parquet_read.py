@@ -1,0 +1,189 @@
+"""Whole Parquet blobs decoded with the blob's memory given back as the table grows.
+
+A whole get used to hold the downloaded blob and the decoded table at once, plus what Arrow's allocator keeps of the
+decoders' scratch: 1.85x the frame's size at the peak for the benchmark frame. Here the blob, downloaded and checked
+into a ``ReleasableMap``, is decoded in tasks of a row group's consecutive column chunks (a field is never split), on
+a thread per core, and the results are taken in file order. Once a task is decoded, the whole pages inside its bytes
+are given back to the system, so the blob shrinks while the table grows. Fixed-width columns are copied into one
+NumPy buffer each: malloc's memory, which pandas' conversion frees and which goes back to the system at once, where
+Arrow's mimalloc keeps freed memory about a second.
+
+A page given back reads as zeros. A task's bytes are read by no later task when every column chunk lies after the
+previous one (``decode_tasks`` checks, and plans nothing otherwise), but whether pyarrow read anything else is asked
+of the system after decoding (``ReleasableMap.touched``, ``mincore``); if it did, the result is thrown away.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any
+
+from . import parquet_write
+from .mapped import ReleasableMap
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+#: Decode tasks hold about this many bytes of Parquet each (a task's pages are given back when it is done).
+DECODE_TASK_BYTES = 4 * 1024 * 1024
+#: Decode tasks queued beyond one per worker (one chunk much slower than the next must not idle the other cores).
+DECODE_AHEAD = 4
+
+
+@dataclass
+class _DecodeTask:
+    """A row group's consecutive fields, decoded together: their leaf columns and the bytes of their chunks."""
+    group: int
+    fields: list[int]
+    leaves: list[int]
+    start: int
+    end: int
+
+
+def decode_tasks(md: Any, schema: pa.Schema, footer: int) -> list[_DecodeTask] | None:
+    """The tasks of a whole read, in file order; None unless every chunk lies after the previous one and before the
+    footer (what any writer does; then a task's bytes are read by no later task)."""
+    owner: list[int] = []
+    for i, f in enumerate(schema):
+        owner.extend([i] * parquet_write.leaves(f.type))
+    if len(owner) != md.num_columns:  # pragma: no cover - an unknown nesting
+        return None
+    tasks: list[_DecodeTask] = []
+    at = 0
+    for g in range(md.num_row_groups):
+        rg = md.row_group(g)
+        task = None
+        for j in range(md.num_columns):
+            col = rg.column(j)
+            start = col.dictionary_page_offset if col.has_dictionary_page and col.dictionary_page_offset else \
+                col.data_page_offset
+            start, end = int(start), int(start) + int(col.total_compressed_size)
+            if start < at or end > footer:
+                return None
+            at = end
+            i = owner[j]
+            if task is not None and (task.fields[-1] == i or task.end - task.start < DECODE_TASK_BYTES):
+                if task.fields[-1] != i:
+                    task.fields.append(i)
+                task.leaves.append(j)
+                task.end = end
+            else:
+                task = _DecodeTask(g, [i], [j], start, end)
+                tasks.append(task)
+    return tasks
+
+
+def decode_releasing(blob: ReleasableMap, md: Any, dictionary: list[str]) -> pa.Table | None:
+    """The table in the whole blob in ``blob`` (``md``: its footer; ``dictionary``: the string columns to read through
+    a dictionary). None when a page given back was read again: it read zeros, so what it decoded, or the error it
+    raised, is not the blob's; the caller then reads the blob again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.ParquetFile(blob.reader(), metadata=md, read_dictionary=dictionary or None).schema_arrow
+    tasks = decode_tasks(md, schema, blob.size - md.serialized_size - 8) if md.num_row_groups else None
+    if not tasks:  # no row group or no column, or chunks out of order: one read, every page kept
+        return pq.read_table(blob.reader(), use_threads=True, read_dictionary=dictionary or None)
+    local = threading.local()
+
+    def decode(task: _DecodeTask) -> Any:  # a reader per thread, its schema made once
+        if not hasattr(local, "reader"):
+            local.reader = pq.ParquetFile(blob.reader(), metadata=md, read_dictionary=dictionary or None).reader
+        return local.reader.read_row_group(task.group, column_indices=task.leaves, use_threads=False)
+
+    starts = list(accumulate((md.row_group(g).num_rows for g in range(md.num_row_groups)), initial=0))
+    columns = _Columns(schema, md.num_rows, starts)
+    workers = min(parquet_write.threads_available(), len(tasks))
+    keep = False
+    with ThreadPoolExecutor(workers, thread_name_prefix="bh-decode") as pool:
+        pending: deque[Any] = deque()
+        sent = 0
+        try:
+            for k, task in enumerate(tasks):
+                while sent < len(tasks) and sent - k < workers + DECODE_AHEAD:
+                    pending.append(pool.submit(decode, tasks[sent]))
+                    sent += 1
+                part = pending.popleft().result()
+                keep = keep or blob.holds_any(part)  # decoded without a copy: every page stays
+                if not keep:
+                    keep = not blob.release(task.start, task.end)
+                columns.add(task, part)
+                del part
+        except (OSError, pa.ArrowException):  # zeros where a page header should be, if a page given back was read
+            if not blob.touched():
+                raise
+        finally:
+            for f in pending:
+                f.cancel()
+    del local
+    if blob.touched():
+        return None
+    return columns.table()
+
+
+def _fixed_width(t: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return (pa.types.is_integer(t) or (pa.types.is_floating(t) and t.bit_width >= 32) or pa.types.is_timestamp(t)
+            or pa.types.is_duration(t) or pa.types.is_date(t) or pa.types.is_time(t))
+
+
+class _Columns:
+    """A whole read's columns, gathered from its decode tasks: fixed-width ones in one NumPy buffer each (with a
+    validity bitmap made at the end if some value is null), others as their chunks."""
+
+    def __init__(self, schema: pa.Schema, n_rows: int, group_starts: list[int]) -> None:
+        self.schema, self.n, self.group_starts = schema, n_rows, group_starts
+        self.types: dict[int, Any] = {}
+        self.values: dict[int, Any] = {}
+        self.valid: dict[int, Any] = {}
+        self.chunks: dict[int, list[Any]] = {}
+
+    def add(self, task: _DecodeTask, table: pa.Table) -> None:
+        import numpy as np
+
+        for i, col in zip(task.fields, table.columns):
+            if i not in self.types:
+                self.types[i] = col.type
+                if _fixed_width(col.type):
+                    self.values[i] = np.empty(self.n, dtype=f"u{col.type.bit_width // 8}")
+                else:
+                    self.chunks[i] = []
+            if i in self.chunks:
+                self.chunks[i].extend(col.chunks)
+                continue
+            values, at = self.values[i], self.group_starts[task.group]
+            for chunk in col.chunks:
+                m = len(chunk)
+                if m:
+                    values[at:at + m] = np.frombuffer(chunk.buffers()[1], dtype=values.dtype,
+                                                      count=chunk.offset + m)[chunk.offset:]
+                if chunk.null_count:
+                    valid = self.valid.get(i)
+                    if valid is None:
+                        valid = self.valid[i] = np.ones(self.n, dtype=bool)
+                    valid[at:at + m] = chunk.is_valid().to_numpy(zero_copy_only=False)
+                at += m
+
+    def table(self) -> pa.Table:
+        import numpy as np
+
+        import pyarrow as pa
+
+        arrays, fields = [], []
+        for i, f in enumerate(self.schema):
+            t = self.types[i]
+            if i in self.values:
+                values, valid = self.values.pop(i), self.valid.pop(i, None)  # the table holds the only reference
+                bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+                nulls = 0 if valid is None else self.n - int(np.count_nonzero(valid))
+                arrays.append(pa.Array.from_buffers(t, self.n, [bitmap, pa.py_buffer(values)], null_count=nulls))
+                del values, valid
+            else:
+                arrays.append(pa.chunked_array(self.chunks.pop(i), t))
+            fields.append(f.with_type(t))
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=self.schema.metadata))
