@@ -32,7 +32,17 @@ class Decodes:
         self.done = 0
         self.fallbacks = 0
         self.held: list[tuple[int, int]] = []  # (bytes of the blob still in memory, blob size) after decoding
+        self.planned: list[int] = []  # tasks planned by each read that planned any
         real = parquet_read.decode_releasing
+        real_plan = parquet_read.decode_tasks
+
+        def plan(md: Any, schema: Any, footer: int) -> Any:
+            tasks = real_plan(md, schema, footer)
+            if tasks:
+                self.planned.append(len(tasks))
+            return tasks
+
+        monkeypatch.setattr(parquet_read, "decode_tasks", plan)
 
         def spy(blob: ReleasableMap, md: Any, dictionary: Any) -> Any:
             table = real(blob, md, dictionary)
@@ -50,6 +60,7 @@ class Decodes:
 def releasing(monkeypatch: pytest.MonkeyPatch) -> Decodes:
     """Every whole read takes the releasing path, one field per task."""
     monkeypatch.setattr(frames_mod, "RELEASING_READ_BYTES", 0)
+    monkeypatch.setattr(parquet_read, "MIN_CHUNK_BYTES", 0)
     monkeypatch.setattr(parquet_read, "DECODE_TASK_BYTES", 1)
     return Decodes(monkeypatch)
 
@@ -66,10 +77,12 @@ def test_zoo_comes_back_exactly_through_the_releasing_decode(
         v = hyp_bh.frames.put("zoo", value)
     except ValueTypeError:
         return
-    before = releasing.done
+    before, planned = releasing.done, len(releasing.planned)
     assert_same(hyp_bh.frames.get("zoo", v.version), value)
     event(f"{len(value)} rows")
     assert releasing.done == before + 1 and releasing.fallbacks == 0
+    if len(value) and (value.ndim == 1 or value.shape[1]):  # rows and columns: decoded in tasks
+        assert len(releasing.planned) == planned + 1
 
 
 def _frame(n: int) -> pd.DataFrame:
@@ -92,6 +105,7 @@ def test_a_big_frame_comes_back_and_its_blob_pages_are_given_back(
         bh: BucketSQLite, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(frames_mod, "RELEASING_READ_BYTES", 1024 * 1024)
     monkeypatch.setattr(parquet_read, "DECODE_TASK_BYTES", 64 * 1024)
+    monkeypatch.setattr(parquet_read, "MIN_CHUNK_BYTES", 16 * 1024)  # (its chunks are about 150 KiB)
     monkeypatch.setattr(frames_mod, "ROW_GROUP_SIZE", 40_000)
     decodes = Decodes(monkeypatch)
     df = _frame(300_000)
@@ -99,12 +113,24 @@ def test_a_big_frame_comes_back_and_its_blob_pages_are_given_back(
     assert bh.frames.info("big").nbytes >= 1024 * 1024
     got = bh.frames.get("big")
     pd.testing.assert_frame_equal(got, df, check_exact=True)
-    assert decodes.done == 1 and decodes.fallbacks == 0
+    assert decodes.done == 1 and decodes.fallbacks == 0 and decodes.planned[0] > 8
     (held, size), = decodes.held
     # What stays: the footer, and the pages that neighbouring tasks share at their edges.
     assert held <= 0.05 * size, f"{held} of {size} bytes of the blob still in memory after decoding"
     got.iloc[0, 1] = 1.5  # pandas owns what it got: writable, and the blob's memory is gone
     assert got.iloc[0, 1] == 1.5
+
+
+def test_blobs_of_small_column_chunks_are_read_in_one_go(bh: BucketSQLite, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wide frame's chunks are a few KiB: planning and gathering them one by one in Python would cost more time
+    than keeping the blob is worth."""
+    monkeypatch.setattr(frames_mod, "RELEASING_READ_BYTES", 0)
+    decodes = Decodes(monkeypatch)
+    df = pd.DataFrame(np.random.default_rng(1).normal(size=(500, 300)), columns=[f"c{i}" for i in range(300)])
+    bh.frames.put("wide", df)
+    pd.testing.assert_frame_equal(bh.frames.get("wide"), df, check_exact=True)
+    (held, size), = decodes.held
+    assert decodes.planned == [] and held >= size
 
 
 def test_small_blobs_are_read_whole_in_one_go(bh: BucketSQLite, monkeypatch: pytest.MonkeyPatch) -> None:
