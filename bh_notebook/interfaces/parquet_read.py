@@ -96,9 +96,11 @@ def decode_releasing(blob: ReleasableMap, md: Any, dictionary: list[str]) -> pa.
         return pq.read_table(blob.reader(), use_threads=True, read_dictionary=dictionary or None)
     local = threading.local()
 
+    scratch = _scratch_pool()
+
     def decode(task: _DecodeTask) -> Any:  # a reader per thread, its schema made once
         if not hasattr(local, "reader"):
-            local.reader = pq.ParquetFile(blob.reader(), metadata=md, read_dictionary=dictionary or None).reader
+            local.reader = _reader(blob, md, dictionary, scratch)
         return local.reader.read_row_group(task.group, column_indices=task.leaves, use_threads=False)
 
     starts = list(accumulate((md.row_group(g).num_rows for g in range(md.num_row_groups)), initial=0))
@@ -129,6 +131,44 @@ def decode_releasing(blob: ReleasableMap, md: Any, dictionary: list[str]) -> pa.
     if blob.touched():
         return None
     return columns.table()
+
+
+def _scratch_pool() -> Any:
+    """The pool the decoders allocate from: jemalloc set to give freed memory back at once, where the wheel has it.
+
+    What a decoder allocates is freed within moments (the fixed-width columns are copied out, the pages of the blob
+    given back), but Arrow's default mimalloc keeps freed memory about a second: for a 134 MiB frame of random
+    floats that was a third of the get's peak (1.93x the frame with mimalloc, 1.49x with this pool). The decay
+    setting is jemalloc's alone; it is left as it is when jemalloc is the process's default pool (someone chose
+    it), and then that pool is used."""
+    import pyarrow as pa
+
+    default = pa.default_memory_pool()
+    if default.backend_name == "jemalloc":
+        return default
+    try:
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(0)
+    except NotImplementedError:  # a pyarrow built without jemalloc
+        return default
+    return pool
+
+
+def _reader(blob: ReleasableMap, md: Any, dictionary: list[str], pool: Any) -> Any:
+    """A native Parquet reader over the blob that allocates from ``pool``, opened as ``pq.ParquetFile`` opens one
+    (``ParquetFile`` takes no pool; its reader is the one it makes here)."""
+    import inspect
+
+    import pyarrow.parquet as pq
+    from pyarrow._parquet import ParquetReader
+
+    options: dict[str, Any] = {}
+    if "arrow_extensions_enabled" in inspect.signature(pq.ParquetFile).parameters:  # (pyarrow 19 and later)
+        options["arrow_extensions_enabled"] = inspect.signature(pq.ParquetFile).parameters[
+            "arrow_extensions_enabled"].default
+    reader = ParquetReader(memory_pool=pool)
+    reader.open(blob.reader(), metadata=md, read_dictionary=dictionary or None, **options)
+    return reader
 
 
 def _fixed_width(t: pa.DataType) -> bool:
