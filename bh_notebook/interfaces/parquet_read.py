@@ -34,6 +34,8 @@ DECODE_TASK_BYTES = 4 * 1024 * 1024
 #: Python work per column chunk (planning, gathering, about 75 us) would cost more than the memory saved is worth
 #: (a frame of 1,000 rows x 20,000 columns took 1.5 s longer to read).
 MIN_CHUNK_BYTES = 1024 * 1024
+#: The decoders' jemalloc gives freed memory back to the system after this many milliseconds (see _scratch_pool).
+SCRATCH_DECAY_MS = 100
 #: Decode tasks queued beyond one per worker (one chunk much slower than the next must not idle the other cores).
 DECODE_AHEAD = 4
 
@@ -134,13 +136,15 @@ def decode_releasing(blob: ReleasableMap, md: Any, dictionary: list[str]) -> pa.
 
 
 def _scratch_pool() -> Any:
-    """The pool the decoders allocate from: jemalloc set to give freed memory back at once, where the wheel has it.
+    """The pool the decoders allocate from: jemalloc set to give freed memory back within ``SCRATCH_DECAY_MS``,
+    where the wheel has it.
 
-    What a decoder allocates is freed within moments (the fixed-width columns are copied out, the pages of the blob
-    given back), but Arrow's default mimalloc keeps freed memory about a second: for a 134 MiB frame of random
-    floats that was a third of the get's peak (1.93x the frame with mimalloc, 1.49x with this pool). The decay
-    setting is jemalloc's alone; it is left as it is when jemalloc is the process's default pool (someone chose
-    it), and then that pool is used."""
+    What a decoder allocates is freed within moments (the fixed-width columns are copied out), but Arrow's default
+    mimalloc keeps freed memory about a second, inside the get's peak. Fresh-process peaks, mimalloc / this pool:
+    a 134 MiB frame of random floats 1.92x / 1.72x the frame, the 752 MiB benchmark frame 1.22x / 1.15x, at the
+    same CPU time (a decay of 0 gave 1.58x and 1.13x, but 0.5 s more CPU time for the benchmark frame: every free
+    became a system call and every allocation fresh pages). The decay is jemalloc's alone; it is left as it is
+    when jemalloc is the process's default pool (someone chose it), and then that pool is used."""
     import pyarrow as pa
 
     default = pa.default_memory_pool()
@@ -148,7 +152,7 @@ def _scratch_pool() -> Any:
         return default
     try:
         pool = pa.jemalloc_memory_pool()
-        pa.jemalloc_set_decay_ms(0)
+        pa.jemalloc_set_decay_ms(SCRATCH_DECAY_MS)
     except NotImplementedError:  # a pyarrow built without jemalloc
         return default
     return pool
