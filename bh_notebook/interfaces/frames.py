@@ -436,7 +436,8 @@ class FrameStore(VersionedStore[FrameVersion]):
             finally:
                 blob.close()
             if table is not None:
-                # What the decoders freed, Arrow's pool keeps about a second: give it back before pandas copies.
+                # What was freed into Arrow's default pool (the footer's, a fallback read's), mimalloc keeps about a
+                # second: give it back before pandas copies.
                 pa.default_memory_pool().release_unused()
                 return table
             warnings.warn(f"decoding blob {part.bh_key[:12]}... read bytes already given back; it is read again",
