@@ -6,7 +6,8 @@ into a ``ReleasableMap``, is decoded in tasks of a row group's consecutive colum
 a thread per core, and the results are taken in file order. Once a task is decoded, the whole pages inside its bytes
 are given back to the system, so the blob shrinks while the table grows. Fixed-width columns are copied into one
 NumPy buffer each: malloc's memory, which pandas' conversion frees and which goes back to the system at once, where
-Arrow's mimalloc keeps freed memory about a second.
+Arrow's mimalloc keeps freed memory about a second. For the same reason the decoders allocate from jemalloc, set to
+give freed memory back within 100 ms (``_scratch_pool``).
 
 A page given back reads as zeros. A task's bytes are read by no later task when every column chunk lies after the
 previous one (``decode_tasks`` checks, and plans nothing otherwise), but whether pyarrow read anything else is asked
@@ -97,7 +98,6 @@ def decode_releasing(blob: ReleasableMap, md: Any, dictionary: list[str]) -> pa.
     if not tasks:  # small chunks, no row group or no column, or chunks out of order: one read, every page kept
         return pq.read_table(blob.reader(), use_threads=True, read_dictionary=dictionary or None)
     local = threading.local()
-
     scratch = _scratch_pool()
 
     def decode(task: _DecodeTask) -> Any:  # a reader per thread, its schema made once
@@ -167,9 +167,9 @@ def _reader(blob: ReleasableMap, md: Any, dictionary: list[str], pool: Any) -> A
     from pyarrow._parquet import ParquetReader
 
     options: dict[str, Any] = {}
-    if "arrow_extensions_enabled" in inspect.signature(pq.ParquetFile).parameters:  # (pyarrow 19 and later)
-        options["arrow_extensions_enabled"] = inspect.signature(pq.ParquetFile).parameters[
-            "arrow_extensions_enabled"].default
+    opened_as = inspect.signature(pq.ParquetFile).parameters
+    if "arrow_extensions_enabled" in opened_as:  # (not in older pyarrow; ParquetReader's own default differs)
+        options["arrow_extensions_enabled"] = opened_as["arrow_extensions_enabled"].default
     reader = ParquetReader(memory_pool=pool)
     reader.open(blob.reader(), metadata=md, read_dictionary=dictionary or None, **options)
     return reader
