@@ -883,9 +883,7 @@ def _chunk_ranges(metadata: Any, schema: pa.Schema, columns: set[str] | None,
                   row_groups: list[int] | None) -> list[tuple[int, int]]:
     """Byte ranges of the column chunks of the fields ``columns`` (all when None) in ``row_groups`` (all when
     None). Leaf columns are matched to fields by counting, not by their dotted paths (names may hold dots)."""
-    owner: list[str] = []
-    for f in schema:
-        owner.extend([f.name] * parquet_write.leaves(f.type))
+    owner = [schema[i].name for i in parquet_read.leaf_fields(schema)]
     if len(owner) != metadata.num_columns:  # pragma: no cover - an unknown nesting: fall back to the paths
         owner = [metadata.schema.column(j).path.split(".")[0] for j in range(metadata.num_columns)]
     chosen = [j for j, name in enumerate(owner) if columns is None or name in columns]
@@ -893,10 +891,7 @@ def _chunk_ranges(metadata: Any, schema: pa.Schema, columns: set[str] | None,
     for g in range(metadata.num_row_groups) if row_groups is None else row_groups:
         rg = metadata.row_group(g)
         for j in chosen:
-            col = rg.column(j)
-            start = col.dictionary_page_offset if col.has_dictionary_page and col.dictionary_page_offset else \
-                col.data_page_offset
-            ranges.append((int(start), int(start) + int(col.total_compressed_size)))
+            ranges.append(parquet_read.chunk_span(rg.column(j)))
     return ranges
 
 

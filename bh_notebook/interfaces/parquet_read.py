@@ -51,12 +51,23 @@ class _DecodeTask:
     end: int
 
 
+def leaf_fields(schema: pa.Schema) -> list[int]:
+    """The position of the field each Parquet leaf column belongs to, in leaf order."""
+    return [i for i, f in enumerate(schema) for _ in range(parquet_write.leaves(f.type))]
+
+
+def chunk_span(col: Any) -> tuple[int, int]:
+    """Bytes ``[start, end)`` of a column chunk (its ``ColumnChunkMetaData``): its dictionary page, if any, and its
+    data pages."""
+    start = col.dictionary_page_offset if col.has_dictionary_page and col.dictionary_page_offset else \
+        col.data_page_offset
+    return int(start), int(start) + int(col.total_compressed_size)
+
+
 def decode_tasks(md: Any, schema: pa.Schema, footer: int) -> list[_DecodeTask] | None:
     """The tasks of a whole read, in file order; None unless every chunk lies after the previous one and before the
     footer (what any writer does; then a task's bytes are read by no later task)."""
-    owner: list[int] = []
-    for i, f in enumerate(schema):
-        owner.extend([i] * parquet_write.leaves(f.type))
+    owner = leaf_fields(schema)
     if len(owner) != md.num_columns:  # pragma: no cover - an unknown nesting
         return None
     tasks: list[_DecodeTask] = []
@@ -65,10 +76,7 @@ def decode_tasks(md: Any, schema: pa.Schema, footer: int) -> list[_DecodeTask] |
         rg = md.row_group(g)
         task = None
         for j in range(md.num_columns):
-            col = rg.column(j)
-            start = col.dictionary_page_offset if col.has_dictionary_page and col.dictionary_page_offset else \
-                col.data_page_offset
-            start, end = int(start), int(start) + int(col.total_compressed_size)
+            start, end = chunk_span(rg.column(j))
             if start < at or end > footer:
                 return None
             at = end
