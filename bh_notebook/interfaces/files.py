@@ -34,7 +34,7 @@ from ..errors import (
     ObjectNotFound,
     ValueTypeError,
 )
-from ..storage.bucket import CHUNK_SIZE, ChainReader, ProgressCallback, Sink, atomic_file
+from ..storage.bucket import CHUNK_SIZE, ChainReader, ProgressCallback, Sink, Staged, atomic_file
 from .base import Interface
 
 if TYPE_CHECKING:
@@ -437,6 +437,19 @@ class FileStore(Interface):
             progress=progress, entry=entry, chunks=chunks,
             send=lambda key, cb, describe: self._store.put_stream(ChainReader(*views), key, size=size, progress=cb,
                                                                   **describe))
+
+    def _store_staged(self, bh_key: str, staged: Staged, size: int, *, filename: str | None, mime: str | None,
+                      metadata: dict[str, str] | None, progress: ProgressCallback | None,
+                      entry: tuple[str, str] | None = None, chunks: tuple[int, bytes] | None = None) -> str:
+        """``_store_hashed`` for bytes already written to the store's staging place (``BlobWriter``): committed
+        under the blob's key when it must be stored, discarded when it is there already."""
+        try:
+            return self._put_blob(
+                bh_key, size, label=filename or bh_key[:12], mime=mime, filename=filename, metadata=metadata,
+                progress=progress, entry=entry, chunks=chunks,
+                send=lambda key, cb, describe: staged.commit(key, progress=cb))
+        finally:
+            staged.discard()
 
     def _put_blob(self, bh_key: str, size: int, *, label: str, mime: str | None, filename: str | None,
                   metadata: dict[str, str] | None, progress: ProgressCallback | None,
@@ -879,8 +892,22 @@ class FileStore(Interface):
 INCOMING_SECONDS = 24 * 3600.0
 
 
+def _unchanging(b: Any) -> bool:
+    """Bytes no one can change once given: ``bytes``, or an immutable Arrow buffer (pyarrow passes those when a
+    file is written with ``NativeFile.write(buffer)``, as the parallel Parquet writer does: keeping it saves a copy
+    of the whole blob)."""
+    if type(b) is bytes:
+        return True
+    return type(b).__name__ == "Buffer" and type(b).__module__ == "pyarrow.lib" and not b.is_mutable
+
+
 class BlobWriter(io.RawIOBase):
-    """A file object that collects bytes, hashing them in a helper thread, and stores them as a blob on close."""
+    """A file object that collects bytes, hashing them in helper threads, and stores them as a blob on close.
+
+    Where the store can stage an object before its key is known (a local directory: ``BucketClient.stage``), the
+    bytes are also written there by a third helper as they come, and let go once written and hashed: the blob is
+    on disk when the producer (a Parquet encoder) is done, and never whole in memory. Elsewhere they are kept
+    until close, when the hash, the blob's key, is known and they are uploaded."""
 
     _BATCH = 8 * 1024 * 1024
 
@@ -893,15 +920,16 @@ class BlobWriter(io.RawIOBase):
         self._files = files
         self._opts = {"filename": filename, "mime": mime, "metadata": metadata, "progress": progress,
                       "entry": entry}
-        self._chunks: list[bytes] = []
-        self._batch: list[bytes] = []
+        self._chunks: list[Any] = []
+        self._batch: list[Any] = []
         self._batch_size = 0
         self._size = 0
         self._hasher = hashlib.sha256()
         self._chunker = _ChunkHasher(files.chunk_size)
         self._chunk_size = files.chunk_size
-        # Two helpers: the whole-content hash and the chunk hashes of a batch run side by side.
-        self._pool = ThreadPoolExecutor(2, thread_name_prefix="bh-hash")
+        self._staged = files._store.stage(files._prefix)
+        # Helpers: the whole-content hash, the chunk hashes and the staging write of a batch run side by side.
+        self._pool = ThreadPoolExecutor(2 if self._staged is None else 3, thread_name_prefix="bh-hash")
         self._pending: list[Any] = []
         self.bh_key: str | None = None
 
@@ -912,14 +940,16 @@ class BlobWriter(io.RawIOBase):
         return self._size
 
     def write(self, b: Any) -> int:
-        data = bytes(b)
-        self._chunks.append(data)
+        data = b if _unchanging(b) else bytes(b)  # (bytes that may change later are copied)
+        size = memoryview(data).nbytes
+        if self._staged is None:
+            self._chunks.append(data)
         self._batch.append(data)
-        self._batch_size += len(data)
-        self._size += len(data)
+        self._batch_size += size
+        self._size += size
         if self._batch_size >= self._BATCH:
             self._flush_batch()
-        return len(data)
+        return size
 
     def _flush_batch(self) -> None:
         for pending in self._pending:
@@ -927,6 +957,7 @@ class BlobWriter(io.RawIOBase):
         batch, self._batch, self._batch_size = self._batch, [], 0
         hasher = self._hasher
         chunker = self._chunker
+        staged = self._staged
 
         def update() -> None:
             for piece in batch:
@@ -936,7 +967,14 @@ class BlobWriter(io.RawIOBase):
             for piece in batch:
                 chunker.update(piece)
 
+        def stage() -> None:
+            assert staged is not None
+            for piece in batch:
+                staged.write(memoryview(piece))
+
         self._pending = [self._pool.submit(update), self._pool.submit(update_chunks)]
+        if staged is not None:
+            self._pending.append(self._pool.submit(stage))
 
     def close(self) -> None:
         if self.closed:
@@ -945,19 +983,28 @@ class BlobWriter(io.RawIOBase):
             self._flush_batch()
             for pending in self._pending:
                 pending.result()
-            self.bh_key = self._files._store_hashed(
-                self._hasher.hexdigest(), [memoryview(c) for c in self._chunks],
-                chunks=(self._chunk_size, self._chunker.digests()), **self._opts)  # type: ignore[arg-type]
+            chunks = (self._chunk_size, self._chunker.digests())
+            if self._staged is not None:
+                self.bh_key = self._files._store_staged(self._hasher.hexdigest(), self._staged, self._size,
+                                                        chunks=chunks, **self._opts)  # type: ignore[arg-type]
+            else:
+                self.bh_key = self._files._store_hashed(
+                    self._hasher.hexdigest(), [memoryview(c) for c in self._chunks],
+                    chunks=chunks, **self._opts)  # type: ignore[arg-type]
         finally:
-            self._pool.shutdown(wait=False)
+            self._pool.shutdown(wait=self._staged is not None)  # (no staging write runs once its file is gone)
             self._chunks = []
+            if self._staged is not None:
+                self._staged.discard()
             super().close()
 
     def discard(self) -> None:
         """Drop what was written without storing it."""
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown(wait=True)  # (a staging write in flight ends before its file is removed)
         self._chunks = []
         self._batch = []
+        if self._staged is not None:
+            self._staged.discard()
         super().close()
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:

@@ -250,6 +250,8 @@ class _Slice:
     """One encoded slice: its data (between the leading magic and its footer) and its decoded footer."""
 
     def __init__(self, buffer: pa.Buffer) -> None:
+        import pyarrow as pa
+
         view = memoryview(buffer)
         n = len(view)
         (footer_len,) = struct.unpack("<I", view[n - 8:n - 4])
@@ -259,8 +261,8 @@ class _Slice:
         self.fields = decode_footer(footer)
         if encode_footer(self.fields) != footer:
             raise FooterError("a slice's footer does not encode back to its own bytes")
-        self.data = view[4:n - 8 - footer_len]
-        self.buffer = buffer
+        # (an immutable view of the data: the sink may keep it instead of copying it, see files.BlobWriter)
+        self.data = pa.foreign_buffer(buffer.address + 4, n - 12 - footer_len, base=buffer)
 
 
 def leaves(t: pa.DataType) -> int:

@@ -296,6 +296,13 @@ class BucketClient(metaclass=_OpensFromConfig):
         """A URL anyone can GET ``key`` with until it expires, or None where the backend has no such thing."""
         return None
 
+    def stage(self, prefix: str) -> Staged | None:
+        """A place to write an object's bytes as they are made, before its key is known (a blob's key is the hash
+        of what is still being written), among the keys that start with ``prefix``; ``Staged.commit(key)`` then
+        makes them the object ``key``. None where the backend has no such place: an S3 object is written under its
+        key, and a copy to another key would cost as much as the upload."""
+        return None
+
     def generate_presigned_get(self, key: str, *, expires_in: int) -> str:
         """A URL anyone can GET ``key`` with for ``expires_in`` seconds (1 s to 7 days), signed locally, as
         buckethead's client gives it. Raises BackendError where the backend has no such URLs."""
@@ -313,6 +320,24 @@ class BucketClient(metaclass=_OpensFromConfig):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Staged(metaclass=ABCMeta):
+    """Bytes written to the store before their key is known (``BucketClient.stage``): ``write`` them in order,
+    then ``commit`` them under a key, or ``discard`` them. Nobody sees them before ``commit``."""
+
+    @abstractmethod
+    def write(self, data: memoryview) -> None:
+        """Append ``data``."""
+
+    @abstractmethod
+    def commit(self, key: str, *, progress: ProgressCallback | None = None) -> str:
+        """Make what was written the object ``key`` (durably, and replacing any object there, as ``put_stream``
+        does); return its etag. ``progress`` hears of the bytes made durable."""
+
+    @abstractmethod
+    def discard(self) -> None:
+        """Forget what was written (a no-op after ``commit`` or a ``discard``)."""
 
 
 @contextmanager

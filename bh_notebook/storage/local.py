@@ -44,6 +44,7 @@ from .bucket import (
     ProgressCallback,
     Readable,
     Sink,
+    Staged,
     atomic_file,
     check_expires_in,
     check_key,
@@ -273,6 +274,20 @@ class LocalBucket(BucketClient):
                 pass
             raise
 
+    def stage(self, prefix: str) -> _Staged:
+        """A temp file in the directory the keys starting with ``prefix`` go to: ``commit`` renames it into
+        place, so the bytes are written while they are made (a blob's hash is known only at its end) rather than
+        after, and are not held in memory until then."""
+        head, _, _ = prefix.rpartition("/")
+        directory = self._path(head) if head else self._real_root
+        with self._writing(prefix):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise InvalidKey(f"cannot store under {prefix!r}: a parent of it is an object already") from None
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=RESERVED_PREFIX + "tmp-")
+        return _Staged(self, fd, tmp, prefix)
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         with self._writing(key), self._lock():
@@ -372,6 +387,62 @@ def _is_file(st: os.stat_result) -> bool:
     import stat
 
     return stat.S_ISREG(st.st_mode)
+
+
+class _Staged(Staged):
+    """A temp file beside the objects of one directory (``LocalBucket.stage``)."""
+
+    def __init__(self, bucket: LocalBucket, fd: int, tmp: str, prefix: str) -> None:
+        self._bucket = bucket
+        self._fd: int | None = fd
+        self._tmp = tmp
+        self._prefix = prefix
+        self._size = 0
+
+    def write(self, data: memoryview) -> None:
+        fd = self._fd
+        if fd is None:
+            raise ValueError("this staged object was committed or discarded")
+        view = memoryview(data).cast("B")
+        with self._bucket._writing(self._prefix):
+            while view.nbytes:
+                n = os.write(fd, view)
+                view = view[n:]
+                self._size += n
+
+    def commit(self, key: str, *, progress: ProgressCallback | None = None) -> str:
+        fd = self._fd
+        if fd is None:
+            raise ValueError("this staged object was committed or discarded")
+        if key.rpartition("/")[0] != self._prefix.rpartition("/")[0]:  # (a rename within one directory)
+            raise InvalidKey(f"{key!r} is not in the directory of {self._prefix!r}, where this object was staged")
+        bucket = self._bucket
+        path = bucket._path(key)
+        with bucket._writing(key):
+            os.fsync(fd)
+            self._fd = None
+            os.close(fd)
+            os.chmod(self._tmp, 0o644)
+            with bucket._lock():
+                if path.is_dir():
+                    raise InvalidKey(f"cannot store {key!r}: it is a prefix of other objects")
+                os.replace(self._tmp, path)
+                st = os.stat(path)
+        self._tmp = ""
+        if progress is not None:
+            progress(self._size)
+        return _etag(st)
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._tmp:
+            try:
+                os.unlink(self._tmp)
+            except OSError:
+                pass
+            self._tmp = ""
 
 
 def _etag(st: os.stat_result) -> str:

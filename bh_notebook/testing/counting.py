@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from ..storage.bucket import BucketClient, ObjectInfo, ProgressCallback, Readable, Sink
+from ..storage.bucket import BucketClient, ObjectInfo, ProgressCallback, Readable, Sink, Staged
 
 
 class _CountingReader:
@@ -42,6 +42,28 @@ class _CountingReader:
 
     def __exit__(self, *exc: object) -> None:
         self._raw.close()
+
+
+class _CountingStaged(Staged):
+    """A staged object, counted as one ``put_stream`` of its bytes when it is committed (what it replaces)."""
+
+    def __init__(self, raw: Staged, owner: CountingBucket) -> None:
+        self._raw = raw
+        self._owner = owner
+        self._size = 0
+
+    def write(self, data: memoryview) -> None:
+        self._raw.write(data)
+        self._size += memoryview(data).nbytes
+
+    def commit(self, key: str, *, progress: ProgressCallback | None = None) -> str:
+        self._owner._count("put_stream")
+        etag = self._raw.commit(key, progress=progress)
+        self._owner._add("bytes_out", self._size)
+        return etag
+
+    def discard(self) -> None:
+        self._raw.discard()
 
 
 class CountingBucket(BucketClient):
@@ -102,6 +124,10 @@ class CountingBucket(BucketClient):
     def put_stream(self, fileobj: Readable, key: str, **kw: Any) -> str:
         self._count("put_stream")
         return self.inner.put_stream(cast(Readable, _CountingReader(fileobj, self, "bytes_out")), key, **kw)
+
+    def stage(self, prefix: str) -> Staged | None:
+        staged = self.inner.stage(prefix)
+        return None if staged is None else _CountingStaged(staged, self)
 
     def delete(self, key: str) -> None:
         self._count("delete")
