@@ -130,6 +130,24 @@ def test_a_mismatched_append_says_what_differs_and_stores_nothing(config: Bucket
         assert not bh.dirty
 
 
+def test_new_rows_whose_object_column_is_all_missing_append_as_pandas_concatenates(config: BucketConfig) -> None:
+    """pyarrow gives an object column of only None the null type: the new rows take the stored column's type, as
+    ``pd.concat`` keeps it, where the append used to be refused ("is null here but string")."""
+    df = pd.DataFrame({"s": pd.Series(["a", None, "c"], dtype=object), "n": [1.0, 2.0, 3.0]})
+    more = pd.DataFrame({"s": pd.Series([None, None], dtype=object), "n": [4.0, 5.0]})
+    with BucketSQLite(config, NO_TIMER) as bh:
+        bh.frames.put("log", df)
+        v = bh.frames.append("log", more)
+        again = bh.frames.append("log", df)
+        assert (v.parts, again.parts) == (2, 3)
+        want = pd.concat([df, more, df], ignore_index=True)
+        pd.testing.assert_frame_equal(bh.frames.get("log"), want)
+        pd.testing.assert_frame_equal(bh.frames.get("log", columns=["s"], rows=slice(2, 6)), want[["s"]].iloc[2:6])
+        assert bh.frames.schema("log").field("s").type == pa.string()
+        bh.frames.compact("log")
+        pd.testing.assert_frame_equal(bh.frames.get("log"), want)
+
+
 def test_index_labels_follow_pandas(config: BucketConfig) -> None:
     with BucketSQLite(config, NO_TIMER) as bh:
         numbered = pd.DataFrame({"v": [1.0, 2.0]}, index=pd.RangeIndex(10, 12, name="n"))

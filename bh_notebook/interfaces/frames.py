@@ -280,7 +280,8 @@ class FrameStore(VersionedStore[FrameVersion]):
         Only the new rows are written (one new Parquet blob, a *part*); the new version is the latest version's
         parts plus that one, and reads back as one frame, as ``pd.concat([latest, df])`` would give it, except
         that a default ``RangeIndex`` goes on counting (0..n+m-1). ``df`` must have
-        the stored columns with the same types (and the same kind: pandas, polars or Arrow), and a RangeIndex
+        the stored columns with the same types (and the same kind: pandas, polars or Arrow; an object column of only
+        missing values takes the stored column's type, as ``pd.concat`` keeps it), and a RangeIndex
         that is the default (0, 1, ...) or continues the stored labels; a mismatch raises
         ``ValueTypeError`` saying what differs, before anything is stored. A name with no version yet is
         ``put``; an empty ``df`` changes nothing. Without ``metadata`` the new version keeps the latest's.
@@ -295,10 +296,11 @@ class FrameStore(VersionedStore[FrameVersion]):
             return latest  # (its columns may not even have types yet: an empty object column)
         parts = self._parts(latest)
         stored = self._part_schema(parts[0])
-        _check_appendable(latest, stored, _read_back_schema(prepared.table))
+        table = _typed_like(prepared.table, stored)
+        _check_appendable(latest, stored, _read_back_schema(table))
         _check_dtypes(latest, dict(zip(prepared.columns, prepared.dtypes)))
         parts = _with_labels(parts, stored)
-        table = _continue_labels(stored.metadata, prepared.table, latest.n_rows)
+        table = _continue_labels(stored.metadata, table, latest.n_rows)
         new, row_groups = self._write_part(name, table, progress)
         for part in parts:  # the new version relies on them: present, and fresh enough to outlive our commit
             self._files.rely(part.bh_key, entry=("frame", name))
@@ -1074,6 +1076,17 @@ def _continue_labels(stored: dict[bytes, bytes] | None, table: pa.Table, n_rows:
     spec["stop"] = follows + table.num_rows * int(old["step"])
     spec["name"] = old.get("name")
     return table.replace_schema_metadata({**table.schema.metadata, b"pandas": json.dumps(pandas_meta).encode()})
+
+
+def _typed_like(table: pa.Table, stored: pa.Schema) -> pa.Table:
+    """New rows whose object column holds only missing values (pyarrow gives it the null type) take the stored
+    column's type, all nulls, as ``pd.concat`` keeps the type of a column the new rows have nothing in."""
+    pa, _, _ = _import_arrow()
+    for i, f in enumerate(table.schema):
+        j = stored.get_field_index(f.name)
+        if pa.types.is_null(f.type) and j >= 0 and not pa.types.is_null(t := stored.field(j).type):
+            table = table.set_column(i, f.with_type(t), pa.nulls(table.num_rows, t))
+    return table
 
 
 def _read_back_schema(table: pa.Table) -> pa.Schema:
