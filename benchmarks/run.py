@@ -9,7 +9,7 @@ Backends: the local directory store and SeaweedFS (started here on loopback). Ba
   frames  raw pandas/pyarrow Parquet (+ boto3 put_object / get_object on S3), ArcticDB (LMDB locally, its S3
           backend on the same SeaweedFS), IPython's %store (local only);
   arrays  np.save / np.load to a file locally, boto3 upload_fileobj / download_fileobj on S3.
-Every figure is the median of --runs runs. "ratio" is ours / baseline (below 1 means we are faster). "moved" is
+Every figure is the median of --runs runs, each measured after os.sync() (untimed). "ratio" is ours / baseline (below 1 means we are faster). "moved" is
 bytes sent to or fetched from the store by our side; "peak" is how far the process's RSS rose during our call.
 """
 
@@ -93,7 +93,28 @@ class Row:
     note: str = ""
 
 
+#: Bytes of memory touched (and freed) before each measurement: see ``timed``. Set per section from its data size.
+WARM_BYTES = 0
+
+
+def warm_memory(n: int) -> None:
+    """Touch ``n`` bytes of fresh memory, then free them. On a virtual machine that gives memory freed for a few
+    seconds back to its host (free page reporting), touching it again costs about 2.4 s per GiB here, against 0.12 s
+    for memory the guest still holds: whichever measurement allocates first would pay for the others."""
+    if n > 0:
+        block = np.empty(n, dtype=np.uint8)
+        block[::PAGE] = 1
+        del block
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any, int]:
+    """Seconds, result and peak RSS added of ``fn()``, each measurement starting from the same state, untimed:
+    dirty pages that earlier steps left (np.save's file, a server's writes) written out (the kernel writing them
+    back meanwhile would slow down whichever call came next), and ``WARM_BYTES`` of memory touched
+    (``warm_memory``)."""
+    if hasattr(os, "sync"):
+        os.sync()
+    warm_memory(WARM_BYTES)
     with PeakRSS() as mem:
         t = time.perf_counter()
         result = fn()
@@ -226,6 +247,8 @@ def bench_backend(name: str, args: argparse.Namespace, rows: list[Row], tmp: Pat
     df = make_frame(args.rows)
     size = f"{args.rows / 1e6:g}M rows"
     print(f"[{name}] frame: {args.rows:,} rows, {df.memory_usage(deep=True).sum() / MB:,.0f} MB in memory", flush=True)
+    global WARM_BYTES
+    WARM_BYTES = int(1.25 * df.memory_usage(deep=True).sum())  # (a get makes the frame again, and a bit more)
     arctic = None
     if not args.no_arctic:
         if server is None:
@@ -367,6 +390,7 @@ def bench_backend(name: str, args: argparse.Namespace, rows: list[Row], tmp: Pat
     # ---------------- arrays ----------------
     n = args.array_mb * MB // 8
     arr = np.random.default_rng(7).random(n)
+    WARM_BYTES = int(1.25 * arr.nbytes)
     asize = f"{arr.nbytes / 1024**3:g} GiB" if arr.nbytes >= 1024**3 else f"{arr.nbytes / MB:g} MiB"
     print(f"[{name}] array: {arr.nbytes / MB:,.0f} MB float64", flush=True)
     npy = tmp / "raw.npy"
@@ -459,6 +483,9 @@ def bench_wide(name: str, args: argparse.Namespace, rows: list[Row], tmp: Path,
     """Wide frames (feature matrices, one-hot frames): every path against raw pyarrow on the same table."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    global WARM_BYTES
+    WARM_BYTES = 0  # (frames of 1,000 rows: a few MB each, many calls)
 
     from bh_notebook.notebook.browser import Browser
 
