@@ -96,23 +96,101 @@ def test_a_local_writer_holds_a_few_batches_not_the_blob(tmp_path: Path) -> None
 @pytest.mark.parametrize("backend", ["local", "moto"])
 def test_bytes_changed_after_they_are_written_do_not_change_the_blob(
         backend: str, make_config: Callable[..., BucketConfig]) -> None:
-    """A writer copies what may change later (a bytearray, a mutable Arrow buffer) and keeps only what cannot
-    (bytes, an immutable Arrow buffer) without copying it."""
+    """``write`` copies whatever is not ``bytes``: a bytearray, an Arrow buffer (one that says it is immutable too:
+    a slice of a NumPy-backed array's buffer does, and Arrow's IPC writer passes such slices), a NumPy array."""
     with BucketSQLite(make_config(backend), NO_TIMER) as bh:
         mutable = bytearray(b"a" * 100)
         arrow = pa.allocate_buffer(100)
-        assert arrow.is_mutable
         memoryview(arrow).cast("B")[:] = b"b" * 100
-        frozen = pa.py_buffer(b"c" * 100)
-        assert not frozen.is_mutable
+        numbers = np.full(13, 3.0)
+        sliced = pa.array(numbers).buffers()[1].slice(8)
+        assert not sliced.is_mutable
+        parts = [bytes(mutable), bytes(arrow), bytes(sliced)]
         with bh.files.writer() as w:
             w.write(mutable)
             w.write(arrow)
-            w.write(frozen)
+            w.write(sliced)
             mutable[:] = b"x" * 100
             memoryview(arrow).cast("B")[:] = b"y" * 100
-        assert _blob(bh, w.bh_key) == b"a" * 100 + b"b" * 100 + b"c" * 100
-        assert w.bh_key == hashlib.sha256(b"a" * 100 + b"b" * 100 + b"c" * 100).hexdigest()
+            numbers[:] = 7.0
+        assert _blob(bh, w.bh_key) == b"".join(parts)
+        assert w.bh_key == hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def test_a_staged_object_is_dated_when_it_is_committed(tmp_path: Path) -> None:
+    """A writer may stage its last bytes long before it commits them: the object is dated at the commit, as an
+    upload is, so the collector's grace (by last-modified) runs from when the blob was stored."""
+    import time
+
+    bucket = LocalBucket(tmp_path / "store")
+    staged = bucket.stage("blobs/")
+    assert staged is not None
+    staged.write(memoryview(b"old bytes"))
+    (tmp,) = (tmp_path / "store" / "blobs").iterdir()
+    hour_ago = time.time() - 3600
+    os.utime(tmp, (hour_ago, hour_ago))
+    staged.commit("blobs/k")
+    info = bucket.head("blobs/k")
+    assert info is not None and time.time() - info.last_modified < 60
+
+
+def test_cleanup_leaves_a_live_writers_staged_object_for_a_day(tmp_path: Path) -> None:
+    """A writer whose producer is slow keeps its staged object open; the collector's cleanup of unfinished writes
+    (after its grace) leaves it for a day, then removes it, and a commit after that says what happened."""
+    import time
+
+    from bh_notebook.errors import BackendError
+    from bh_notebook.storage.local import STAGED_SECONDS
+
+    bucket = LocalBucket(tmp_path / "store")
+    staged = bucket.stage("blobs/")
+    assert staged is not None
+    staged.write(memoryview(b"slow"))
+    (tmp,) = (tmp_path / "store" / "blobs").iterdir()
+    two_hours_ago = time.time() - 7200
+    os.utime(tmp, (two_hours_ago, two_hours_ago))
+    assert bucket.cleanup_incomplete(300) == 0
+    staged.commit("blobs/slow")
+    assert bucket.get_bytes("blobs/slow") == b"slow"
+
+    late = bucket.stage("blobs/")
+    assert late is not None
+    late.write(memoryview(b"forgotten"))
+    (tmp,) = [p for p in (tmp_path / "store" / "blobs").iterdir() if p.name.startswith(RESERVED_PREFIX)]
+    long_ago = time.time() - STAGED_SECONDS - 60
+    os.utime(tmp, (long_ago, long_ago))
+    assert bucket.cleanup_incomplete(300) == 1
+    with pytest.raises(BackendError, match="were removed before they were stored"):
+        late.commit("blobs/late")
+    late.discard()
+    assert [i.key for i in bucket.list_info()] == ["blobs/slow"]
+
+
+def test_a_blob_already_stored_is_put_again_where_nothing_can_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staging needs a file in the blobs' directory; where none can be made (read-only), the bytes stay in memory
+    as on S3, and a put of a blob that is there already needs no write at all."""
+    import tempfile
+
+    with BucketSQLite(BucketConfig.for_local(tmp_path / "s"), NO_TIMER) as bh:
+        with bh.files.writer() as first:
+            first.write(b"stored" * 1000)
+
+        def read_only(*args: object, **kwargs: object) -> object:
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(tempfile, "mkstemp", read_only)
+        bh.files.trust_seconds = 0.0
+        with bh.files.writer() as again:
+            again.write(b"stored" * 1000)
+        assert again.bh_key == first.bh_key
+        from bh_notebook.errors import StoreNotWritable
+
+        with pytest.raises(StoreNotWritable, match="make the directory writable"):
+            with bh.files.writer() as new:
+                new.write(b"not stored yet")
+        monkeypatch.undo()  # (the catalog is saved at stop)
+        assert len(bh.files) == 1
 
 
 def test_a_frame_put_is_written_while_it_is_encoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,6 +214,17 @@ def test_a_frame_put_is_written_while_it_is_encoded(tmp_path: Path, monkeypatch:
         encoded.append(time.monotonic())
         return n
 
+    from bh_notebook.interfaces import files as files_mod
+
+    handed: list[int] = []  # slices the parallel writer handed over to keep, not copied
+    real_owned = files_mod.BlobWriter.write_owned
+
+    def owned(self: files_mod.BlobWriter, data: object) -> int:
+        if not isinstance(data, bytes):
+            handed.append(memoryview(data).nbytes)  # type: ignore[arg-type]
+        return real_owned(self, data)
+
+    monkeypatch.setattr(files_mod.BlobWriter, "write_owned", owned)
     monkeypatch.setattr(local._Staged, "write", write)
     monkeypatch.setattr(frames_mod, "_write_parquet", encode)
     monkeypatch.setattr(frames_mod, "ROW_GROUP_SIZE", 200_000)
@@ -148,6 +237,7 @@ def test_a_frame_put_is_written_while_it_is_encoded(tmp_path: Path, monkeypatch:
         assert info.row_groups == 15
         assert len(writes) > 1 and sum(n for _, n in writes) == info.nbytes
         assert writes[0][0] < encoded[0]  # (the first bytes were on disk before the encoder was done)
+        assert len(handed) == 15 and sum(handed) > 0.99 * info.nbytes
         pd.testing.assert_frame_equal(bh.frames.get("df"), df)
         assert hashlib.sha256(_blob(bh, info.bh_key)).hexdigest() == info.bh_key
         assert _leftovers(tmp_path) == []

@@ -32,6 +32,8 @@ from ..errors import (
     KeyTypeError,
     NotFound,
     ObjectNotFound,
+    StoreFull,
+    StoreNotWritable,
     ValueTypeError,
 )
 from ..storage.bucket import CHUNK_SIZE, ChainReader, ProgressCallback, Sink, Staged, atomic_file
@@ -892,15 +894,6 @@ class FileStore(Interface):
 INCOMING_SECONDS = 24 * 3600.0
 
 
-def _unchanging(b: Any) -> bool:
-    """Bytes no one can change once given: ``bytes``, or an immutable Arrow buffer (pyarrow passes those when a
-    file is written with ``NativeFile.write(buffer)``, as the parallel Parquet writer does: keeping it saves a copy
-    of the whole blob)."""
-    if type(b) is bytes:
-        return True
-    return type(b).__name__ == "Buffer" and type(b).__module__ == "pyarrow.lib" and not b.is_mutable
-
-
 class BlobWriter(io.RawIOBase):
     """A file object that collects bytes, hashing them in helper threads, and stores them as a blob on close.
 
@@ -927,7 +920,10 @@ class BlobWriter(io.RawIOBase):
         self._hasher = hashlib.sha256()
         self._chunker = _ChunkHasher(files.chunk_size)
         self._chunk_size = files.chunk_size
-        self._staged = files._store.stage(files._prefix)
+        try:
+            self._staged = files._store.stage(files._prefix)
+        except (StoreNotWritable, StoreFull):  # (kept in memory: a blob already stored needs no write at all)
+            self._staged = None
         # Helpers: the whole-content hash, the chunk hashes and the staging write of a batch run side by side.
         self._pool = ThreadPoolExecutor(2 if self._staged is None else 3, thread_name_prefix="bh-hash")
         self._pending: list[Any] = []
@@ -940,7 +936,11 @@ class BlobWriter(io.RawIOBase):
         return self._size
 
     def write(self, b: Any) -> int:
-        data = b if _unchanging(b) else bytes(b)  # (bytes that may change later are copied)
+        return self.write_owned(b if type(b) is bytes else bytes(b))  # (anything that may change later: copied)
+
+    def write_owned(self, data: Any) -> int:
+        """``write`` a buffer that no one changes afterwards (``bytes``, or one its maker hands over, as the
+        parallel Parquet writer does with each encoded slice): it is kept as it is, not copied."""
         size = memoryview(data).nbytes
         if self._staged is None:
             self._chunks.append(data)

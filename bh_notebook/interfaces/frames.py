@@ -263,8 +263,7 @@ class FrameStore(VersionedStore[FrameVersion]):
             with self._files.writer(filename=f"{name.rsplit('/', 1)[-1]}.parquet",
                                     mime="application/vnd.apache.parquet", progress=progress,
                                     entry=("frame", name)) as blob:
-                row_group_size = _write_parquet(table, pa.PythonFile(blob, mode="w"), self.compression,
-                                                self.compression_level)
+                row_group_size = _write_parquet(table, blob, self.compression, self.compression_level)
         except pa.ArrowNotImplementedError as exc:
             raise ValueTypeError(f"this frame cannot be written as Parquet: {str(exc).splitlines()[0]}. Convert "
                                  "the column to a supported type first") from None

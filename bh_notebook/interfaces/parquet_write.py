@@ -250,8 +250,6 @@ class _Slice:
     """One encoded slice: its data (between the leading magic and its footer) and its decoded footer."""
 
     def __init__(self, buffer: pa.Buffer) -> None:
-        import pyarrow as pa
-
         view = memoryview(buffer)
         n = len(view)
         (footer_len,) = struct.unpack("<I", view[n - 8:n - 4])
@@ -261,8 +259,7 @@ class _Slice:
         self.fields = decode_footer(footer)
         if encode_footer(self.fields) != footer:
             raise FooterError("a slice's footer does not encode back to its own bytes")
-        # (an immutable view of the data: the sink may keep it instead of copying it, see files.BlobWriter)
-        self.data = pa.foreign_buffer(buffer.address + 4, n - 12 - footer_len, base=buffer)
+        self.data = view[4:n - 8 - footer_len]  # (of a buffer only this slice holds, never changed)
 
 
 def leaves(t: pa.DataType) -> int:
@@ -355,13 +352,16 @@ def write_table(table: pa.Table, sink: Any, *, row_group_size: int, threads: int
 
 def _stitch(first: _Slice, groups: list[list[Field]], next_slice: Callable[[], _Slice], n_slices: int,
             sink: Any) -> None:
-    """Write the slices' data in order as they are done (each one let go once written), then the footer."""
+    """Write the slices' data in order as they are done (each one let go once written), then the footer. A sink
+    with ``write_owned`` (``files.BlobWriter``) is handed each slice's data, which nothing changes afterwards, to
+    keep without a copy."""
+    write_data = getattr(sink, "write_owned", sink.write)
     head = first.fields
     head_rest = encode_footer([f for f in head if f[0] not in (3, 4)])
     rows = _get(head, 3)
     n_rows = rows[2] if rows is not None else 0
     sink.write(_MAGIC)
-    sink.write(first.data)
+    write_data(first.data)
     position = len(_MAGIC) + len(first.data)
     del first
     for _ in range(n_slices - 1):
@@ -371,7 +371,7 @@ def _stitch(first: _Slice, groups: list[list[Field]], next_slice: Callable[[], _
         groups += _moved_row_groups(piece.fields, position - len(_MAGIC), len(groups))
         rows = _get(piece.fields, 3)
         n_rows += rows[2] if rows is not None else 0
-        sink.write(piece.data)
+        write_data(piece.data)
         position += len(piece.data)
         del piece
     fields: list[Field] = []

@@ -53,6 +53,10 @@ from .bucket import (
 #: Names starting with this are ours (temp files, the lock); they are hidden from listings and refused as keys.
 RESERVED_PREFIX = ".bh-"
 _LOCK_NAME = ".bh-lock"
+#: Staged objects (``LocalBucket.stage``): a writer may keep one open while its producer is slow, so
+#: ``cleanup_incomplete`` leaves them for a day, as FileStore leaves S3 uploads waiting for their hash.
+_STAGED_PREFIX = RESERVED_PREFIX + "staged-"
+STAGED_SECONDS = 24 * 3600.0
 
 
 class LocalBucket(BucketClient):
@@ -285,7 +289,7 @@ class LocalBucket(BucketClient):
                 directory.mkdir(parents=True, exist_ok=True)
             except (FileExistsError, NotADirectoryError):
                 raise InvalidKey(f"cannot store under {prefix!r}: a parent of it is an object already") from None
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=RESERVED_PREFIX + "tmp-")
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=_STAGED_PREFIX)
         return _Staged(self, fd, tmp, prefix)
 
     def delete(self, key: str) -> None:
@@ -345,16 +349,22 @@ class LocalBucket(BucketClient):
         return path.as_uri()
 
     def cleanup_incomplete(self, older_than: float = 3600.0) -> int:
-        """Delete temp files of writes that never finished (a killed process) older than ``older_than`` seconds."""
+        """Delete temp files of writes that never finished (a killed process) older than ``older_than`` seconds;
+        staged objects (``stage``) only after ``STAGED_SECONDS`` (a day) too, as their writer may still be at work."""
         removed = 0
         cutoff = time.time() - older_than
+        staged_cutoff = time.time() - max(older_than, STAGED_SECONDS)
         for dirpath, _dirs, names in os.walk(self._real_root):
             for name in names:
-                if not name.startswith(RESERVED_PREFIX + "tmp-"):
+                if name.startswith(RESERVED_PREFIX + "tmp-"):
+                    before = cutoff
+                elif name.startswith(_STAGED_PREFIX):
+                    before = staged_cutoff
+                else:
                     continue
                 path = os.path.join(dirpath, name)
                 try:
-                    if os.stat(path).st_mtime <= cutoff:
+                    if os.stat(path).st_mtime <= before:
                         os.unlink(path)
                         removed += 1
                 except FileNotFoundError:
@@ -404,7 +414,7 @@ class _Staged(Staged):
         if fd is None:
             raise ValueError("this staged object was committed or discarded")
         view = memoryview(data).cast("B")
-        with self._bucket._writing(self._prefix):
+        with self._bucket._writing(self._prefix + "<a new blob>"):
             while view.nbytes:
                 n = os.write(fd, view)
                 view = view[n:]
@@ -422,7 +432,13 @@ class _Staged(Staged):
             os.fsync(fd)
             self._fd = None
             os.close(fd)
-            os.chmod(self._tmp, 0o644)
+            try:
+                os.chmod(self._tmp, 0o644)
+                os.utime(self._tmp)  # (dated now, as a new upload is: the collector's grace runs from here)
+            except FileNotFoundError:
+                raise BackendError(f"the bytes staged for {key!r} in {bucket.root} were removed before they were "
+                                   f"stored (cleanup_incomplete removes staged objects after "
+                                   f"{STAGED_SECONDS / 3600:.0f} h); put the data again") from None
             with bucket._lock():
                 if path.is_dir():
                     raise InvalidKey(f"cannot store {key!r}: it is a prefix of other objects")
