@@ -18,6 +18,7 @@ import pytest
 from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig
 from bh_notebook.errors import InvalidKey, StoreFull
 from bh_notebook.storage import LocalBucket
+from bh_notebook.storage.bucket import Staged
 from bh_notebook.storage.local import RESERVED_PREFIX
 
 NO_TIMER = SnapshotConfig(interval_seconds=0)
@@ -117,18 +118,26 @@ def test_bytes_changed_after_they_are_written_do_not_change_the_blob(
         assert w.bh_key == hashlib.sha256(b"".join(parts)).hexdigest()
 
 
+def _staged_long_ago(bucket: LocalBucket, data: bytes, age: float) -> Staged:
+    """An object staged under ``blobs/`` holding ``data``, its file last written ``age`` seconds ago."""
+    import time
+
+    staged = bucket.stage("blobs/")
+    assert staged is not None
+    staged.write(memoryview(data))
+    (file,) = [p for p in (bucket.root / "blobs").iterdir() if p.name.startswith(RESERVED_PREFIX)]
+    then = time.time() - age
+    os.utime(file, (then, then))
+    return staged
+
+
 def test_a_staged_object_is_dated_when_it_is_committed(tmp_path: Path) -> None:
     """A writer may stage its last bytes long before it commits them: the object is dated at the commit, as an
     upload is, so the collector's grace (by last-modified) runs from when the blob was stored."""
     import time
 
     bucket = LocalBucket(tmp_path / "store")
-    staged = bucket.stage("blobs/")
-    assert staged is not None
-    staged.write(memoryview(b"old bytes"))
-    (tmp,) = (tmp_path / "store" / "blobs").iterdir()
-    hour_ago = time.time() - 3600
-    os.utime(tmp, (hour_ago, hour_ago))
+    staged = _staged_long_ago(bucket, b"old bytes", 3600)
     staged.commit("blobs/k")
     info = bucket.head("blobs/k")
     assert info is not None and time.time() - info.last_modified < 60
@@ -137,28 +146,16 @@ def test_a_staged_object_is_dated_when_it_is_committed(tmp_path: Path) -> None:
 def test_cleanup_leaves_a_live_writers_staged_object_for_a_day(tmp_path: Path) -> None:
     """A writer whose producer is slow keeps its staged object open; the collector's cleanup of unfinished writes
     (after its grace) leaves it for a day, then removes it, and a commit after that says what happened."""
-    import time
-
     from bh_notebook.errors import BackendError
     from bh_notebook.storage.local import STAGED_SECONDS
 
     bucket = LocalBucket(tmp_path / "store")
-    staged = bucket.stage("blobs/")
-    assert staged is not None
-    staged.write(memoryview(b"slow"))
-    (tmp,) = (tmp_path / "store" / "blobs").iterdir()
-    two_hours_ago = time.time() - 7200
-    os.utime(tmp, (two_hours_ago, two_hours_ago))
+    staged = _staged_long_ago(bucket, b"slow", 7200)
     assert bucket.cleanup_incomplete(300) == 0
     staged.commit("blobs/slow")
     assert bucket.get_bytes("blobs/slow") == b"slow"
 
-    late = bucket.stage("blobs/")
-    assert late is not None
-    late.write(memoryview(b"forgotten"))
-    (tmp,) = [p for p in (tmp_path / "store" / "blobs").iterdir() if p.name.startswith(RESERVED_PREFIX)]
-    long_ago = time.time() - STAGED_SECONDS - 60
-    os.utime(tmp, (long_ago, long_ago))
+    late = _staged_long_ago(bucket, b"forgotten", STAGED_SECONDS + 60)
     assert bucket.cleanup_incomplete(300) == 1
     with pytest.raises(BackendError, match="were removed before they were stored"):
         late.commit("blobs/late")
