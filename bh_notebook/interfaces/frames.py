@@ -445,9 +445,14 @@ class FrameStore(VersionedStore[FrameVersion]):
                           RuntimeWarning, stacklevel=3)
         buf = np.empty(part.nbytes, dtype=np.uint8)  # not bytearray: that zero-fills 0.5 ms/MiB for nothing
         self._files.get_verified(part.bh_key, buf.data, progress=progress)
+        footer = pq.ParquetFile(pa.BufferReader(buf))
+        md = footer.metadata
         if dictionary is None:
-            dictionary = _object_string_columns(pq.ParquetFile(pa.BufferReader(buf)).schema_arrow)
-        return pq.read_table(pa.BufferReader(buf), use_threads=True, read_dictionary=dictionary or None)
+            dictionary = _object_string_columns(footer.schema_arrow)
+        del footer
+        return parquet_read.read_groups(
+            lambda: pq.ParquetFile(pa.BufferReader(buf), metadata=md, read_dictionary=dictionary or None),
+            list(range(md.num_row_groups)), None)
 
     def _read_parts_whole(self, parts: list[FramePart], progress: ProgressCallback | None) -> list[pa.Table]:
         """Whole parts, every one with the first's dictionary columns, so they concatenate."""
@@ -608,8 +613,8 @@ class FrameStore(VersionedStore[FrameVersion]):
                 _empty_table(pf, read_fields)
             if table is None:
                 f.prefetch(ranges)
-                table = pf.read_row_groups(groups, columns=read_fields, use_threads=True,
-                                           use_pandas_metadata=False)
+                table = pf.read_row_groups(groups, columns=read_fields, use_threads=False,  # (parquet_read.
+                                           use_pandas_metadata=False)  # read_groups says why not Arrow's threads)
         table = table.replace_schema_metadata(schema.metadata)
         found = None  # the rows' positions in the part: what filters= needs
         if local is not None and len(groups):
@@ -853,21 +858,12 @@ def _read_mapped(f: RangeFile, ranges: list[tuple[int, int]], md: Any, dictionar
     if mapped is None:
         return None
 
-    def group(g: int) -> pa.Table:  # a reader each: row groups decode side by side (read_row_groups: one by one)
-        return pq.ParquetFile(mapped.reader(), metadata=md, read_dictionary=dictionary or None) \
-            .read_row_group(g, columns=fields, use_threads=True)
-
     table = None
     try:
         try:
-            if len(groups) == 1:
-                table = group(groups[0])
-            else:
-                from concurrent.futures import ThreadPoolExecutor
-
-                with ThreadPoolExecutor(min(len(groups), parquet_write.threads_available()),
-                                        thread_name_prefix="bh-decode") as pool:
-                    table = arrow.concat_tables(list(pool.map(group, groups)))
+            table = parquet_read.read_groups(
+                lambda: pq.ParquetFile(mapped.reader(), metadata=md, read_dictionary=dictionary or None), groups,
+                fields)
         except (OSError, arrow.ArrowException):  # zeros where a page header should be, if pages outside were read
             if not mapped.read_elsewhere():
                 raise

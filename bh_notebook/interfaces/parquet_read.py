@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate
@@ -92,6 +93,49 @@ def decode_tasks(md: Any, schema: pa.Schema, footer: int) -> list[_DecodeTask] |
     return tasks
 
 
+def read_groups(open_file: Callable[[], Any], groups: list[int], fields: list[str] | None) -> pa.Table:
+    """Row groups ``groups`` of a Parquet file (the ``fields`` of them; all when None), as ``read_row_groups`` gives
+    them, decoded side by side on threads of ours: a ``ParquetFile`` from ``open_file()`` per thread, reading with
+    ``use_threads=False``. Fewer row groups than cores: each one's fields are split among the threads.
+
+    Not on Arrow's threads, because of what they do after the read has returned. The task that finishes last there
+    drops the last reference to the reader, and so to the Python object that holds the bytes (``pa.py_buffer`` of a
+    map or an array, a ``PythonFile``); releasing it takes the GIL from a thread Python has not seen, a new thread
+    state each time. CPython 3.11 does that unsafely while ``tracemalloc.stop()`` runs (a crash in the native
+    thread, python/cpython#128679) or while the interpreter shuts down. On our threads it happens before we return.
+    """
+    import pyarrow as pa
+
+    first = open_file()
+    workers = parquet_write.threads_available()
+    names = first.schema_arrow.names if fields is None else list(fields)
+    per = max(1, min(len(names), -(-workers // max(1, len(groups)))))
+    if not groups or (len(groups) == 1 and per == 1):
+        return first.read_row_groups(groups, columns=fields, use_threads=False)
+    cut = [0, *(len(names) * k // per for k in range(1, per)), len(names)]
+    tasks = [(g, fields if per == 1 else names[cut[k]:cut[k + 1]]) for g in groups for k in range(per)]
+    local = threading.local()
+
+    def decode(task: tuple[int, list[str] | None]) -> pa.Table:
+        if not hasattr(local, "file"):
+            local.file = open_file()
+        return local.file.read_row_group(task[0], columns=task[1], use_threads=False)
+
+    with ThreadPoolExecutor(min(workers, len(tasks)), thread_name_prefix="bh-decode") as pool:
+        pieces = list(pool.map(decode, tasks))
+    del local, first
+    tables = pieces if per == 1 else [_side_by_side(pieces[i:i + per]) for i in range(0, len(pieces), per)]
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _side_by_side(pieces: list[pa.Table]) -> pa.Table:
+    """The columns of tables of the same rows, in order, as one table (the first's schema metadata)."""
+    import pyarrow as pa
+
+    schema = pa.schema([f for t in pieces for f in t.schema], metadata=pieces[0].schema.metadata)
+    return pa.Table.from_arrays([c for t in pieces for c in t.columns], schema=schema)
+
+
 def decode_releasing(blob: ReleasableMap, md: Any, dictionary: list[str]) -> pa.Table | None:
     """The table in the whole blob in ``blob`` (``md``: its footer; ``dictionary``: the string columns to read through
     a dictionary). None when a page given back was read again: it read zeros, so what it decoded, or the error it
@@ -104,7 +148,8 @@ def decode_releasing(blob: ReleasableMap, md: Any, dictionary: list[str]) -> pa.
         schema = pq.ParquetFile(blob.reader(), metadata=md, read_dictionary=dictionary or None).schema_arrow
         tasks = decode_tasks(md, schema, blob.size - md.serialized_size - 8)
     if not tasks:  # small chunks, no row group or no column, or chunks out of order: one read, every page kept
-        return pq.read_table(blob.reader(), use_threads=True, read_dictionary=dictionary or None)
+        return read_groups(lambda: pq.ParquetFile(blob.reader(), metadata=md, read_dictionary=dictionary or None),
+                           list(range(md.num_row_groups)), None)
     local = threading.local()
     scratch = _scratch_pool()
 
