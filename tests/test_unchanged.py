@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from bh_notebook import BucketConfig, BucketSQLite, SnapshotConfig
 from bh_notebook.interfaces import frames as frames_mod
-from bh_notebook.interfaces.fingerprint import fingerprint
+from bh_notebook.interfaces.fingerprint import addresses_digest, fingerprint
 from bh_notebook.testing.counting import CountingBucket
 
 NO_TIMER = SnapshotConfig(interval_seconds=0)
@@ -362,3 +362,12 @@ def test_every_put_of_python_strings_after_any_edits_reads_back_as_put(hyp_bh: B
         df = _object_edits()[k][1](df)
         hyp_bh.frames.put(name, df)
         pd.testing.assert_frame_equal(hyp_bh.frames.get(name), df)
+
+
+def test_addresses_are_hashed_only_from_a_contiguous_array() -> None:
+    """The addresses are read as the array's bytes from its start: a strided view would be read past its end."""
+    values = np.array([f"v{i}" for i in range(64)], dtype=object)
+    assert addresses_digest(values) == addresses_digest(values.copy())  # the same objects: the same digest
+    assert addresses_digest(values) != addresses_digest(values[::-1].copy())
+    with pytest.raises(ValueError, match="contiguous"):
+        addresses_digest(values[::2])

@@ -230,6 +230,8 @@ def addresses_digest(arr: np.ndarray[Any, Any]) -> bytes:
 
     if not arr.nbytes:
         return bytes(xxhash.xxh3_128().digest())
+    if not arr.flags.c_contiguous:  # (the bytes are read from its start: a strided view would read past its end)
+        raise ValueError("addresses_digest takes a contiguous array")
     return bytes(xxhash.xxh3_128((ctypes.c_char * arr.nbytes).from_address(arr.ctypes.data)).digest())
 
 
