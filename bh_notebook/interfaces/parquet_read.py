@@ -38,6 +38,8 @@ DECODE_TASK_BYTES = 4 * 1024 * 1024
 MIN_CHUNK_BYTES = 1024 * 1024
 #: The decoders' jemalloc gives freed memory back to the system after this many milliseconds (see _scratch_pool).
 SCRATCH_DECAY_MS = 100
+#: ``read_groups`` makes about this many tasks per thread, splitting the fields of a row group among them.
+TASKS_PER_THREAD = 4
 #: Decode tasks queued beyond one per worker (one chunk much slower than the next must not idle the other cores).
 DECODE_AHEAD = 4
 
@@ -96,7 +98,8 @@ def decode_tasks(md: Any, schema: pa.Schema, footer: int) -> list[_DecodeTask] |
 def read_groups(open_file: Callable[[], Any], groups: list[int], fields: list[str] | None) -> pa.Table:
     """Row groups ``groups`` of a Parquet file (the ``fields`` of them; all when None), as ``read_row_groups`` gives
     them, decoded side by side on threads of ours: a ``ParquetFile`` from ``open_file()`` per thread, reading with
-    ``use_threads=False``. Fewer row groups than cores: each one's fields are split among the threads.
+    ``use_threads=False``. Fewer row groups than ``TASKS_PER_THREAD`` per core: each one's fields are split, so a
+    slow field (strings) does not leave the other cores idle.
 
     Not on Arrow's threads, because of what they do after the read has returned. The task that finishes last there
     drops the last reference to the reader, and so to the Python object that holds the bytes (``pa.py_buffer`` of a
@@ -109,7 +112,7 @@ def read_groups(open_file: Callable[[], Any], groups: list[int], fields: list[st
     first = open_file()
     workers = parquet_write.threads_available()
     names = first.schema_arrow.names if fields is None else list(fields)
-    per = max(1, min(len(names), -(-workers // max(1, len(groups)))))
+    per = max(1, min(len(names), -(-TASKS_PER_THREAD * workers // max(1, len(groups)))))
     if not groups or (len(groups) == 1 and per == 1):
         return first.read_row_groups(groups, columns=fields, use_threads=False)
     cut = [0, *(len(names) * k // per for k in range(1, per)), len(names)]
