@@ -33,6 +33,7 @@ class Releases:
 
     def __init__(self) -> None:
         self.threads: list[threading.Thread] = []
+        self.python_reads: list[threading.Thread] = []
         self._refs: list[Any] = []
 
     def watch(self, obj: Any) -> None:
@@ -42,8 +43,9 @@ class Releases:
         self.threads.append(threading.current_thread())
 
     def foreign(self) -> list[str]:
-        """The threads not started by Python that freed one (``current_thread()`` makes a dummy for those)."""
-        return [t.name for t in self.threads if isinstance(t, threading._DummyThread)]
+        """The threads not started by Python that freed one, or read through a Python file (``current_thread()``
+        makes a dummy for those)."""
+        return [t.name for t in self.threads + self.python_reads if isinstance(t, threading._DummyThread)]
 
 
 @pytest.fixture
@@ -55,15 +57,28 @@ def releases(monkeypatch: pytest.MonkeyPatch) -> Iterator[Releases]:
         made(self, size)
         seen.watch(self.view)  # held by the pa.py_buffer Arrow reads through
 
-    real_reader = pa.BufferReader
+    real_reader, real_array = pa.BufferReader, pa.array
 
     def reader(source: Any) -> Any:
         if isinstance(source, np.ndarray):  # a small blob downloaded whole into an array
             seen.watch(source)
         return real_reader(source)
 
+    def array(values: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(values, np.ndarray) and values.dtype != object:  # wrapped without a copy
+            seen.watch(values)
+        return real_array(values, *args, **kwargs)
+
+    real_read = frames_mod.RangeFile.read
+
+    def read(self: Any, n: int = -1) -> bytes:  # the Python file pyarrow reads through where nothing is mapped
+        seen.python_reads.append(threading.current_thread())
+        return real_read(self, n)
+
     monkeypatch.setattr(mapped._Map, "__init__", init)
     monkeypatch.setattr(pa, "BufferReader", reader)
+    monkeypatch.setattr(pa, "array", array)
+    monkeypatch.setattr(frames_mod.RangeFile, "read", read)
     yield seen
 
 
@@ -85,7 +100,14 @@ def _settled(releases: Releases) -> list[threading.Thread]:
     return list(releases.threads)
 
 
-def test_partial_reads_let_go_of_their_buffers_on_python_threads(bh: BucketSQLite, releases: Releases) -> None:
+@pytest.mark.parametrize("mapping", [True, False], ids=["mapped", "through-the-file"])
+def test_partial_reads_let_go_of_their_buffers_on_python_threads(bh: BucketSQLite, releases: Releases,
+                                                                 mapping: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a map of the blob, and (where the system cannot say which pages were read) through the checked
+    Python file, which pyarrow must not read ahead from its I/O threads; ``filters=`` too, whose positions column
+    goes through Arrow's filter on its threads."""
+    if not mapping:
+        monkeypatch.setattr(mapped.MappedRanges, "available", staticmethod(lambda chunk_size: False))
     rng = np.random.default_rng(5)
     n = 200_000
     df = pd.DataFrame({"a": rng.normal(size=n), "b": rng.integers(0, 9, n), "c": rng.normal(size=n),
@@ -98,7 +120,11 @@ def test_partial_reads_let_go_of_their_buffers_on_python_threads(bh: BucketSQLit
         got = bh.frames.get("f", filters=[("b", "==", i % 9)])
         pd.testing.assert_frame_equal(got, df[df["b"] == i % 9])
     freed = _settled(releases)
-    assert len(freed) >= 4 * READS  # every read went through a map that was watched
+    assert len(freed) >= READS  # (the positions of each filters= read at least)
+    if mapping:
+        assert len(freed) >= 4 * READS  # every read went through a map that was watched
+    else:
+        assert len(releases.python_reads) >= 4 * READS
     assert releases.foreign() == []
 
 
@@ -119,3 +145,19 @@ def test_whole_reads_let_go_of_their_buffers_on_python_threads(bh: BucketSQLite,
     freed = _settled(releases)
     assert len(freed) >= READS
     assert releases.foreign() == []
+
+
+def test_fields_split_among_threads_are_each_read_once(bh: BucketSQLite) -> None:
+    """The fields of a row group are split among the threads by position: a name that stands for several fields
+    (duplicates; a column 'st.x' beside a struct 'st', whose leaf is 'st.x' too) is not read once per piece."""
+    n = 3000
+    nested = pa.table({"st": pa.array([{"x": i, "y": -i} for i in range(n)]), "st.x": pa.array(range(n)),
+                       "z": pa.array(np.arange(n, dtype=np.float64))})
+    twice = pa.Table.from_arrays([pa.array(range(n)), pa.array(range(n, 2 * n)), pa.array(range(2 * n, 3 * n))],
+                                 names=["a", "a", "b"])
+    for name, table in [("nested", nested), ("twice", twice)]:
+        bh.frames.put(name, table)
+        assert bh.frames.get(name).equals(table)
+        assert bh.frames.head(name, 3).equals(table.slice(0, 3))
+        assert bh.frames.get(name, rows=slice(10, 2000)).equals(table.slice(10, 1990))
+    assert bh.frames.get("nested", columns=["st", "z"]).equals(nested.select(["st", "z"]))

@@ -586,7 +586,8 @@ class FrameStore(VersionedStore[FrameVersion]):
             schema = pq.ParquetFile(pa.PythonFile(f, mode="r")).schema_arrow
             if dictionary is None:
                 dictionary = _object_string_columns(schema)
-            pf = pq.ParquetFile(pa.PythonFile(f, mode="r"), read_dictionary=dictionary or None)
+            # (no read-ahead: it would call into the Python file from Arrow's I/O threads; see read_groups)
+            pf = pq.ParquetFile(pa.PythonFile(f, mode="r"), read_dictionary=dictionary or None, pre_buffer=False)
             md = pf.metadata
             cols = self._check_columns(info, schema, columns)
             wanted = None if cols is None else _with_index_columns(schema, cols)
@@ -628,7 +629,8 @@ class FrameStore(VersionedStore[FrameVersion]):
             if found is None:
                 found = np.concatenate([np.arange(offsets[g], offsets[g + 1], dtype=np.int64) for g in groups]) \
                     if groups else np.zeros(0, np.int64)
-            table = table.append_column(_POSITION, pa.array(found))
+            # (a copy Arrow owns: the filter runs on Arrow's threads, which must not be the ones to free an array)
+            table = table.append_column(_POSITION, pa.concat_arrays([pa.array(found)]))
             try:
                 table = table.filter(expr)
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as exc:

@@ -98,8 +98,8 @@ def decode_tasks(md: Any, schema: pa.Schema, footer: int) -> list[_DecodeTask] |
 def read_groups(open_file: Callable[[], Any], groups: list[int], fields: list[str] | None) -> pa.Table:
     """Row groups ``groups`` of a Parquet file (the ``fields`` of them; all when None), as ``read_row_groups`` gives
     them, decoded side by side on threads of ours: a ``ParquetFile`` from ``open_file()`` per thread, reading with
-    ``use_threads=False``. Fewer row groups than ``TASKS_PER_THREAD`` per core: each one's fields are split, so a
-    slow field (strings) does not leave the other cores idle.
+    ``use_threads=False``. Fewer row groups than ``TASKS_PER_THREAD`` per core: each one's fields are split (by
+    position), so a slow field (strings) does not leave the other cores idle.
 
     Not on Arrow's threads, because of what they do after the read has returned. The task that finishes last there
     drops the last reference to the reader, and so to the Python object that holds the bytes (``pa.py_buffer`` of a
@@ -110,25 +110,49 @@ def read_groups(open_file: Callable[[], Any], groups: list[int], fields: list[st
     import pyarrow as pa
 
     first = open_file()
+    leaves = _leaves_by_field(first, fields)
     workers = parquet_write.threads_available()
-    names = first.schema_arrow.names if fields is None else list(fields)
-    per = max(1, min(len(names), -(-TASKS_PER_THREAD * workers // max(1, len(groups)))))
-    if not groups or (len(groups) == 1 and per == 1):
+    per = max(1, min(len(leaves or ()), -(-TASKS_PER_THREAD * workers // max(1, len(groups)))))
+    if not leaves or not groups or (len(groups) == 1 and per == 1):
         return first.read_row_groups(groups, columns=fields, use_threads=False)
-    cut = [0, *(len(names) * k // per for k in range(1, per)), len(names)]
-    tasks = [(g, fields if per == 1 else names[cut[k]:cut[k + 1]]) for g in groups for k in range(per)]
-    local = threading.local()
+    cut = [0, *(len(leaves) * k // per for k in range(1, per)), len(leaves)]
+    tasks = [(g, [j for field in leaves[cut[k]:cut[k + 1]] for j in field]) for g in groups for k in range(per)]
+    spare, lock = [first], threading.Lock()  # readers not in use: at most one per thread is opened
 
-    def decode(task: tuple[int, list[str] | None]) -> pa.Table:
-        if not hasattr(local, "file"):
-            local.file = open_file()
-        return local.file.read_row_group(task[0], columns=task[1], use_threads=False)
+    def decode(task: tuple[int, list[int]]) -> pa.Table:
+        with lock:
+            file = spare.pop() if spare else None
+        if file is None:
+            file = open_file()
+        try:
+            return file.reader.read_row_group(task[0], column_indices=task[1], use_threads=False)
+        finally:
+            with lock:
+                spare.append(file)
 
     with ThreadPoolExecutor(min(workers, len(tasks)), thread_name_prefix="bh-decode") as pool:
         pieces = list(pool.map(decode, tasks))
-    del local, first
-    tables = pieces if per == 1 else [_side_by_side(pieces[i:i + per]) for i in range(0, len(pieces), per)]
+    del spare, first
+    tables = [_side_by_side(pieces[i:i + per]) for i in range(0, len(pieces), per)] if per > 1 else pieces
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _leaves_by_field(file: Any, fields: list[str] | None) -> list[list[int]] | None:
+    """The leaf columns ``read_row_groups(columns=fields)`` reads, by the field each belongs to, in the order it gives
+    the fields; None where they cannot be told (a split by names would read a name that stands for several fields,
+    duplicates or a ``st.x`` beside a struct ``st``, once per piece)."""
+    n = file.metadata.num_columns
+    owner = leaf_fields(file.schema_arrow)
+    if len(owner) != n:  # pragma: no cover - an unknown nesting
+        return None
+    try:  # (pyarrow's own choice of leaves for names: a name selects every leaf whose dotted path it starts)
+        chosen = list(range(n)) if fields is None else file._get_column_indices(fields)
+    except AttributeError:  # pragma: no cover - a pyarrow without it: one read
+        return None
+    by_field: dict[int, list[int]] = {}
+    for j in dict.fromkeys(chosen):
+        by_field.setdefault(owner[j], []).append(j)
+    return list(by_field.values())
 
 
 def _side_by_side(pieces: list[pa.Table]) -> pa.Table:
