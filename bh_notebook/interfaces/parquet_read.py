@@ -97,8 +97,8 @@ def decode_tasks(md: Any, schema: pa.Schema, footer: int) -> list[_DecodeTask] |
 
 def read_groups(open_file: Callable[[], Any], groups: list[int], fields: list[str] | None) -> pa.Table:
     """Row groups ``groups`` of a Parquet file (the ``fields`` of them; all when None), as ``read_row_groups`` gives
-    them, decoded side by side on threads of ours: a ``ParquetFile`` from ``open_file()`` per thread, reading with
-    ``use_threads=False``. Fewer row groups than ``TASKS_PER_THREAD`` per core: each one's fields are split (by
+    them, decoded side by side on threads of ours: ``ParquetFile``s from ``open_file()``, one per thread at most,
+    reading with ``use_threads=False``. Fewer row groups than ``TASKS_PER_THREAD`` per core: each one's fields are split (by
     position), so a slow field (strings) does not leave the other cores idle.
 
     Not on Arrow's threads, because of what they do after the read has returned. The task that finishes last there
