@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,8 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from bh_notebook import BucketSQLite, SnapshotConfig
-from bh_notebook.config import BucketConfig
+from bh_notebook import BucketSQLite
 from bh_notebook.interfaces import frames as frames_mod
 from bh_notebook.interfaces import mapped
 
@@ -82,11 +81,10 @@ def releases(monkeypatch: pytest.MonkeyPatch) -> Iterator[Releases]:
     yield seen
 
 
-@pytest.fixture(params=["local", "moto"])
-def bh(request: pytest.FixtureRequest, make_config: Callable[..., BucketConfig]) -> Iterator[BucketSQLite]:
-    store = BucketSQLite(make_config(request.param), SnapshotConfig(interval_seconds=0)).start()
-    yield store
-    store.close()
+@pytest.fixture
+def bh(hyp_bh: BucketSQLite) -> BucketSQLite:
+    """A store on the local backend and on moto (conftest's)."""
+    return hyp_bh
 
 
 def _settled(releases: Releases) -> list[threading.Thread]:
